@@ -1,0 +1,1 @@
+"""Video generation metrics: FVD, KVD and IS on Kinetics-400 I3D features."""
