@@ -1,0 +1,139 @@
+"""The decomposed noise predictor of spec §2-§4: base generator + residual generator.
+
+``VideoFusionModel`` is one ``nn.Module`` (so accelerate/DDP can wrap it) that turns a noisy clip
+into the combined epsilon prediction::
+
+    bhat     = B_phi(z_t^k, t)                                     (key frame only)
+    z'_t^i   = z_t^i - sqrt(lambda^i) * sqrt(1 - abar_t) * bhat    (residual input, spec §2)
+    rhat^i   = R_psi(z'_t^i, t, i)                                 (all frames, one batch)
+    epshat^i = sqrt(lambda^i) * bhat + sqrt(1 - lambda^i) * rhat^i
+
+Without a base generator it is the VDM baseline: the residual network predicts every frame's
+(independent) noise directly and lambda must be 0 everywhere.
+
+Layout: ``(batch, channels, frames, height, width)``; the key frame is ``k = frames // 2``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from diffusers import UNet2DConditionModel, UNet2DModel
+from torch import nn
+
+from ..noise import combine_noise, key_frame_index, make_lambdas, per_frame
+from .base import BaseGenerator
+
+RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference")
+
+
+class NoisePrediction(NamedTuple):
+    noise: torch.Tensor  # epshat, (B, C, F, H, W)
+    base: torch.Tensor | None  # bhat, (B, C, H, W); None for the VDM baseline
+    residual: torch.Tensor  # rhat, (B, C, F, H, W)
+
+
+class VideoFusionModel(nn.Module):
+    """Base generator (optional) and residual generator, combined as in spec §3/§4.
+
+    ``residual_input`` picks what R_psi sees (spec §2): ``"paper"`` the frame with the estimated
+    base noise removed; ``"with_key_frame"`` that plus the noisy key frame on extra channels;
+    ``"key_frame_difference"`` ``z_t^i - sqrt(lambda^i) z_t^k``.
+    """
+
+    def __init__(self, residual: nn.Module, base: nn.Module | None = None,
+                 residual_input: str = "paper"):
+        super().__init__()
+        if residual_input not in RESIDUAL_INPUTS:
+            raise ValueError(
+                f"residual_input must be one of {RESIDUAL_INPUTS}, got {residual_input!r}"
+            )
+        if isinstance(base, (UNet2DModel, UNet2DConditionModel)):
+            base = BaseGenerator(base)
+        self.base = base
+        self.residual = residual
+        self.residual_input = residual_input
+        in_channels = getattr(getattr(residual, "config", None), "in_channels", None)
+        out_channels = getattr(getattr(residual, "config", None), "out_channels", None)
+        if in_channels is not None and residual_input == "with_key_frame":
+            if in_channels != 2 * out_channels:
+                raise ValueError(
+                    "residual_input='with_key_frame' needs a residual generator with twice as many "
+                    f"input channels as output channels, got {in_channels} and {out_channels}"
+                )
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.base is None
+
+    def lambdas(self, num_frames: int, lambda_=0.5) -> torch.Tensor:
+        """The per-frame lambda vector for this model: all zeros for the VDM baseline."""
+        if self.is_baseline:
+            make_lambdas(num_frames, 0.0)  # validates num_frames
+            return torch.zeros(num_frames)
+        return make_lambdas(num_frames, lambda_)
+
+    def predict_base(self, z_t, timestep, class_labels=None, encoder_hidden_states=None):
+        """bhat from the noisy key frame: ``(B, C, F, H, W)`` -> ``(B, C, H, W)``."""
+        key_frame = z_t[:, :, key_frame_index(z_t.shape[2])]
+        return self.base(key_frame, timestep, class_labels, encoder_hidden_states)
+
+    def predict_residual(self, z_t, base, timestep, alpha_bar, lambdas, class_labels=None,
+                         encoder_hidden_states=None):
+        """rhat for every frame, given bhat (``None`` for the baseline)."""
+        if base is not None:
+            z_t = self._residual_input(z_t, base, alpha_bar, lambdas)
+        return self.residual(z_t, timestep, class_labels=class_labels,
+                             encoder_hidden_states=encoder_hidden_states)
+
+    def forward(
+        self,
+        z_t: torch.Tensor,
+        timestep: torch.Tensor,
+        alpha_bar: torch.Tensor,
+        lambdas: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        stop_gradient: bool = True,
+        freeze_base: bool = False,
+    ) -> NoisePrediction:
+        """epshat for a noisy clip (spec §3). ``timestep``, ``alpha_bar``: ``(B,)``.
+
+        With ``stop_gradient`` the base generator gets gradient only through the key frame; the
+        other frames (and the residual input) see ``stop_gradient(bhat)``. ``freeze_base`` gives
+        it none at all.
+        """
+        num_frames = z_t.shape[2]
+        if lambdas.numel() != num_frames:
+            raise ValueError(f"lambdas has {lambdas.numel()} values for {num_frames} frames")
+        cond = {"class_labels": class_labels, "encoder_hidden_states": encoder_hidden_states}
+        if self.is_baseline:
+            if (lambdas != 0).any():
+                raise ValueError(
+                    "the VDM baseline has no base generator: its lambdas must all be 0"
+                )
+            rhat = self.residual(z_t, timestep, **cond)
+            return NoisePrediction(rhat, None, rhat)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_base):
+            bhat = self.predict_base(z_t, timestep, **cond)
+        bhat_others = bhat.detach() if stop_gradient else bhat
+        rhat = self.predict_residual(z_t, bhat_others, timestep, alpha_bar, lambdas, **cond)
+        base_frames = bhat_others.unsqueeze(2).expand_as(rhat)
+        if stop_gradient:
+            key = torch.zeros(num_frames, dtype=torch.bool, device=z_t.device)
+            key[key_frame_index(num_frames)] = True
+            base_frames = torch.where(key.view(1, 1, -1, 1, 1), bhat.unsqueeze(2), base_frames)
+        return NoisePrediction(combine_noise(base_frames, rhat, lambdas), bhat, rhat)
+
+    def _residual_input(self, z_t, base, alpha_bar, lambdas):
+        s = per_frame(lambdas, z_t)
+        if self.residual_input == "key_frame_difference":
+            key = z_t[:, :, key_frame_index(z_t.shape[2])].unsqueeze(2)
+            return z_t - s.sqrt() * key
+        sigma = (1 - alpha_bar.to(z_t)).sqrt().view(-1, 1, 1, 1, 1)
+        z_res = z_t - s.sqrt() * sigma * base.unsqueeze(2)  # (B, C, F, H, W)
+        if self.residual_input == "with_key_frame":
+            key = z_t[:, :, key_frame_index(z_t.shape[2])].unsqueeze(2).expand_as(z_t)
+            z_res = torch.cat([z_res, key], dim=1)  # (B, 2C, F, H, W)
+        return z_res

@@ -1,0 +1,122 @@
+"""Decomposed noise, spec §1.
+
+Each frame's noise is split into a base noise ``b`` shared by the clip and a residual noise
+``r^i`` of its own::
+
+    eps^i = sqrt(lambda^i) * b + sqrt(1 - lambda^i) * r^i
+
+so every ``eps^i`` is N(0, I) and ``corr(eps^i, eps^j) = sqrt(lambda^i * lambda^j)``. The same
+draw is used for training noise, the initial latent and the fresh noise of stochastic samplers.
+
+Video layout everywhere: ``(batch, channels, frames, height, width)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+
+class DecomposedNoise(NamedTuple):
+    """A draw of spec §1: the combined noise and the two parts it was made from."""
+
+    noise: torch.Tensor  # (batch, channels, frames, height, width)
+    base_noise: torch.Tensor  # (batch, channels, height, width): one per clip
+    residual_noise: torch.Tensor  # (batch, channels, frames, height, width)
+
+
+def key_frame_index(num_frames: int) -> int:
+    """The key frame k = N // 2 (0-based), whose noise is all base (spec: notation)."""
+    return num_frames // 2
+
+
+def make_lambdas(
+    num_frames: int, lambda_: float | Sequence[float] | torch.Tensor = 0.5
+) -> torch.Tensor:
+    """Per-frame share of the noise that is common to the clip, shape ``(frames,)``.
+
+    A scalar gives the spec's default vector: 1 on the key frame, ``lambda_`` everywhere else.
+    A length-``num_frames`` vector is taken as is.
+    """
+    if not isinstance(num_frames, int) or num_frames < 2:
+        raise ValueError(f"num_frames must be an integer >= 2, got {num_frames!r}")
+    if isinstance(lambda_, (int, float)):
+        lambdas = torch.full((num_frames,), float(lambda_), dtype=torch.float64)
+        lambdas[key_frame_index(num_frames)] = 1.0
+    else:
+        lambdas = torch.as_tensor(lambda_, dtype=torch.float64).flatten()
+        if lambdas.numel() != num_frames:
+            raise ValueError(
+                f"lambda_ has {lambdas.numel()} values but num_frames is {num_frames}"
+            )
+    if not torch.isfinite(lambdas).all() or (lambdas < 0).any() or (lambdas > 1).any():
+        raise ValueError(f"lambda_ values must lie in [0, 1], got {lambdas.tolist()}")
+    return lambdas.float()
+
+
+def combine_noise(
+    base_noise: torch.Tensor, residual_noise: torch.Tensor, lambdas: torch.Tensor
+) -> torch.Tensor:
+    """eps^i = sqrt(lambda^i) b + sqrt(1 - lambda^i) r^i (spec §1).
+
+    ``base_noise`` is one frame per clip ``(B, C, H, W)`` or already per frame ``(B, C, F, H, W)``
+    (the sampler's epshat uses this with bhat and rhat in place of b and r).
+    """
+    if base_noise.ndim == 4:
+        base_noise = base_noise.unsqueeze(2)
+    scale = per_frame(lambdas, residual_noise)
+    return scale.sqrt() * base_noise + (1 - scale).sqrt() * residual_noise
+
+
+def decomposed_noise(
+    shape: Sequence[int],
+    lambdas: float | Sequence[float] | torch.Tensor = 0.5,
+    generator: torch.Generator | None = None,
+    *,
+    base_noise: torch.Tensor | None = None,
+    residual_noise: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    return_parts: bool = False,
+) -> torch.Tensor | DecomposedNoise:
+    """Draw decomposed noise of ``shape = (batch, channels, frames, height, width)``.
+
+    Pass ``base_noise`` (``(batch, channels, height, width)``) or ``residual_noise``
+    (``shape``) to fix that part and draw only the other one: that is how content and motion
+    are controlled separately (spec §5). The base noise is drawn before the residual noise, so
+    one seed gives one video whatever is fixed.
+    """
+    if len(shape) != 5:
+        raise ValueError(
+            f"shape must be (batch, channels, frames, height, width), got {tuple(shape)}"
+        )
+    batch, channels, frames, height, width = (int(s) for s in shape)
+    lambdas = make_lambdas(frames, lambdas)
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    base_shape = (batch, channels, height, width)
+    if base_noise is None:
+        base_noise = torch.randn(base_shape, generator=generator, device=device, dtype=dtype)
+    elif tuple(base_noise.shape) != base_shape:
+        raise ValueError(f"base_noise must have shape {base_shape}, got {tuple(base_noise.shape)}")
+    if residual_noise is None:
+        residual_noise = torch.randn(
+            tuple(shape), generator=generator, device=device, dtype=dtype
+        )
+    elif tuple(residual_noise.shape) != tuple(shape):
+        raise ValueError(
+            f"residual_noise must have shape {tuple(shape)}, got {tuple(residual_noise.shape)}"
+        )
+    base_noise = base_noise.to(device=device, dtype=dtype)
+    residual_noise = residual_noise.to(device=device, dtype=dtype)
+    noise = combine_noise(base_noise, residual_noise, lambdas)
+    if return_parts:
+        return DecomposedNoise(noise, base_noise, residual_noise)
+    return noise
+
+
+def per_frame(lambdas: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """lambdas ``(frames,)`` reshaped to broadcast against ``(batch, channels, frames, H, W)``."""
+    return lambdas.to(device=like.device, dtype=like.dtype).view(1, 1, -1, 1, 1)

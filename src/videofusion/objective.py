@@ -1,0 +1,76 @@
+"""The training objective of spec §3.
+
+For a clip x: draw one timestep per clip and decomposed noise (spec §1), form
+``z_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps`` and regress epshat on eps, averaged over frames.
+The stop-gradient lives in ``VideoFusionModel.forward``: the base generator learns only from the
+key frame, where this loss is exactly its image-diffusion loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .noise import decomposed_noise
+
+
+class Loss(NamedTuple):
+    loss: torch.Tensor  # scalar
+    per_frame: torch.Tensor  # (B, F): mean squared error of each frame's noise prediction
+
+
+def diffusion_loss(
+    model: nn.Module,
+    video: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    lambdas: torch.Tensor,
+    *,
+    class_labels: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    stop_gradient: bool = True,
+    freeze_base: bool = False,
+) -> Loss:
+    """Loss of spec §3 for a batch ``video`` ``(B, C, F, H, W)`` in the model's space.
+
+    ``model`` is a ``VideoFusionModel`` (or its DDP wrapper); for the VDM baseline ``lambdas``
+    are zeros and this is the standard video diffusion loss.
+    """
+    batch = video.shape[0]
+    num_train_timesteps = alphas_cumprod.shape[0]
+    timesteps = torch.randint(0, num_train_timesteps, (batch,), generator=generator,
+                              device=alphas_cumprod.device).to(video.device)
+    noise = decomposed_noise(video.shape, lambdas, generator, device=video.device,
+                             dtype=video.dtype)
+    alpha_bar = alphas_cumprod.to(video.device)[timesteps].to(video.dtype)  # (B,)
+    a = alpha_bar.view(-1, 1, 1, 1, 1)
+    z_t = a.sqrt() * video + (1 - a).sqrt() * noise
+    prediction = model(z_t, timesteps, alpha_bar, lambdas, class_labels=class_labels,
+                       encoder_hidden_states=encoder_hidden_states,
+                       stop_gradient=stop_gradient, freeze_base=freeze_base)
+    per_frame = (prediction.noise.float() - noise.float()).pow(2).mean(dim=(1, 3, 4))
+    return Loss(per_frame.mean(), per_frame)
+
+
+def image_diffusion_loss(
+    base: nn.Module,
+    images: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    *,
+    class_labels: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Stage 1 (spec §3): the plain epsilon loss of the base generator on single frames
+    ``(B, C, H, W)``."""
+    batch = images.shape[0]
+    timesteps = torch.randint(0, alphas_cumprod.shape[0], (batch,), generator=generator,
+                              device=alphas_cumprod.device).to(images.device)
+    noise = torch.randn(images.shape, generator=generator, device=images.device,
+                        dtype=images.dtype)
+    a = alphas_cumprod.to(images.device)[timesteps].to(images.dtype).view(-1, 1, 1, 1)
+    z_t = a.sqrt() * images + (1 - a).sqrt() * noise
+    prediction = base(z_t, timesteps, class_labels, encoder_hidden_states)
+    return (prediction.float() - noise.float()).pow(2).mean()

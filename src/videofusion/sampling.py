@@ -1,0 +1,188 @@
+"""The two-step decomposed sampler of spec §4.
+
+Per iteration the base generator denoises the key frame (one frame per clip), then the residual
+generator runs on all frames in one batch; the combined epsilon goes through any diffusers
+scheduler that predicts epsilon (DDIM, DDPM, DPM-Solver, Euler, ...). Every noise the sampler
+draws, the initial latent and the fresh noise of stochastic schedulers, is decomposed (spec §1).
+
+Layout: ``(batch, channels, frames, height, width)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .models.videofusion import VideoFusionModel
+from .noise import combine_noise, decomposed_noise
+
+
+@dataclass
+class Condition:
+    """What the networks are conditioned on, and its null counterpart for guidance."""
+
+    class_labels: torch.Tensor | None = None  # (B,)
+    encoder_hidden_states: torch.Tensor | None = None  # (B, tokens, dim)
+    null_class_labels: torch.Tensor | None = None
+    null_encoder_hidden_states: torch.Tensor | None = None
+
+    def for_guidance(self) -> dict:
+        """The unconditional and conditional inputs stacked on the batch axis (null first)."""
+        def stack(null, cond):
+            if cond is None:
+                return None
+            if null is None:
+                raise ValueError("classifier-free guidance needs the null condition")
+            return torch.cat([null, cond])
+
+        return {
+            "class_labels": stack(self.null_class_labels, self.class_labels),
+            "encoder_hidden_states": stack(self.null_encoder_hidden_states,
+                                           self.encoder_hidden_states),
+        }
+
+    def plain(self) -> dict:
+        return {"class_labels": self.class_labels,
+                "encoder_hidden_states": self.encoder_hidden_states}
+
+
+def guided_noise_prediction(
+    model: VideoFusionModel,
+    z_t: torch.Tensor,
+    timestep: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    lambdas: torch.Tensor,
+    condition: Condition,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """epshat with classifier-free guidance applied to each network in turn (spec §4).
+
+    The guided bhat is removed from the residual input, so both passes of the residual generator
+    see the same z'.
+    """
+    guide = guidance_scale != 1.0
+    cond = condition.for_guidance() if guide else condition.plain()
+
+    def guided(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if not guide:
+            return run(x)
+        uncond, conditional = run(torch.cat([x, x])).chunk(2)
+        return uncond + guidance_scale * (conditional - uncond)
+
+    t = timestep.expand(z_t.shape[0] * (2 if guide else 1))
+    base = None
+    if not model.is_baseline:
+        base = guided(lambda x: model.predict_base(x, t, **cond), z_t)  # (B, C, H, W)
+    a = alpha_bar.expand(t.shape[0])
+    residual = guided(
+        lambda x: model.predict_residual(
+            x, None if base is None else torch.cat([base] * (2 if guide else 1)), t, a, lambdas,
+            **cond),
+        z_t,
+    )  # (B, C, F, H, W)
+    if base is None:
+        return residual
+    return combine_noise(base, residual, lambdas)
+
+
+def sample_decomposed(
+    model: VideoFusionModel,
+    scheduler,
+    shape: tuple[int, int, int, int, int],
+    lambdas: torch.Tensor,
+    *,
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    condition: Condition | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    base_noise: torch.Tensor | None = None,
+    residual_noise: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Two-step decomposed sampling (spec §4). Returns z_0 ``(B, C, F, H, W)``.
+
+    ``base_noise`` ``(B, C, H, W)`` and ``residual_noise`` ``(B, C, F, H, W)`` fix the parts of
+    the initial latent z_T (spec §5: same base = same content, same residual = same motion).
+    ``eta`` is DDIM's stochasticity (0: deterministic, 1: DDPM-like); other schedulers ignore it.
+    """
+    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+        raise ValueError(
+            f"the sampler needs an epsilon-predicting scheduler, got prediction_type="
+            f"{scheduler.config.prediction_type!r}"
+        )
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    condition = condition or Condition()
+    lambdas = lambdas.to(device)
+    z = decomposed_noise(shape, lambdas, generator, base_noise=base_noise,
+                         residual_noise=residual_noise, device=device, dtype=dtype)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    z = z * scheduler.init_noise_sigma
+    with torch.inference_mode():
+        for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
+            z_in = scheduler.scale_model_input(z, t)
+            alpha_bar = alpha_bar_at(scheduler, t, i).to(device=device, dtype=dtype)
+            timestep = t.to(device).reshape(1).expand(shape[0])
+            eps = guided_noise_prediction(model, z_in, timestep, alpha_bar.reshape(1), lambdas,
+                                          condition, guidance_scale)
+            z = scheduler_step(scheduler, eps, t, z, lambdas, generator, eta)
+    return z
+
+
+def alpha_bar_at(scheduler, timestep: torch.Tensor, step_index: int) -> torch.Tensor:
+    """abar_t of the current step, which the residual input needs (spec §2).
+
+    Karras-style schedulers (Euler, DPM-Solver) carry ``sigma = sqrt((1 - abar) / abar)`` per
+    step, also at fractional timesteps; the others index ``alphas_cumprod``.
+    """
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas) == len(scheduler.timesteps) + 1:
+        sigma = sigmas[step_index].double()
+        return (1.0 / (1.0 + sigma**2)).float()
+    return scheduler.alphas_cumprod[int(timestep)].float()
+
+
+def scheduler_step(scheduler, eps, t, z, lambdas, generator, eta: float = 0.0) -> torch.Tensor:
+    """One scheduler step whose fresh noise, if any, is decomposed like z (spec §1).
+
+    Schedulers that take ``variance_noise`` (DDIM, DPM-Solver) get a decomposed draw; for the
+    others (DDPM, Euler with churn, ...) the draw inside ``step`` is redirected to
+    ``decomposed_noise`` for the duration of the call.
+    """
+    params = inspect.signature(scheduler.step).parameters
+    kwargs = {"eta": eta} if "eta" in params else {}
+    if "variance_noise" in params:
+        noise = decomposed_noise(z.shape, lambdas, generator, device=z.device, dtype=z.dtype)
+        return scheduler.step(eps, t, z, variance_noise=noise, **kwargs).prev_sample
+    with _decomposed_randn(scheduler, lambdas):
+        return scheduler.step(eps, t, z, generator=generator).prev_sample
+
+
+@contextlib.contextmanager
+def _decomposed_randn(scheduler, lambdas: torch.Tensor):
+    module = sys.modules[type(scheduler).__module__]
+    original = getattr(module, "randn_tensor", None)
+    if original is None:
+        yield
+        return
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, **kwargs):
+        if len(shape) == 5 and shape[2] == lambdas.numel():
+            return decomposed_noise(shape, lambdas, generator, device=device,
+                                    dtype=dtype or torch.float32)
+        return original(shape, generator=generator, device=device, dtype=dtype, **kwargs)
+
+    module.randn_tensor = randn_tensor
+    try:
+        yield
+    finally:
+        module.randn_tensor = original

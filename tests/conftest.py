@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)
+
+
+def tiny_base(channels=3, num_classes=None, cross_attention_dim=None):
+    from diffusers import UNet2DConditionModel, UNet2DModel
+
+    torch.manual_seed(0)
+    if cross_attention_dim is not None:
+        return UNet2DConditionModel(
+            sample_size=8, in_channels=channels, out_channels=channels,
+            block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=cross_attention_dim, attention_head_dim=4,
+        )
+    return UNet2DModel(
+        sample_size=8, in_channels=channels, out_channels=channels,
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        num_class_embeds=None if num_classes is None else num_classes + 1,
+    )
+
+
+def tiny_residual(channels=3, num_classes=None, cross_attention_dim=None, in_channels=None):
+    from videofusion import SpaceTimeUNet
+
+    torch.manual_seed(1)
+    return SpaceTimeUNet(
+        in_channels=in_channels or channels, out_channels=channels, block_out_channels=(8, 16),
+        spatial_attention=(False, True), temporal_attention=(True, True), attention_heads=2,
+        norm_num_groups=4, num_classes=num_classes, cross_attention_dim=cross_attention_dim,
+    )

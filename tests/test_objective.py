@@ -1,0 +1,104 @@
+"""Spec §3: the loss, and the stop-gradient that keeps the base generator an image model."""
+
+import pytest
+import torch
+from conftest import tiny_base, tiny_residual
+from diffusers import DDPMScheduler
+
+from videofusion import VideoFusionModel, diffusion_loss, make_lambdas
+from videofusion.noise import key_frame_index
+
+ALPHAS = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+
+
+def model_and_clip(**kwargs):
+    model = VideoFusionModel(tiny_residual(), tiny_base(), **kwargs)
+    clip = torch.rand(2, 3, 5, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return model, clip
+
+
+def test_key_frame_loss_is_the_image_diffusion_loss_of_the_base():
+    model, clip = model_and_clip()
+    lambdas = make_lambdas(5, 0.5)
+    out = diffusion_loss(model, clip, ALPHAS, lambdas, generator=torch.Generator().manual_seed(7))
+    # replay the same draws: timesteps first, then base and residual noise
+    g = torch.Generator().manual_seed(7)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    base_noise = torch.randn(2, 3, 8, 8, generator=g)
+    a = ALPHAS[t].view(-1, 1, 1, 1)
+    key = clip[:, :, key_frame_index(5)]
+    z_key = a.sqrt() * key + (1 - a).sqrt() * base_noise
+    with torch.no_grad():
+        image_loss = (model.base(z_key, t) - base_noise).pow(2).mean(dim=(1, 2, 3))
+    assert torch.allclose(out.per_frame[:, key_frame_index(5)], image_loss, atol=1e-6)
+
+
+def base_grad_from_non_key_frames(stop_gradient: bool) -> float:
+    model, clip = model_and_clip()
+    lambdas = make_lambdas(5, 0.5)
+    out = diffusion_loss(model, clip, ALPHAS, lambdas, generator=torch.Generator().manual_seed(3),
+                         stop_gradient=stop_gradient)
+    others = [i for i in range(5) if i != key_frame_index(5)]
+    out.per_frame[:, others].mean().backward()
+    residual_grad = sum(p.grad.abs().sum() for p in model.residual.parameters()
+                        if p.grad is not None)
+    assert residual_grad > 0
+    return sum(p.grad.abs().sum().item() for p in model.base.parameters() if p.grad is not None)
+
+
+def test_stop_gradient_blocks_base_gradient_from_other_frames():
+    assert base_grad_from_non_key_frames(stop_gradient=True) == 0.0
+    assert base_grad_from_non_key_frames(stop_gradient=False) > 0.0
+
+
+def test_key_frame_gives_base_gradient_with_stop_gradient():
+    model, clip = model_and_clip()
+    out = diffusion_loss(model, clip, ALPHAS, make_lambdas(5, 0.5),
+                         generator=torch.Generator().manual_seed(3))
+    out.per_frame[:, key_frame_index(5)].mean().backward()
+    assert sum(p.grad.abs().sum() for p in model.base.parameters() if p.grad is not None) > 0
+
+
+def test_freeze_base_gives_no_base_gradient_at_all():
+    model, clip = model_and_clip()
+    out = diffusion_loss(model, clip, ALPHAS, make_lambdas(5, 0.5), freeze_base=True,
+                         generator=torch.Generator().manual_seed(3))
+    out.loss.backward()
+    assert all(p.grad is None for p in model.base.parameters())
+    assert any(p.grad is not None for p in model.residual.parameters())
+
+
+@pytest.mark.parametrize("variant", ["with_key_frame", "key_frame_difference"])
+def test_residual_input_variants_train(variant):
+    in_channels = 6 if variant == "with_key_frame" else 3
+    model = VideoFusionModel(tiny_residual(in_channels=in_channels), tiny_base(),
+                             residual_input=variant)
+    clip = torch.zeros(1, 3, 4, 8, 8)
+    out = diffusion_loss(model, clip, ALPHAS, make_lambdas(4, 0.5))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
+def test_residual_input_variant_checks_channels():
+    with pytest.raises(ValueError, match="twice as many"):
+        VideoFusionModel(tiny_residual(), tiny_base(), residual_input="with_key_frame")
+    with pytest.raises(ValueError, match="residual_input must be one of"):
+        VideoFusionModel(tiny_residual(), tiny_base(), residual_input="nope")
+
+
+def test_baseline_is_the_standard_video_diffusion_loss():
+    model = VideoFusionModel(tiny_residual())
+    clip = torch.zeros(2, 3, 4, 8, 8)
+    lambdas = model.lambdas(4, 0.5)
+    assert (lambdas == 0).all()
+    out = diffusion_loss(model, clip, ALPHAS, lambdas, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    torch.randn(2, 3, 8, 8, generator=g)  # the (unused) base draw
+    noise = torch.randn(2, 3, 4, 8, 8, generator=g)
+    a = ALPHAS[t].view(-1, 1, 1, 1, 1)
+    with torch.no_grad():
+        expected = (model.residual(a.sqrt() * clip + (1 - a).sqrt() * noise, t) - noise).pow(2)
+    assert torch.allclose(out.loss, expected.mean(), atol=1e-6)
+    with pytest.raises(ValueError, match="lambdas must all be 0"):
+        diffusion_loss(model, clip, ALPHAS, make_lambdas(4, 0.5))

@@ -1,0 +1,180 @@
+"""Spec §4: the two-step sampler, checked end to end against an analytic oracle."""
+
+import pytest
+import torch
+from conftest import tiny_base, tiny_residual
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+from torch import nn
+
+from videofusion import Condition, VideoFusionModel, make_lambdas, sample_decomposed
+from videofusion.noise import key_frame_index
+from videofusion.sampling import alpha_bar_at, guided_noise_prediction, scheduler_step
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+
+
+class OracleBase(nn.Module):
+    """Exact bhat when the data distribution is the single clip ``target``."""
+
+    def __init__(self, target, abar_of):
+        super().__init__()
+        self.target, self.abar_of = target, abar_of
+
+    def forward(self, key_frame, timestep, class_labels=None, encoder_hidden_states=None):
+        a = self.abar_of(timestep)
+        x = self.target[:, :, key_frame_index(self.target.shape[2])]
+        return (key_frame - a.sqrt() * x) / (1 - a).sqrt()
+
+
+class OracleResidual(nn.Module):
+    """Exact rhat^i computed from the residual input z' the sampler actually feeds it."""
+
+    def __init__(self, target, abar_of, lambdas):
+        super().__init__()
+        self.target, self.abar_of, self.lambdas = target, abar_of, lambdas
+
+    def forward(self, z_res, timestep, class_labels=None, encoder_hidden_states=None):
+        a = self.abar_of(timestep)
+        keep = (1 - self.lambdas).view(1, 1, -1, 1, 1)
+        r = (z_res - a.sqrt() * self.target) / ((1 - a).sqrt() * keep.sqrt().clamp_min(1e-12))
+        return torch.where(keep > 0, r, torch.zeros_like(r))
+
+
+def oracle_sample(scheduler, lambda_, steps=50, baseline=False):
+    target = torch.rand(2, 3, 6, 4, 4, generator=torch.Generator().manual_seed(5)) * 1.6 - 0.8
+    lambdas = torch.zeros(6) if baseline else make_lambdas(6, lambda_)
+
+    def abar_of(timestep):
+        i = int((scheduler.timesteps == timestep.flatten()[0]).nonzero()[0])
+        return alpha_bar_at(scheduler, scheduler.timesteps[i], i)
+
+    base = None if baseline else OracleBase(target, abar_of)
+    model = VideoFusionModel(OracleResidual(target, abar_of, lambdas), base)
+    out = sample_decomposed(model, scheduler, tuple(target.shape), lambdas,
+                            num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+    return out, target
+
+
+@pytest.mark.parametrize("lambda_", [0.0, 0.5, 0.9])
+def test_oracle_ddim_reproduces_the_clip(lambda_):
+    out, target = oracle_sample(DDIMScheduler(), lambda_)
+    assert (out - target).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dpm", "euler"])
+def test_oracle_other_schedulers_reproduce_the_clip(name):
+    out, target = oracle_sample(SCHEDULERS[name](), 0.5, steps=20)
+    assert (out - target).abs().max() < 1e-3
+
+
+def test_oracle_baseline_reproduces_the_clip():
+    out, target = oracle_sample(DDIMScheduler(), 0.0, baseline=True)
+    assert (out - target).abs().max() < 1e-3
+
+
+def test_oracle_detects_a_wrong_residual_input():
+    """The oracle test can fail: feed the residual z_t instead of z'."""
+    scheduler = DDIMScheduler()
+    target = torch.zeros(1, 1, 4, 2, 2) + 0.3
+    lambdas = make_lambdas(4, 0.5)
+
+    def abar_of(timestep):
+        i = int((scheduler.timesteps == timestep.flatten()[0]).nonzero()[0])
+        return alpha_bar_at(scheduler, scheduler.timesteps[i], i)
+
+    class Wrong(VideoFusionModel):
+        def _residual_input(self, z_t, base, alpha_bar, lambdas):
+            return z_t
+
+    model = Wrong(OracleResidual(target, abar_of, lambdas), OracleBase(target, abar_of))
+    out = sample_decomposed(model, scheduler, (1, 1, 4, 2, 2), lambdas, num_inference_steps=10,
+                            generator=torch.Generator().manual_seed(0))
+    assert (out - target).abs().max() > 1e-2  # ten times the tolerance the oracle passes
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("ddpm", {}), ("ddim", {"eta": 1.0})])
+def test_fresh_noise_of_stochastic_steps_is_decomposed(name, kwargs):
+    scheduler = SCHEDULERS[name]()
+    scheduler.set_timesteps(10)
+    lambdas = make_lambdas(4, 0.5)
+    zero = torch.zeros(600, 1, 4, 8, 8)
+    t = scheduler.timesteps[2]
+    out = scheduler_step(scheduler, zero, t, zero, lambdas, torch.Generator().manual_seed(0),
+                         **kwargs)  # = std * fresh noise
+    frames = out.transpose(0, 2).reshape(4, -1).double()
+    corr = torch.corrcoef(frames)
+    expected = (lambdas[:, None] * lambdas[None, :]).double().sqrt()
+    expected.fill_diagonal_(1.0)
+    assert frames.std() > 0.01
+    assert torch.allclose(corr, expected, atol=0.03)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_same_seed_same_video_with_real_networks(name):
+    model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
+
+    def run(seed):
+        return sample_decomposed(model, SCHEDULERS[name](), (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
+                                 num_inference_steps=3,
+                                 generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert torch.isfinite(a).all()
+
+
+class LabelEcho(nn.Module):
+    """Outputs its class label times ``scale`` everywhere, to follow guidance through."""
+
+    def __init__(self, scale, frames=None):
+        super().__init__()
+        self.scale, self.frames = scale, frames
+
+    def forward(self, x, timestep, class_labels=None, encoder_hidden_states=None):
+        return torch.ones_like(x) * class_labels.view(-1, *[1] * (x.ndim - 1)) * self.scale
+
+
+def test_guidance_is_applied_to_both_networks():
+    model = VideoFusionModel(LabelEcho(10.0), LabelEcho(1.0))
+    lambdas = make_lambdas(4, 0.5)
+    cond = Condition(class_labels=torch.tensor([1]), null_class_labels=torch.tensor([0]))
+    eps = guided_noise_prediction(model, torch.zeros(1, 1, 4, 2, 2), torch.tensor([5]),
+                                  torch.tensor([0.5]), lambdas, cond, guidance_scale=3.0)
+    # bhat = 0 + 3 (1 - 0) = 3, rhat = 0 + 3 (10 - 0) = 30
+    expected = lambdas.sqrt() * 3 + (1 - lambdas).sqrt() * 30
+    assert torch.allclose(eps[0, 0, :, 0, 0], expected)
+
+
+def test_guidance_without_a_null_condition_is_an_error():
+    model = VideoFusionModel(LabelEcho(1.0), LabelEcho(1.0))
+    with pytest.raises(ValueError, match="null condition"):
+        guided_noise_prediction(model, torch.zeros(1, 1, 4, 2, 2), torch.tensor([5]),
+                                torch.tensor([0.5]), make_lambdas(4, 0.5),
+                                Condition(class_labels=torch.tensor([1])), guidance_scale=2.0)
+
+
+def test_fixed_base_noise_is_shared_between_samples():
+    model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
+    base_noise = torch.randn(1, 3, 8, 8)
+    run = [sample_decomposed(model, DDIMScheduler(), (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
+                             num_inference_steps=2, base_noise=base_noise,
+                             generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert not torch.allclose(run[0], run[1])
+
+
+def test_v_prediction_scheduler_is_refused():
+    model = VideoFusionModel(tiny_residual(), tiny_base())
+    with pytest.raises(ValueError, match="epsilon"):
+        sample_decomposed(model, DDIMScheduler(prediction_type="v_prediction"), (1, 3, 4, 8, 8),
+                          make_lambdas(4, 0.5))
