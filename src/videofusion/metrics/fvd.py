@@ -180,7 +180,7 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             "Fréchet distance is biased; report the number of videos with it",
             stacklevel=2,
         )
-    return x.mean(axis=0), np.cov(x, rowvar=False)
+    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -200,7 +200,7 @@ def frechet_distance(
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    dim = mu1.shape[0]
+    dim = mu1.shape[-1] if mu1.ndim else 0
     if mu1.shape != (dim,) or mu2.shape != (dim,):
         raise ValueError(
             f"mu1, mu2: expected two vectors of one length, got {mu1.shape}, {mu2.shape}"
