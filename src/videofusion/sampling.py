@@ -63,27 +63,30 @@ def guided_noise_prediction(
 ) -> torch.Tensor:
     """epshat with classifier-free guidance applied to each network in turn (spec §4).
 
+    ``timestep`` and ``alpha_bar`` are ``(B,)``, one per clip of ``z_t`` ``(B, C, F, H, W)``.
+
     The guided bhat is removed from the residual input, so both passes of the residual generator
     see the same z'.
     """
     guide = guidance_scale != 1.0
     cond = condition.for_guidance() if guide else condition.plain()
 
+    def doubled(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x]) if guide else x
+
     def guided(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         if not guide:
             return run(x)
-        uncond, conditional = run(torch.cat([x, x])).chunk(2)
+        uncond, conditional = run(doubled(x)).chunk(2)
         return uncond + guidance_scale * (conditional - uncond)
 
-    t = timestep.expand(z_t.shape[0] * (2 if guide else 1))
+    t, a = doubled(timestep), doubled(alpha_bar)  # (B,) or (2B,)
     base = None
     if not model.is_baseline:
         base = guided(lambda x: model.predict_base(x, t, **cond), z_t)  # (B, C, H, W)
-    a = alpha_bar.expand(t.shape[0])
     residual = guided(
-        lambda x: model.predict_residual(
-            x, None if base is None else torch.cat([base] * (2 if guide else 1)), t, a, lambdas,
-            **cond),
+        lambda x: model.predict_residual(x, None if base is None else doubled(base), t, a,
+                                         lambdas, **cond),
         z_t,
     )  # (B, C, F, H, W)
     if base is None:
@@ -121,6 +124,7 @@ def sample_decomposed(
         )
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    model.check_resolution(*shape[-2:])
     condition = condition or Condition()
     lambdas = lambdas.to(device)
     z = decomposed_noise(shape, lambdas, generator, base_noise=base_noise,
@@ -131,9 +135,9 @@ def sample_decomposed(
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
             z_in = scheduler.scale_model_input(z, t)
             alpha_bar = alpha_bar_at(scheduler, t, i).to(device=device, dtype=dtype)
-            timestep = t.to(device).reshape(1).expand(shape[0])
-            eps = guided_noise_prediction(model, z_in, timestep, alpha_bar.reshape(1), lambdas,
-                                          condition, guidance_scale)
+            eps = guided_noise_prediction(model, z_in, t.to(device).expand(shape[0]),
+                                          alpha_bar.expand(shape[0]), lambdas, condition,
+                                          guidance_scale)
             z = scheduler_step(scheduler, eps, t, z, lambdas, generator, eta)
     return z
 

