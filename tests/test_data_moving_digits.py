@@ -121,6 +121,13 @@ def test_caption_matches_velocity_colour_and_first_motion():
                 assert patch[exclusive].max() == -1.0
 
 
+def test_still_digits():
+    ds = MovingDigits(speed=(0.0, 0.0), length=2)
+    meta = ds.metadata(1)
+    assert (meta["top_left"] == meta["top_left"][:, :1]).all()
+    assert ds[1]["caption"].endswith(f"digit {meta['digit_classes'][0]} standing still")
+
+
 def test_grey_caption_has_no_colour():
     ds = MovingDigits(channels=1, length=5)
     meta = ds.metadata(0)

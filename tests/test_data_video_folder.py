@@ -58,7 +58,7 @@ def ucf(tmp_path: Path) -> Path:
 def test_ucf101_layout_classes_shapes_and_range(ucf):
     ds = VideoFolder(ucf, num_frames=8, resolution=32)
     assert ds.layout == "ucf101"
-    assert ds.classes == ["Jump", "Run"]
+    assert ds.classes == ["Jump", "Run"] and ds.num_classes == 2
     assert [e.class_label for e in ds.entries] == [0, 0, 1, 1]
     assert [e.path.suffix for e in ds.entries] == [".mp4", ".gif", ".avi", ".webm"]
     for i in range(len(ds)):

@@ -252,7 +252,8 @@ class MovingDigits(Dataset):
         parts = []
         for digit, color, direction in zip(classes, colors, directions, strict=True):
             color_word = f"{color} " if self.channels == 3 else ""
-            parts.append(f"a {color_word}digit {digit} moving {direction}")
+            motion = "standing still" if direction == "still" else f"moving {direction}"
+            parts.append(f"a {color_word}digit {digit} {motion}")
         return ", and ".join(parts)
 
     def __getitem__(self, index: int) -> dict:

@@ -367,6 +367,11 @@ class VideoFolder(Dataset):
         return self._skipped_at_init + found
 
     @property
+    def num_classes(self) -> int:
+        """Number of labels (0 for unlabelled layouts)."""
+        return len(self.classes)
+
+    @property
     def num_skipped(self) -> int:
         return len(self._skipped_at_init) + int(self._bad.sum())
 
