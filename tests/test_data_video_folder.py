@@ -96,7 +96,9 @@ def test_random_start_is_seeded_per_epoch(ucf):
 
 
 def test_seeking_late_clip_returns_the_right_frames(ucf):
-    for name in ("Jump/v_Jump_g01_c01.mp4", "Run/v_Run_g01_c01.avi"):
+    write_video(ucf / "long" / "a.gif", 40, codec="gif")
+    write_video(ucf / "long" / "b.mkv", 40)
+    for name in ("Jump/v_Jump_g01_c01.mp4", "Run/v_Run_g01_c01.avi", "long/a.gif", "long/b.mkv"):
         frames = read_video_file(ucf / name, [33, 35, 37, 39], (32, 32), 3)
         assert frames.shape == (4, 32, 43, 3)
         assert ((frames.mean(axis=(1, 2, 3)) - 10) / 6).round().tolist() == [33, 35, 37, 39]

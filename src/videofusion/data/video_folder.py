@@ -114,27 +114,52 @@ def _to_array(frame: av.VideoFrame, target: tuple[int, int], channels: int) -> n
     return array.reshape(h, w, channels)
 
 
+class _SeekFailed(Exception):
+    """Seeking did not land at or before the wanted frame; decode from the start instead."""
+
+
 def read_video_file(
     path: Path, indices: Sequence[int], target: tuple[int, int], channels: int
 ) -> np.ndarray:
     """Decode frames ``indices`` (ascending) of a video file, resized to cover ``target``.
 
     Decoding stops after the last wanted frame; a clip starting late seeks to the keyframe
-    before it and maps presentation timestamps to frame indices. Returns uint8 ``(T, h, w, C)``.
+    before it and maps presentation timestamps to frame indices, falling back to decoding from
+    the first frame when the container cannot seek. Returns uint8 ``(T, h, w, C)``.
     """
+    if indices[0] >= SEEK_MIN_FRAMES:
+        try:
+            return _decode(path, indices, target, channels, seek=True)
+        except _SeekFailed:
+            pass
+    return _decode(path, indices, target, channels, seek=False)
+
+
+def _decode(
+    path: Path, indices: Sequence[int], target: tuple[int, int], channels: int, seek: bool
+) -> np.ndarray:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate, base = stream.average_rate, stream.time_base
         origin = stream.start_time or 0
-        by_pts = indices[0] >= SEEK_MIN_FRAMES and bool(rate) and base is not None
-        if by_pts:
-            container.seek(origin + int(indices[0] / rate / base), stream=stream, backward=True)
+        if seek:
+            if not rate or base is None:
+                raise _SeekFailed
+            try:
+                container.seek(origin + int(indices[0] / rate / base), stream=stream, backward=True)
+            except av.FFmpegError as err:
+                raise _SeekFailed from err
         out: list[np.ndarray] = []
         position = -1
         for frame in container.decode(stream):
-            if by_pts and frame.pts is None:
-                raise VideoDecodeError("frame without timestamp after seeking")
-            position = round((frame.pts - origin) * base * rate) if by_pts else position + 1
+            if seek:
+                if frame.pts is None:
+                    raise _SeekFailed
+                landed, position = position, round((frame.pts - origin) * base * rate)
+                if landed < 0 and position > indices[0]:  # first frame is past the clip start
+                    raise _SeekFailed
+            else:
+                position += 1
             if position < indices[len(out)]:
                 continue
             array = _to_array(frame, target, channels)
@@ -334,7 +359,7 @@ class VideoFolder(Dataset):
                         f"too short: {count} frames, clip needs {self.span} "
                         f"(num_frames={self.num_frames}, frame_stride={self.frame_stride})"
                     )
-            except (VideoDecodeError, OSError) as err:
+            except Exception as err:  # never let one odd file stop indexing
                 self._skip(path, str(err))
                 self._skipped_at_init.append((str(path), str(err)))
                 continue
