@@ -115,3 +115,18 @@ def test_mp4_and_gif_decode_back(tmp_path):
     from PIL import Image
 
     assert Image.open(sheet).size == (6 * 8 + 5, 2 * 8 + 1)
+
+
+def test_base_generator_loads_from_unet_pipeline_and_videofusion_folders(tmp_path):
+    from diffusers import DDPMPipeline
+
+    from videofusion import BaseGenerator
+
+    unet = tiny_base()
+    unet.save_pretrained(tmp_path / "unet_only")
+    DDPMPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "ddpm")
+    class_pipeline().save_pretrained(tmp_path / "videofusion")
+    for folder in ("unet_only", "ddpm", "videofusion"):
+        assert isinstance(BaseGenerator.from_pretrained(tmp_path / folder), BaseGenerator)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        BaseGenerator.from_pretrained(tmp_path)

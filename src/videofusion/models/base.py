@@ -39,11 +39,14 @@ class BaseGenerator(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> BaseGenerator:
-        """Load an image UNet from a local folder: the UNet folder itself or a pipeline folder
-        with a ``unet/`` subfolder (a DDPM or Stable Diffusion checkpoint on disk)."""
+        """Load an image UNet from a local folder: the UNet folder itself, a diffusers pipeline
+        folder with a ``unet/`` subfolder (a DDPM or Stable Diffusion checkpoint on disk), or a
+        ``VideoFusionPipeline`` folder (its ``base/``)."""
         path = Path(path)
-        if (path / "unet" / "config.json").is_file():
-            path = path / "unet"
+        for sub in ("unet", "base"):
+            if (path / sub / "config.json").is_file():
+                path = path / sub
+                break
         config = path / "config.json"
         if not config.is_file():
             raise FileNotFoundError(f"no diffusers UNet config.json in {path}")
