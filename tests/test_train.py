@@ -12,6 +12,15 @@ from videofusion.pipeline import VideoFusionPipeline
 from videofusion.train import GlobalBatchSampler, train
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run several times faster on one thread, above all on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(tmp_path, **overrides) -> TrainConfig:
     settings = dict(
         frames=4, resolution=16, batch_size=2, base_channels=[8, 16], residual_channels=[8, 16],
@@ -131,3 +140,124 @@ def test_config_precedence_yaml_then_flags(tmp_path):
 def test_bad_settings_are_refused_with_one_line(overrides, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         TrainConfig().replace(overrides).validate()
+
+
+# ---- checkpoints and resume -------------------------------------------------------------
+
+RESUME_FLAGS = ["--frames", "4", "--resolution", "16", "--batch-size", "2",
+                "--base-channels", "8,16", "--residual-channels", "8,16",
+                "--base-pretrain-steps", "2", "--max-steps", "6", "--lr-warmup-steps", "2",
+                "--condition", "class", "--sample-every", "100", "--log-every", "1"]
+
+
+def resume_config(tmp_path, name, **overrides):
+    from videofusion.cli import build_parser
+
+    args = build_parser().parse_args(["train", *RESUME_FLAGS,
+                                      "--output-dir", str(tmp_path / name)])
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
+    return TrainConfig.resolve(None, {**flags, **overrides})
+
+
+def assert_same_weights(a, b):
+    for name in ("model.safetensors",):
+        left, right = load_file(a / name), load_file(b / name)
+        assert left.keys() == right.keys()
+        for key in left:
+            assert torch.equal(left[key], right[key]), key
+
+
+def test_stop_and_resume_gives_bitwise_the_weights_of_a_straight_run(tmp_path):
+    from videofusion.checkpoint import latest_checkpoint
+
+    train(resume_config(tmp_path, "straight", checkpoint_every=8))
+    assert train(resume_config(tmp_path, "split", stop_at_step=3)) == tmp_path / "split"
+    assert not (tmp_path / "split" / "pipeline").exists()
+    train(resume_config(tmp_path, "split", resume=True))
+    straight, split = (latest_checkpoint(tmp_path / n / "checkpoints") for n in ("straight",
+                                                                                  "split"))
+    assert straight.name == split.name == "step-000008"
+    assert_same_weights(straight, split)
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 9))
+
+
+def test_resume_without_checkpoint_starts_fresh_and_says_so(tmp_path, capsys):
+    train(resume_config(tmp_path, "fresh", resume=True, max_steps=1))
+    assert "no checkpoint" in capsys.readouterr().out
+
+
+def test_sigkill_mid_run_then_resume_matches_a_straight_run(tmp_path):
+    """The real thing: ``videofusion train`` killed with SIGKILL right after a checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from videofusion.checkpoint import latest_checkpoint, list_checkpoints
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "videofusion.cli", "train", *RESUME_FLAGS,
+         "--checkpoint-every", "1", "--output-dir", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(step >= 3 for step, _ in list_checkpoints(out / "checkpoints")):
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended early"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (out / "pipeline").exists():
+        pytest.skip("the run finished before it could be killed")
+    killed_at = latest_checkpoint(out / "checkpoints").name
+    train(resume_config(tmp_path, "killed", resume=True, checkpoint_every=1))
+    train(resume_config(tmp_path, "straight", checkpoint_every=8))
+    assert killed_at != "step-000008"
+    assert_same_weights(latest_checkpoint(tmp_path / "straight" / "checkpoints"),
+                        latest_checkpoint(out / "checkpoints"))
+
+
+def test_sigkill_in_the_middle_of_writing_a_checkpoint_leaves_the_last_one_intact(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from videofusion import checkpoint
+    from videofusion.checkpoint import STATE_FILE, latest_checkpoint, remove_stale
+
+    checkpoint_file = checkpoint.__file__
+
+    root = tmp_path / "checkpoints"
+    (root / "step-000002").mkdir(parents=True)
+    (root / "step-000002" / STATE_FILE).write_text('{"step": 2}')
+    marker = tmp_path / "writing"
+    # checkpoint.py alone, without the package's heavy imports
+    script = f"""
+import importlib.util, time
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("checkpoint", {str(checkpoint_file)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+atomic_directory = module.atomic_directory
+with atomic_directory(Path({str(root / "step-000004")!r})) as tmp:
+    (tmp / "model.safetensors").write_bytes(b"half a model")
+    Path({str(marker)!r}).touch()
+    time.sleep(60)
+    (tmp / "trainer_state.json").write_text('{{"step": 4}}')
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ})
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (root / "step-000004").exists()
+    assert latest_checkpoint(root).name == "step-000002"
+    remove_stale(root)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000002"]
