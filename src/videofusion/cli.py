@@ -98,8 +98,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
     config = TrainConfig.resolve(getattr(args, "config", None), flags)
+    from accelerate import PartialState
+
     result = train(config)
-    print(f"{PROG}: wrote {result}")
+    if PartialState().is_main_process:
+        print(f"{PROG}: wrote {result}")
     return 0
 
 

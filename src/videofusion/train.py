@@ -167,14 +167,14 @@ class Trainer:
         self.config = config
         self.output = Path(config.output_dir)
         self.checkpoints = self.output / "checkpoints"
-        cpu = not torch.cuda.is_available()
+        cpu = not torch.cuda.is_available()  # also makes torchrun on CPU use DDP over gloo
         mixed_precision = config.mixed_precision
         if cpu and mixed_precision != "no":
             logger.warning("mixed precision %s is not used on CPU: training in fp32",
                            mixed_precision)
             mixed_precision = "no"
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            cpu=cpu, gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(self.output),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
@@ -421,10 +421,20 @@ class Trainer:
         fig.savefig(self.output / "loss_curve.png", dpi=100)
         plt.close(fig)
 
+    def _parameter_checksums(self) -> list[list[float]]:
+        """(sum, sum of squares) of all weights on every process: equal unless ranks diverged."""
+        params = [p.detach().double() for p in self.model.parameters()]
+        local = torch.stack([sum(p.sum() for p in params), sum(p.pow(2).sum() for p in params)])
+        return self.accelerator.gather(local.to(self.device)[None]).tolist()
+
     def _checkpoint(self, step: int, elapsed: float) -> None:
+        checksums = self._parameter_checksums()
+        if any(c != checksums[0] for c in checksums):
+            logger.warning("the processes' weights differ at step %d: %s", step, checksums)
         checkpoint.save_checkpoint(
             self.accelerator, self.checkpoints, step,
             {"elapsed_seconds": elapsed, "total_steps": self.config.total_steps,
+             "parameter_checksums": checksums,
              "samples_seen": step * self.config.batch_size * self.accelerator.num_processes
              * self.config.gradient_accumulation_steps},
             keep=self.config.checkpoints_total_limit,
