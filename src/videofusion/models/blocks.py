@@ -2,7 +2,10 @@
 
 Inside these blocks a video is kept with its frames folded into the batch,
 ``(batch * frames, channels, height, width)``, so that every 2D operation runs on all frames in
-one call; temporal layers unfold it to mix frames and fold it back.
+one call. The folded tensor is channels-last (physically ``(batch, frames, height, width,
+channels)``): oneDNN convolutions run on it without reordering, spatial tokens
+``(batch * frames, pixels, channels)`` and the temporal convolution's ``(batch, channels, frames,
+pixels)`` image are views of it, so only temporal attention needs a copy.
 """
 
 from __future__ import annotations
@@ -13,15 +16,32 @@ from torch import nn
 
 
 def fold_frames(video: torch.Tensor) -> torch.Tensor:
-    """``(B, C, F, H, W)`` -> ``(B * F, C, H, W)``."""
+    """``(B, C, F, H, W)`` -> channels-last ``(B * F, C, H, W)`` (one copy)."""
     b, c, f, h, w = video.shape
-    return video.transpose(1, 2).reshape(b * f, c, h, w)
+    return video.permute(0, 2, 3, 4, 1).reshape(b * f, h, w, c).permute(0, 3, 1, 2)
 
 
 def unfold_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """``(B * F, C, H, W)`` -> ``(B, C, F, H, W)``."""
+    """``(B * F, C, H, W)`` -> ``(B, C, F, H, W)`` (a view)."""
     bf, c, h, w = frames.shape
     return frames.view(bf // num_frames, num_frames, c, h, w).transpose(1, 2)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def pixel_tokens(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Channels-last ``(B * F, C, H, W)`` -> ``(B, F, H * W, C)``, a view."""
+    bf, c, h, w = x.shape
+    return channels_last(x).permute(0, 2, 3, 1).reshape(bf // num_frames, num_frames, h * w, c)
+
+
+def add_pixel_tokens(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``x + tokens`` for tokens laid out like ``pixel_tokens(x)``; the result is channels-last."""
+    bf, c, h, w = x.shape
+    out = pixel_tokens(x, tokens.shape[1]) + tokens  # written in x's (contiguous) layout
+    return out.view(bf, h, w, c).permute(0, 3, 1, 2)
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -51,15 +71,21 @@ class ResBlock(nn.Module):
                      else nn.Conv2d(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        # x: (B*F, C, H, W), emb: (B*F, D)
+        # x: (B*F, C, H, W), emb: (B*F, D); the in-place adds write into fresh conv outputs,
+        # which nothing saves for backward
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
+        h += self.emb_proj(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        return h.add_(self.skip(x))
 
 
 class TemporalConv(nn.Module):
-    """A 1D convolution across frames at every pixel (kernel 3), zero-initialised."""
+    """A 1D convolution across frames at every pixel (kernel 3), zero-initialised.
+
+    The weight is kept as a ``Conv3d`` ``(C, C, 3, 1, 1)``; it runs as a 2D ``(3, 1)`` convolution
+    on the channels-last ``(B, C, F, H * W)`` view of the folded frames, which oneDNN handles
+    without the copies and the slow path of a CPU ``Conv3d``.
+    """
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -67,8 +93,10 @@ class TemporalConv(nn.Module):
         self.conv = zero_init(nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0)))
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        h = unfold_frames(F.silu(self.norm(x)), num_frames)  # (B, C, F, H, W)
-        return x + fold_frames(self.conv(h))
+        tokens = pixel_tokens(F.silu(self.norm(x)), num_frames)  # (B, F, H*W, C)
+        h = F.conv2d(tokens.permute(0, 3, 1, 2), self.conv.weight[..., 0], self.conv.bias,
+                     padding=(1, 0))  # (B, C, F, H*W), channels-last
+        return add_pixel_tokens(x, h.permute(0, 2, 3, 1))
 
 
 class Attention(nn.Module):
@@ -106,7 +134,7 @@ class SpatialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         bf, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B*F, H*W, C)
+        tokens = pixel_tokens(self.norm(x), 1)[:, 0]  # (B*F, H*W, C), a view
         delta = self.attn(tokens)
         if self.cross is not None:
             if context is None:
@@ -114,7 +142,7 @@ class SpatialAttention(nn.Module):
             # one text sequence per clip, repeated for each of its frames
             context = context.repeat_interleave(bf // context.shape[0], dim=0)
             delta = delta + self.cross(self.cross_norm(tokens + delta), context)
-        return x + delta.transpose(1, 2).reshape(bf, c, h, w)
+        return add_pixel_tokens(x, delta[:, None])
 
 
 class TemporalAttention(nn.Module):
@@ -127,15 +155,13 @@ class TemporalAttention(nn.Module):
         zero_init(self.attn.to_out)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        bf, c, h, w = x.shape
-        b = bf // num_frames
-        tokens = self.norm(x).view(b, num_frames, c, h * w).permute(0, 3, 1, 2)
-        tokens = tokens.reshape(b * h * w, num_frames, c)  # (B*H*W, F, C)
-        tokens = tokens + sinusoidal_embedding(
-            torch.arange(num_frames, device=x.device), c
-        ).to(tokens.dtype)
-        out = self.attn(tokens).view(b, h * w, num_frames, c).permute(0, 2, 3, 1)
-        return x + out.reshape(bf, c, h, w)
+        c = x.shape[1]
+        tokens = pixel_tokens(self.norm(x), num_frames)  # (B, F, H*W, C)
+        position = sinusoidal_embedding(torch.arange(num_frames, device=x.device), c)
+        tokens = tokens + position.to(tokens.dtype)[:, None]
+        b, _, hw, _ = tokens.shape
+        out = self.attn(tokens.transpose(1, 2).reshape(b * hw, num_frames, c))  # (B*H*W, F, C)
+        return add_pixel_tokens(x, out.view(b, hw, num_frames, c).transpose(1, 2))
 
 
 class Downsample(nn.Module):
