@@ -8,12 +8,23 @@ line ``videofusion: error: ...`` on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 PROG = "videofusion"
 SCHEDULERS = ("ddim", "ddpm", "dpm", "euler")
+# Where a bundled default model would live; `sample` uses it when --model-dir is not given.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the project's rule for bad input)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _widths(text: str) -> list[int]:
@@ -106,11 +117,216 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sample_parser(subparsers) -> argparse.ArgumentParser:
+    """``videofusion sample``: videos from a trained pipeline folder, as mp4 + GIF + PNG sheet."""
+    p = subparsers.add_parser(
+        "sample", help="generate videos with a trained model",
+        description="Sample videos (spec §4). --base-seed / --residual-seed give every video the "
+                    "same base noise (same content) or the same residual noise (same motion).")
+    p.add_argument("--model-dir", help="a VideoFusionPipeline folder (e.g. OUTPUT/pipeline)")
+    p.add_argument("--prompt", help="text prompt (text-conditioned models)")
+    p.add_argument("--class-label", type=int, nargs="+", help="class label(s) (class models)")
+    p.add_argument("--num-videos", type=int, default=4, help="videos per prompt or label")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--resolution", type=int, help="default: the model's sample size")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps")
+    p.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
+    p.add_argument("--lambda", dest="lambda_", type=float,
+                   help="share of the noise common to the clip; default: the trained value")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale; default 2 for conditional models, else 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-seed", type=int, help="one base noise for all videos (same content)")
+    p.add_argument("--residual-seed", type=int,
+                   help="one residual noise for all videos (same motion)")
+    p.add_argument("--fps", type=int, help="default: the model's fps")
+    p.add_argument("--scale", type=int, help="pixel enlargement of the files; default to 128 px")
+    p.add_argument("--out", default="samples", help="output folder")
+    p.set_defaults(handler=run_sample)
+    return p
+
+
+def load_pipeline(model_dir: str | None):
+    """The pipeline in ``model_dir`` (or the bundled default), with clear errors."""
+    if model_dir is None:
+        if not DEFAULT_MODEL_DIR.is_dir():
+            raise ValueError("no default model is bundled yet: pass --model-dir "
+                             "(a folder written by 'videofusion train', e.g. OUTPUT/pipeline)")
+        model_dir = DEFAULT_MODEL_DIR
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder} is not a VideoFusionPipeline folder (no model_index.json)")
+    from diffusers.utils import logging as diffusers_logging
+
+    from .pipeline import VideoFusionPipeline
+
+    diffusers_logging.disable_progress_bar()  # keep stderr for the sampling bar and errors
+    return VideoFusionPipeline.from_pretrained(folder)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    if args.frames < 2:
+        raise ValueError(f"--frames must be >= 2, got {args.frames}")
+    if args.lambda_ is not None and not 0.0 <= args.lambda_ <= 1.0:
+        raise ValueError(f"--lambda must lie in [0, 1], got {args.lambda_}")
+    for name in ("num_videos", "steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    pipe = load_pipeline(args.model_dir)
+    import torch
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+    )
+
+    from .video_io import contact_sheet, write_gif, write_mp4
+
+    schedulers = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler,
+                  "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
+    pipe.scheduler = schedulers[args.scheduler].from_config(pipe.scheduler.config)
+    resolution = args.resolution or pipe.config.sample_size
+    pipe.model.check_resolution(resolution // pipe.vae_scale_factor,
+                                resolution // pipe.vae_scale_factor)
+    conditional = pipe.num_classes is not None or pipe.residual.config.cross_attention_dim
+    guidance = args.guidance if args.guidance is not None else (2.0 if conditional else 1.0)
+    groups = len(args.class_label) if args.class_label else 1
+    batch = groups * args.num_videos
+    side = resolution // pipe.vae_scale_factor
+    channels = pipe.residual.config.out_channels
+    noise = {}
+    if args.base_seed is not None:
+        noise["base_noise"] = shared_noise((channels, side, side), batch, args.base_seed)
+    if args.residual_seed is not None:
+        noise["residual_noise"] = shared_noise((channels, args.frames, side, side), batch,
+                                               args.residual_seed)
+    videos = pipe(
+        prompt=args.prompt, class_labels=args.class_label, num_frames=args.frames,
+        height=resolution, width=resolution, num_inference_steps=args.steps,
+        guidance_scale=guidance, lambda_=args.lambda_,
+        generator=torch.Generator().manual_seed(args.seed), num_videos=args.num_videos,
+        eta=args.eta, **noise,
+    ).frames
+    out = Path(args.out)
+    fps = args.fps or pipe.config.fps
+    scale = args.scale or max(1, 128 // resolution)
+    for i, video in enumerate(videos):
+        for path in (write_mp4(video, out / f"video_{i:03d}.mp4", fps, scale),
+                     write_gif(video, out / f"video_{i:03d}.gif", fps, scale)):
+            print(path)
+    print(contact_sheet(videos, out / "contact_sheet.png", scale=max(1, 64 // resolution)))
+    return 0
+
+
+def shared_noise(shape: tuple[int, ...], batch: int, seed: int):
+    """One draw of ``shape`` from ``seed``, the same for every video of the batch."""
+    import torch
+
+    draw = torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed))
+    return draw.expand(batch, *shape).clone()
+
+
+def add_info_parser(subparsers) -> argparse.ArgumentParser:
+    """``videofusion info``: what a model folder holds, read from its files (nothing built)."""
+    p = subparsers.add_parser("info", help="describe a model folder",
+                              description="Components, parameter counts, conditioning, lambda "
+                                          "and sample size of a VideoFusionPipeline folder.")
+    p.add_argument("model_dir", nargs="?", help="a VideoFusionPipeline folder")
+    p.add_argument("--model-dir", dest="model_dir_flag", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_info)
+    return p
+
+
+def model_info(folder: Path) -> dict:
+    """A pipeline folder's description from model_index.json, configs and safetensors headers."""
+    from safetensors import safe_open
+
+    index_file = folder / "model_index.json"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    if not index_file.is_file():
+        raise ValueError(f"{folder} is not a VideoFusionPipeline folder (no model_index.json)")
+    index = json.loads(index_file.read_text())
+    components, parameters = {}, {}
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
+            continue
+        components[name] = spec[1]
+        files = sorted((folder / name).glob("*.safetensors"))
+        if files:
+            count = 0
+            for file in files:
+                with safe_open(str(file), framework="pt") as handle:
+                    for key in handle.keys():
+                        shape = handle.get_slice(key).get_shape()
+                        count += int(_prod(shape))
+            parameters[name] = count
+    residual = json.loads((folder / "residual" / "config.json").read_text())
+    if residual.get("cross_attention_dim"):
+        condition = f"text ({index.get('text_encoder_kind') or 'unknown'} encoder)"
+    elif residual.get("num_classes") is not None:
+        condition = f"class ({residual['num_classes']} classes)"
+    else:
+        condition = "none"
+    summary_file = folder.parent / "train_summary.json"
+    return {
+        "model_dir": str(folder),
+        "kind": "videofusion" if "base" in components else "vdm (no base generator)",
+        "components": components,
+        "parameters": {**parameters, "total": sum(parameters.values())},
+        "condition": condition,
+        "default_lambda": index.get("default_lambda"),
+        "sample_size": index.get("sample_size"),
+        "residual_input": index.get("residual_input"),
+        "fps": index.get("fps"),
+        "training": json.loads(summary_file.read_text()) if summary_file.is_file() else None,
+    }
+
+
+def _prod(shape) -> int:
+    out = 1
+    for side in shape:
+        out *= side
+    return out
+
+
+def run_info(args: argparse.Namespace) -> int:
+    folder = args.model_dir or args.model_dir_flag
+    if folder is None:
+        raise ValueError("pass a model folder: videofusion info PATH")
+    info = model_info(Path(folder))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model folder:   {info['model_dir']}")
+    print(f"kind:           {info['kind']}")
+    for name, cls in info["components"].items():
+        count = info["parameters"].get(name)
+        print(f"  {name:<12}  {cls}" + (f"  {count:,} parameters" if count else ""))
+    print(f"parameters:     {info['parameters']['total']:,}")
+    print(f"conditioning:   {info['condition']}")
+    print(f"lambda:         {info['default_lambda']}")
+    print(f"sample size:    {info['sample_size']}x{info['sample_size']}")
+    print(f"residual input: {info['residual_input']}")
+    training = info["training"]
+    if training:
+        print(f"trained:        {training['steps']} steps "
+              f"({training['base_pretrain_steps']} image + {training['joint_steps']} joint), "
+              f"{training['wall_clock_seconds']:.0f} s, {training['frames']} frames at "
+              f"{training['resolution']} px")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description="VideoFusion: decomposed diffusion video generation")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train_parser,):
+    for add in (add_train_parser, add_sample_parser, add_info_parser):
         add(subparsers)
     return parser
 
