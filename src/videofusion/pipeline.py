@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from . import long_video
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
 from .noise import make_lambdas
@@ -202,6 +203,15 @@ class VideoFusionPipeline(DiffusionPipeline):
         from diffusers import DDIMScheduler
 
         return cls(residual=residual, base=base, scheduler=scheduler or DDIMScheduler(), **kwargs)
+
+    def generate_long(self, num_frames: int = 512, clip_frames: int = 16, overlap: int = 4,
+                      **kwargs):
+        """A long video as consecutive clips sharing the base noise, seams pinned (spec §5).
+
+        Returns the frames ``(batch, num_frames, H, W, C)``, or streams them into ``out_path``
+        (an mp4) and returns its path; see ``videofusion.long_video.generate_long``.
+        """
+        return long_video.generate_long(self, num_frames, clip_frames, overlap, **kwargs)
 
     def lambdas(self, num_frames: int, lambda_=None) -> torch.Tensor:
         return self.model.lambdas(num_frames, self.config.default_lambda if lambda_ is None

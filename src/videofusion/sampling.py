@@ -110,12 +110,15 @@ def sample_decomposed(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Two-step decomposed sampling (spec §4). Returns z_0 ``(B, C, F, H, W)``.
 
     ``base_noise`` ``(B, C, H, W)`` and ``residual_noise`` ``(B, C, F, H, W)`` fix the parts of
     the initial latent z_T (spec §5: same base = same content, same residual = same motion).
     ``eta`` is DDIM's stochasticity (0: deterministic, 1: DDPM-like); other schedulers ignore it.
+    ``before_step(i, z_t)`` returns the z_t that step ``i`` denoises: long videos use it to pin
+    the frames a clip shares with the previous one (spec §5, ``videofusion.long_video``).
     """
     if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
         raise ValueError(
@@ -133,6 +136,8 @@ def sample_decomposed(
     z = z * scheduler.init_noise_sigma
     with torch.inference_mode():
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
+            if before_step is not None:
+                z = before_step(i, z)
             z_in = scheduler.scale_model_input(z, t)
             alpha_bar = alpha_bar_at(scheduler, t, i).to(device=device, dtype=dtype)
             eps = guided_noise_prediction(model, z_in, t.to(device).expand(shape[0]),
