@@ -275,7 +275,8 @@ class Trainer:
                 self.state.lr_scheduler = self._lr_scheduler("joint")
             progress.update(1)
             progress.set_postfix(stage=stage, loss=f"{metrics['loss']:.4f}")
-            self._log(step, stage, metrics)
+            self._log(step, stage, {**metrics, "seconds": round(
+                elapsed_before + time.perf_counter() - started, 3)})
             if step % config.checkpoint_every == 0 or step == end_step:
                 self._checkpoint(step, elapsed_before + time.perf_counter() - started)
             if stage == "joint" and (step % config.sample_every == 0 or
@@ -351,7 +352,8 @@ class Trainer:
         cond = self._condition(batch, data_gen)
         if stage == "image":
             frames = torch.randint(video.shape[2], (video.shape[0],), generator=data_gen)
-            images = video[torch.arange(video.shape[0]), :, frames.to(self.device)]
+            clips = torch.arange(video.shape[0], device=self.device)
+            images = video[clips, :, frames.to(self.device)]  # (B, C, H, W)
             loss = image_diffusion_loss(partial(self.module, image=True), images,
                                         self.alphas_cumprod, generator=noise_gen, **cond)
             return torch.stack([loss, loss.detach(), loss.detach()])
@@ -405,8 +407,10 @@ class Trainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        records = [json.loads(line) for line in
-                   (self.output / "metrics.jsonl").read_text().splitlines() if line]
+        path = self.output / "metrics.jsonl"
+        if not path.is_file():
+            return
+        records = [json.loads(line) for line in path.read_text().splitlines() if line]
         fig, ax = plt.subplots(figsize=(7, 4))
         for stage, label in (("image", "stage 1: image loss"), ("joint", "stage 2: video loss")):
             points = [(r["step"], r["loss"]) for r in records if r["stage"] == stage]
