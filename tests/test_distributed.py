@@ -21,7 +21,8 @@ from videofusion.train import train
 FLAGS = ["--frames", "4", "--resolution", "16", "--batch-size", "2",
          "--base-channels", "8,16", "--residual-channels", "8,16",
          "--base-pretrain-steps", "1", "--max-steps", "2", "--lr-warmup-steps", "1",
-         "--condition", "class", "--sample-every", "100"]
+         "--condition", "class", "--sample-every", "100", "--sample-num", "1",
+         "--sample-steps", "2"]
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):

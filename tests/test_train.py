@@ -147,7 +147,8 @@ def test_bad_settings_are_refused_with_one_line(overrides, message):
 RESUME_FLAGS = ["--frames", "4", "--resolution", "16", "--batch-size", "2",
                 "--base-channels", "8,16", "--residual-channels", "8,16",
                 "--base-pretrain-steps", "2", "--max-steps", "6", "--lr-warmup-steps", "2",
-                "--condition", "class", "--sample-every", "100", "--log-every", "1"]
+                "--condition", "class", "--sample-every", "100", "--sample-num", "1",
+                "--sample-steps", "2", "--log-every", "1"]
 
 
 def resume_config(tmp_path, name, **overrides):
@@ -167,17 +168,28 @@ def assert_same_weights(a, b):
             assert torch.equal(left[key], right[key]), key
 
 
-def test_stop_and_resume_gives_bitwise_the_weights_of_a_straight_run(tmp_path):
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The uninterrupted 8-step run that the interrupted ones must reproduce."""
     from videofusion.checkpoint import latest_checkpoint
 
-    train(resume_config(tmp_path, "straight", checkpoint_every=8))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("straight")
+    train(resume_config(root, "straight", checkpoint_every=8))
+    torch.set_num_threads(threads)
+    return latest_checkpoint(root / "straight" / "checkpoints")
+
+
+def test_stop_and_resume_gives_bitwise_the_weights_of_a_straight_run(tmp_path, straight_run):
+    from videofusion.checkpoint import latest_checkpoint
+
     assert train(resume_config(tmp_path, "split", stop_at_step=3)) == tmp_path / "split"
     assert not (tmp_path / "split" / "pipeline").exists()
     train(resume_config(tmp_path, "split", resume=True))
-    straight, split = (latest_checkpoint(tmp_path / n / "checkpoints") for n in ("straight",
-                                                                                  "split"))
-    assert straight.name == split.name == "step-000008"
-    assert_same_weights(straight, split)
+    split = latest_checkpoint(tmp_path / "split" / "checkpoints")
+    assert straight_run.name == split.name == "step-000008"
+    assert_same_weights(straight_run, split)
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 9))
 
@@ -187,7 +199,7 @@ def test_resume_without_checkpoint_starts_fresh_and_says_so(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().out
 
 
-def test_sigkill_mid_run_then_resume_matches_a_straight_run(tmp_path):
+def test_sigkill_mid_run_then_resume_matches_a_straight_run(tmp_path, straight_run):
     """The real thing: ``videofusion train`` killed with SIGKILL right after a checkpoint."""
     import os
     import signal
@@ -214,10 +226,8 @@ def test_sigkill_mid_run_then_resume_matches_a_straight_run(tmp_path):
         pytest.skip("the run finished before it could be killed")
     killed_at = latest_checkpoint(out / "checkpoints").name
     train(resume_config(tmp_path, "killed", resume=True, checkpoint_every=1))
-    train(resume_config(tmp_path, "straight", checkpoint_every=8))
     assert killed_at != "step-000008"
-    assert_same_weights(latest_checkpoint(tmp_path / "straight" / "checkpoints"),
-                        latest_checkpoint(out / "checkpoints"))
+    assert_same_weights(straight_run, latest_checkpoint(out / "checkpoints"))
 
 
 def test_sigkill_in_the_middle_of_writing_a_checkpoint_leaves_the_last_one_intact(tmp_path):
@@ -261,3 +271,12 @@ with atomic_directory(Path({str(root / "step-000004")!r})) as tmp:
     assert latest_checkpoint(root).name == "step-000002"
     remove_stale(root)
     assert sorted(p.name for p in root.iterdir()) == ["step-000002"]
+
+
+def test_ablation_and_memory_flags_train(tmp_path):
+    config = tiny(tmp_path, stop_gradient=False, gradient_checkpointing=True,
+                  residual_input="with_key_frame", gradient_accumulation_steps=2,
+                  lr_scheduler="cosine", max_steps=2)
+    pipe = VideoFusionPipeline.from_pretrained(train(config))
+    assert pipe.config.residual_input == "with_key_frame"
+    assert pipe.residual.config.in_channels == 6

@@ -1,4 +1,4 @@
-"""The ``videofusion`` command: ``train``, ``sample``, ``info``.
+"""The ``videofusion`` command: ``train``, ``sample``, ``info``, ``bench``.
 
 Each subcommand is an ``add_<name>_parser(subparsers)`` that registers its flags and sets
 ``handler``; ``main`` dispatches. Bad input (``ValueError``, ``FileNotFoundError``) becomes one
@@ -51,7 +51,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=("videofusion", "vdm"))
-    g.add_argument("--lambda", dest="lambda_", type=float,
+    g.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
                    help="share of each frame's noise common to the clip (spec §1), in [0, 1]")
     g.add_argument("--condition", choices=("none", "class", "text"))
     g.add_argument("--residual-input", choices=("paper", "with_key_frame",
@@ -132,7 +132,7 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
-    p.add_argument("--lambda", dest="lambda_", type=float,
+    p.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
                    help="share of the noise common to the clip; default: the trained value")
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale; default 2 for conditional models, else 1")
@@ -326,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=PROG, description="VideoFusion: decomposed diffusion video generation")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train_parser, add_sample_parser, add_info_parser):
+    from .bench import add_bench_parser
+
+    for add in (add_train_parser, add_sample_parser, add_info_parser, add_bench_parser):
         add(subparsers)
     return parser
 
