@@ -1,23 +1,33 @@
-"""videofusion: decomposed diffusion for video generation (Luo et al., CVPR 2023)."""
+"""videofusion: decomposed diffusion for video generation (Luo et al., CVPR 2023).
 
-from .models.base import BaseGenerator
-from .models.residual import SpaceTimeUNet
-from .models.videofusion import NoisePrediction, VideoFusionModel
-from .noise import DecomposedNoise, decomposed_noise, key_frame_index, make_lambdas
-from .objective import diffusion_loss, image_diffusion_loss
-from .sampling import Condition, sample_decomposed
+The public names below load on first use, so that ``videofusion --help`` and light imports
+(``videofusion.noise``) don't pay for importing diffusers.
+"""
 
-__all__ = [
-    "BaseGenerator",
-    "Condition",
-    "DecomposedNoise",
-    "NoisePrediction",
-    "SpaceTimeUNet",
-    "VideoFusionModel",
-    "decomposed_noise",
-    "diffusion_loss",
-    "image_diffusion_loss",
-    "key_frame_index",
-    "make_lambdas",
-    "sample_decomposed",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "BaseGenerator": ".models.base",
+    "Condition": ".sampling",
+    "DecomposedNoise": ".noise",
+    "NoisePrediction": ".models.videofusion",
+    "SpaceTimeUNet": ".models.residual",
+    "VideoFusionModel": ".models.videofusion",
+    "VideoFusionPipeline": ".pipeline",
+    "decomposed_noise": ".noise",
+    "diffusion_loss": ".objective",
+    "image_diffusion_loss": ".objective",
+    "key_frame_index": ".noise",
+    "make_lambdas": ".noise",
+    "sample_decomposed": ".sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'videofusion' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
