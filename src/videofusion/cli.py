@@ -1,4 +1,4 @@
-"""The ``videofusion`` command: ``train``, ``sample``, ``info``, ``bench``.
+"""The ``videofusion`` command: ``train``, ``sample``, ``info``, ``bench``, ``eval``.
 
 Each subcommand is an ``add_<name>_parser(subparsers)`` that registers its flags and sets
 ``handler``; ``main`` dispatches. Bad input (``ValueError``, ``FileNotFoundError``) becomes one
@@ -327,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="VideoFusion: decomposed diffusion video generation")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .bench import add_bench_parser
+    from .evaluate import add_eval_parser
 
-    for add in (add_train_parser, add_sample_parser, add_info_parser, add_bench_parser):
+    for add in (add_train_parser, add_sample_parser, add_info_parser, add_bench_parser,
+                add_eval_parser):
         add(subparsers)
     return parser
 

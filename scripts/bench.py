@@ -1,0 +1,14 @@
+"""Benchmark VideoFusion against the parameter-matched VDM baseline (docs/benchmarks.md).
+
+The same flags as ``videofusion bench``, e.g.::
+
+    .venv/bin/python scripts/bench.py --quick --out /tmp/quick.json
+    .venv/bin/python scripts/bench.py --out docs/benchmarks.json --markdown docs/benchmarks_table.md
+"""
+
+import sys
+
+from videofusion.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main())

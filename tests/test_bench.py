@@ -1,0 +1,93 @@
+"""The benchmark runs end to end at a tiny size and reports what it promises (no timing checks)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from videofusion.bench import BenchConfig, Worker, markdown_report, run_benchmark
+from videofusion.cli import main
+
+
+def tiny_config(**overrides):
+    config = BenchConfig(frames=4, resolutions=(8,), steps=2, base_channels=(16, 32),
+                         residual_channels=(8, 16), repeats=2, memory_steps=1,
+                         train_resolution=8, train_batch=1, train_repeats=2, long_frames=(),
+                         long_resolution=8, long_steps=1, clip_frames=4, overlap=1, threads=1,
+                         rss_memory=False, matmul_size=128)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.fixture
+def in_process_worker():
+    threads = torch.get_num_threads()
+    yield Worker(tiny_config())
+    torch.set_num_threads(threads)
+
+
+def test_tiny_run_writes_the_headline_keys_and_tables(tmp_path):
+    report = run_benchmark(tiny_config(), tmp_path / "bench.json", tmp_path / "bench.md",
+                           log=lambda message: None)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    for key in ("sampling_latency_ratio", "sampling_memory_ratio", "training_step_ratio",
+                "utilization"):
+        assert math.isfinite(saved[key]) and saved[key] > 0
+        assert saved["targets"][key]["met"] in (True, False)
+    assert saved["memory_method"] == "tensor"
+    assert [(row["resolution"], row["guided"]) for row in saved["sampling"]] == [
+        (8, False), (8, True)]
+    for row in saved["sampling"]:
+        vf, vdm = row["videofusion"], row["vdm"]
+        assert len(vf["seconds"]) == len(vdm["seconds"]) == 2
+        # like for like: parameter-matched baseline, and the base runs on one frame only
+        assert abs(vf["parameters"]["total"] / vdm["parameters"]["total"] - 1) < 0.15
+        assert vf["gflop_per_step"] < vdm["gflop_per_step"]
+        assert vf["peak_memory_mb"] > 0 and vf["rss_peak_mb"] is None
+        assert row["matmul_peak_gflops"] > 0
+    guided, unguided = saved["sampling"][1], saved["sampling"][0]
+    assert guided["vdm"]["gflop_per_step"] == pytest.approx(2 * unguided["vdm"]["gflop_per_step"],
+                                                            rel=0.05)
+    assert saved["training"]["vdm"]["gflop_per_step"] > 0
+    table = (tmp_path / "bench.md").read_text()
+    assert table == markdown_report(report)
+    assert "| 8x8 | none |" in table and "sampling_latency_ratio" in table
+
+
+def test_fresh_process_memory_and_long_video_workers(in_process_worker):
+    sampling = in_process_worker.sampling_memory(8, True, "videofusion")
+    training = in_process_worker.training_memory("vdm")
+    assert sampling["baseline_mb"] > 0 and sampling["peak_mb"] >= 0
+    assert training["peak_mb"] >= 0
+    row = in_process_worker.long_video(9)
+    assert row["frames"] == 9 and row["clips"] == 3 and row["mp4_bytes"] > 0
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["bench", "--resolutions", "30"], "down-sampling factor"),
+    (["bench", "--steps", "0"], "steps must be >= 1"),
+    (["bench", "--long-frames", "64", "--overlap-check"], "unrecognized arguments"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(argv, match, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err
+
+
+def test_flags_reach_the_configuration(monkeypatch):
+    seen = {}
+
+    def stop(config, out, markdown, log):
+        seen.update(config=config, out=out, markdown=markdown)
+        raise ValueError("stopped")
+
+    monkeypatch.setattr("videofusion.bench.run_benchmark", stop)
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--long-frames", "16,48", "--threads", "1", "--out", "q.json"])
+    config = seen["config"]
+    assert config.long_frames == (16, 48) and config.threads == 1 and config.steps == 2
+    assert str(seen["markdown"]) == "q.md"
