@@ -91,3 +91,9 @@ def test_flags_reach_the_configuration(monkeypatch):
     config = seen["config"]
     assert config.long_frames == (16, 48) and config.threads == 1 and config.steps == 2
     assert str(seen["markdown"]) == "q.md"
+
+
+def test_profile_gives_top_operator_tables(in_process_worker):
+    tables = in_process_worker.profile(8, False, rows=5)
+    assert set(tables) == {"videofusion", "vdm"}
+    assert all("aten::" in table and "Self CPU" in table for table in tables.values())

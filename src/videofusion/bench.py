@@ -514,6 +514,20 @@ class Worker:
         return counter.get_total_flops()
 
     # -- tasks
+    def profile(self, resolution: int, guided: bool, rows: int = 15) -> dict:
+        """``torch.profiler``'s top operators (self CPU time) of one sampler step of each model."""
+        torch = self.torch
+        models = self.models(resolution, guided)
+        tables = {}
+        for kind, model in models.items():
+            call = self.sample_call(self.pipeline(model.eval(), resolution), guided, 1)
+            call()
+            with torch.profiler.profile() as prof:
+                call()
+            tables[kind] = prof.key_averages().table(sort_by="self_cpu_time_total",
+                                                      row_limit=rows)
+        return tables
+
     def sampling_timing(self, resolution: int, guided: bool) -> dict:
         from .models.factory import count_parameters
 
@@ -685,13 +699,16 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--long-steps", type=int)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (warm-up time reported as compile time)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: torch.profiler's top operators of one sampler step of each "
+                        "model, at the largest resolution")
     p.set_defaults(handler=run_bench)
     return p
 
 
 def run_bench(args: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(args).items()
-               if k not in ("command", "handler", "quick", "out", "markdown")}
+               if k not in ("command", "handler", "quick", "out", "markdown", "profile")}
     if getattr(args, "device", "cpu") == "cuda":
         import torch
 
@@ -699,6 +716,14 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ValueError("--device cuda: no CUDA device is available")
     quick = getattr(args, "quick", False)
     config = BenchConfig.quick(**options) if quick else BenchConfig(**options)
+    check_config(config)
+    if getattr(args, "profile", False):
+        job = {"task": "profile", "resolution": max(config.resolutions),
+               "guided": config.guidance[0]}
+        for kind, table in run_worker(config, [job])[0].items():
+            print(f"{kind}, one DDIM step at {job['resolution']}x{job['resolution']}, "
+                  f"{config.frames} frames, {config.threads} threads:\n{table}")
+        return 0
     out = Path(args.out)
     markdown = Path(args.markdown) if getattr(args, "markdown", None) else out.with_suffix(".md")
     report = run_benchmark(config, out, markdown, log=lambda m: print(m, file=sys.stderr))
