@@ -462,7 +462,7 @@ def format_table(report: dict) -> str:
     lines = [
         f"{p['num_fake']} fake ({p['fake']}) vs {p['num_real']} real ({p['real']}), "
         f"{p['num_frames']} frames, {p['resolution'][0]}x{p['resolution'][1]}",
-        f"{'metric':<28}{'fake':>12}{'real':>12}",
+        f"{'metric':<28}{'fake':>16}{'real':>12}",
     ]
     for label, key, has_real, fmt in _TABLE:
         if key not in values:
@@ -471,9 +471,9 @@ def format_table(report: dict) -> str:
         if key == "is_i3d_k400":
             value += f" ± {values['is_i3d_k400_std']:.3f}"
         reference = cell(f"{key}_real", fmt) if has_real else ""
-        lines.append(f"{label:<28}{value:>12}{reference:>12}")
+        lines.append(f"{label:<28}{value:>16}{reference:>12}")
     skipped = report["num_skipped"]
-    lines.append(f"{'skipped videos':<28}{skipped['fake']:>12}{skipped['real']:>12}")
+    lines.append(f"{'skipped videos':<28}{skipped['fake']:>16}{skipped['real']:>12}")
     return "\n".join(lines)
 
 
