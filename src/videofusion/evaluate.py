@@ -326,8 +326,8 @@ def _check_counts(real: VideoSet, fake: VideoSet, metrics: Sequence[str], num_vi
 
 
 def evaluate(
-    real: str | Path = MOVING_DIGITS,
-    fake: str | Path = "",
+    real: str | Path,
+    fake: str | Path,
     metrics: str | Sequence[str] = METRICS,
     num_videos: int = 256,
     num_frames: int = PROTOCOL_FRAMES,
@@ -360,20 +360,20 @@ def evaluate(
         raise ValueError(f"num_videos: must be >= 1, got {num_videos}")
     if num_frames < 1:
         raise ValueError(f"num_frames: must be >= 1, got {num_frames}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     if set(metrics) & I3D_METRICS and num_frames < MIN_FRAMES:
         raise ValueError(f"num_frames: fvd, kvd and is need at least {MIN_FRAMES} frames "
                          f"(I3D), got {num_frames}")
-    if not str(fake):
-        raise ValueError("fake: pass a folder of videos or a model folder")
-    if not Path(fake).exists():
-        raise FileNotFoundError(f"fake: not found: {fake}")
+    if not str(fake) or not Path(fake).exists():
+        raise FileNotFoundError(f"fake: no folder of videos or model folder at {fake!r}")
     if str(real) != MOVING_DIGITS and not Path(real).is_dir():
         raise FileNotFoundError(f"real: neither {MOVING_DIGITS!r} nor a folder: {real}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     size = parse_resolution(resolution) if resolution is not None else None
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", UserWarning)
         if is_model_dir(fake):
             fake_set = sample_model(fake, num_videos, num_frames, size, seed, class_labels,
                                     num_inference_steps, guidance_scale, batch_size, device,
