@@ -23,6 +23,7 @@ def tiny_base(channels=3, num_classes=None, cross_attention_dim=None):
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=cross_attention_dim, attention_head_dim=4,
+            num_class_embeds=None if num_classes is None else num_classes + 1,
         )
     return UNet2DModel(
         sample_size=8, in_channels=channels, out_channels=channels,

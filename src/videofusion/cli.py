@@ -53,7 +53,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--model", choices=("videofusion", "vdm"))
     g.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
                    help="share of each frame's noise common to the clip (spec §1), in [0, 1]")
-    g.add_argument("--condition", choices=("none", "class", "text"))
+    g.add_argument("--condition", choices=("none", "class", "text", "class+text"),
+                   help="class+text: both, each dropped independently (either alone at sampling)")
     g.add_argument("--residual-input", choices=("paper", "with_key_frame",
                                                  "key_frame_difference"))
     g.add_argument("--base-channels", type=_widths, help="e.g. 32,64,64")
@@ -267,12 +268,12 @@ def model_info(folder: Path) -> dict:
                         count += int(_prod(shape))
             parameters[name] = count
     residual = json.loads((folder / "residual" / "config.json").read_text())
+    conditions = []
+    if residual.get("num_classes") is not None:
+        conditions.append(f"class ({residual['num_classes']} classes)")
     if residual.get("cross_attention_dim"):
-        condition = f"text ({index.get('text_encoder_kind') or 'unknown'} encoder)"
-    elif residual.get("num_classes") is not None:
-        condition = f"class ({residual['num_classes']} classes)"
-    else:
-        condition = "none"
+        conditions.append(f"text ({index.get('text_encoder_kind') or 'unknown'} encoder)")
+    condition = " + ".join(conditions) or "none"
     summary_file = folder.parent / "train_summary.json"
     return {
         "model_dir": str(folder),

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 MODEL_KINDS = ("videofusion", "vdm")
-CONDITIONS = ("none", "class", "text")
+CONDITIONS = ("none", "class", "text", "class+text")
 RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")

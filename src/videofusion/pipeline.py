@@ -90,35 +90,53 @@ class VideoFusionPipeline(DiffusionPipeline):
         return self._text_encoder(prompts).to(self.device)
 
     def _condition(self, prompt, class_labels, num_videos, guidance_scale) -> tuple[Condition, int]:
+        """Prompts and/or class labels -> a Condition. A model trained on both (``class+text``)
+        takes either alone: the missing one is filled with its null (dropped-condition) value."""
         text = self.residual.config.cross_attention_dim is not None
-        if prompt is not None and class_labels is not None:
-            raise ValueError("pass either prompt or class_labels, not both")
-        if prompt is not None:
-            if not text:
-                raise ValueError("this model is not text-conditioned: it takes no prompt")
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompts = [p for p in prompts for _ in range(num_videos)]
-            cond = self.encode_prompt(prompts)
-            null = self.encode_prompt([""]).expand_as(cond)
-            return Condition(encoder_hidden_states=cond, null_encoder_hidden_states=null), len(cond)
-        if text:
-            raise ValueError("this model is text-conditioned: pass prompt")
+        classes = self.num_classes is not None
+        if prompt is not None and not text:
+            raise ValueError("this model is not text-conditioned: it takes no prompt")
+        if class_labels is not None and not classes:
+            raise ValueError("this model is not class-conditioned: it takes no class_labels")
+        if prompt is None and class_labels is None:
+            if text or classes:
+                wanted = " and/or ".join(name for name, used in
+                                         (("prompt", text), ("class_labels", classes)) if used)
+                raise ValueError(f"this model is conditioned: pass {wanted}")
+            if guidance_scale != 1.0:
+                raise ValueError("guidance_scale needs a class- or text-conditioned model")
+            return Condition(), num_videos
+        labels = None
         if class_labels is not None:
-            if self.num_classes is None:
-                raise ValueError("this model is not class-conditioned: it takes no class_labels")
             labels = torch.as_tensor(class_labels, device=self.device).flatten().long()
             if (labels < 0).any() or (labels >= self.num_classes).any():
                 raise ValueError(
                     f"class_labels must lie in [0, {self.num_classes - 1}], got {labels.tolist()}"
                 )
-            labels = labels.repeat_interleave(num_videos)
-            null = torch.full_like(labels, self.num_classes)
-            return Condition(class_labels=labels, null_class_labels=null), len(labels)
-        if self.num_classes is not None:
-            raise ValueError("this model is class-conditioned: pass class_labels")
-        if guidance_scale != 1.0:
-            raise ValueError("guidance_scale needs a class- or text-conditioned model")
-        return Condition(), num_videos
+        prompts = None if prompt is None else [prompt] if isinstance(prompt, str) else list(prompt)
+        if prompts is not None and labels is not None and len(prompts) != len(labels):
+            if len(prompts) == 1:
+                prompts = prompts * len(labels)
+            elif len(labels) == 1:
+                labels = labels.expand(len(prompts))
+            else:
+                raise ValueError(f"prompt and class_labels pair up: got {len(prompts)} "
+                                 f"prompts and {len(labels)} labels")
+        count = len(prompts) if prompts is not None else len(labels)
+        condition = Condition()
+        if classes:
+            if labels is None:
+                labels = torch.full((count,), self.num_classes, device=self.device)
+            condition.class_labels = labels.repeat_interleave(num_videos)
+            condition.null_class_labels = torch.full_like(condition.class_labels,
+                                                          self.num_classes)
+        if text:
+            prompts = [""] * count if prompts is None else prompts
+            condition.encoder_hidden_states = self.encode_prompt(
+                [p for p in prompts for _ in range(num_videos)])
+            condition.null_encoder_hidden_states = self.encode_prompt([""]).expand_as(
+                condition.encoder_hidden_states)
+        return condition, count * num_videos
 
     @torch.no_grad()
     def __call__(

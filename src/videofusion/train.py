@@ -185,9 +185,9 @@ class Trainer:
         if len(self.dataset) == 0:
             raise ValueError(f"data: {config.data!r} holds no clips")
         self.num_classes = getattr(self.dataset, "num_classes", 0)
-        if config.condition == "class" and not self.num_classes:
+        if "class" in config.condition and not self.num_classes:
             raise ValueError(f"condition 'class' needs labelled data; {config.data!r} has none")
-        self.captions = CaptionEncoder(self.device) if config.condition == "text" else None
+        self.captions = CaptionEncoder(self.device) if "text" in config.condition else None
         self.model = self._build_model()
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
                                              beta_schedule="linear")
@@ -223,8 +223,8 @@ class Trainer:
         if unet.in_channels != config.channels:
             raise ValueError(f"--base-from has {unet.in_channels} channels, the data "
                              f"{config.channels}")
-        if base.is_class_conditioned != (config.condition == "class") or \
-                base.is_text_conditioned != (config.condition == "text"):
+        if base.is_class_conditioned != ("class" in config.condition) or \
+                base.is_text_conditioned != ("text" in config.condition):
             raise ValueError(f"--base-from is not conditioned like --condition {config.condition}")
 
     # ---- the loop -----------------------------------------------------------------------
@@ -366,16 +366,18 @@ class Trainer:
         return torch.stack([out.loss, per_frame[:, k].mean(), others.mean()])
 
     def _condition(self, batch: dict, generator: torch.Generator) -> dict:
-        """Labels or caption states, dropped to the null condition with ``cond_drop`` odds."""
-        condition = self.config.condition
-        if condition == "none":
-            return {}
-        drop = torch.rand(len(batch["caption"]), generator=generator) < self.config.cond_drop
-        if condition == "class":
+        """Labels and/or caption states, each dropped to its null value with ``cond_drop`` odds
+        (independently for ``class+text``, so the model also learns each one alone)."""
+        condition, cond = self.config.condition, {}
+        if "class" in condition:
+            drop = torch.rand(len(batch["caption"]), generator=generator) < self.config.cond_drop
             labels = torch.where(drop, self.num_classes, batch["class_label"].long())
-            return {"class_labels": labels.to(self.device)}
-        prompts = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"], strict=True)]
-        return {"encoder_hidden_states": self.captions(prompts)}
+            cond["class_labels"] = labels.to(self.device)
+        if "text" in condition:
+            drop = torch.rand(len(batch["caption"]), generator=generator) < self.config.cond_drop
+            prompts = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"], strict=True)]
+            cond["encoder_hidden_states"] = self.captions(prompts)
+        return cond
 
     # ---- outputs ------------------------------------------------------------------------
 
@@ -451,7 +453,7 @@ class Trainer:
         return VideoFusionPipeline.from_components(
             residual=model.residual, base=None if model.is_baseline else model.base.unet,
             scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
-            text_encoder_kind="minilm" if config.condition == "text" else None,
+            text_encoder_kind="minilm" if "text" in config.condition else None,
             residual_input=config.residual_input, sample_size=config.resolution,
             default_lambda=0.0 if model.is_baseline else config.lambda_,
         )
@@ -476,9 +478,9 @@ class Trainer:
             config = self.config
             folder = self.output / "samples" / f"step-{step:06d}"
             kwargs = {}
-            if config.condition == "class":
+            if "class" in config.condition:
                 kwargs["class_labels"] = [i % self.num_classes for i in range(config.sample_num)]
-            elif config.condition == "text":
+            if "text" in config.condition:
                 kwargs["prompt"] = [self.dataset[i]["caption"] for i in range(config.sample_num)]
             else:
                 kwargs["num_videos"] = config.sample_num

@@ -14,7 +14,7 @@ from torch import nn
 from .residual import SpaceTimeUNet
 from .videofusion import VideoFusionModel
 
-CONDITIONS = ("none", "class", "text")
+CONDITIONS = ("none", "class", "text", "class+text")
 
 
 def count_parameters(module: nn.Module | None) -> int:
@@ -93,8 +93,8 @@ def build_model(
         raise ValueError(f"kind must be 'videofusion' or 'vdm', got {kind!r}")
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
-    cond = {"num_classes": num_classes if condition == "class" else None,
-            "cross_attention_dim": text_dim if condition == "text" else None}
+    cond = {"num_classes": num_classes if "class" in condition else None,
+            "cross_attention_dim": text_dim if "text" in condition else None}
     in_channels = 2 * channels if residual_input == "with_key_frame" else channels
     residual = build_residual(channels, residual_channels, layers_per_block,
                               in_channels=in_channels, **cond)
