@@ -154,8 +154,9 @@ class TrainingState:
 def train(config: TrainConfig) -> Path:
     """Train as ``config`` says; return the final pipeline folder (``output_dir/pipeline``).
 
-    With ``config.stop_at_step`` the run checkpoints and returns the output folder at that step
-    instead; ``--resume`` continues it.
+    With ``config.stop_at_step`` the run checkpoints, writes the pipeline of that step's (EMA)
+    weights, and returns the output folder instead; ``--resume`` continues it. Stopping at the
+    step of the last checkpoint exports a killed run's weights without training further.
     """
     return Trainer(config.validate()).run()
 
@@ -286,14 +287,14 @@ class Trainer:
         elapsed = elapsed_before + time.perf_counter() - started
         if accelerator.is_main_process:
             self._plot_loss()
-        if step < config.total_steps:
-            self._print(f"stopped at step {step} of {config.total_steps}; continue with --resume")
-            accelerator.end_training()
-            return self.output
         pipeline_dir = self._save_pipeline()
         if accelerator.is_main_process:
             self._write_summary(start_step, step, elapsed_before, elapsed, pipeline_dir)
         accelerator.end_training()
+        if step < config.total_steps:
+            self._print(f"stopped at step {step} of {config.total_steps} ({pipeline_dir} holds "
+                        "this step's weights); continue with --resume")
+            return self.output
         return pipeline_dir
 
     def _stage(self, step: int) -> str:
