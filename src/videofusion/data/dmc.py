@@ -89,8 +89,6 @@ _PROBE = (
     "p.free()\n"
 )
 
-logger = logging.getLogger(__name__)
-
 
 class DmcUnavailable(RuntimeError):
     """dm-control, a compatible mujoco or a headless OpenGL renderer is missing."""
