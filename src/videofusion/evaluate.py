@@ -173,12 +173,15 @@ def sample_model(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    condition: str = "auto",
 ) -> VideoSet:
     """``num_videos`` samples of a saved ``VideoFusionPipeline``, resized to ``resolution``.
 
     Class-conditioned models get labels 0..9 in turn (or ``class_labels``, cycled);
     text-conditioned models get the captions of the moving-digits test split (the digit is the
-    label); unconditional models are sampled plainly. Labels are kept for prompt adherence.
+    label); unconditional models are sampled plainly. A model conditioned on both is sampled
+    with captions, or with class labels alone for ``condition="class"``. Labels are kept for
+    prompt adherence.
     ``guidance_scale`` defaults to 2 for conditional models (as ``videofusion sample``), else 1.
     """
     from videofusion.data import MovingDigits
@@ -189,8 +192,13 @@ def sample_model(
                 else pipe.residual.config.out_channels)
     size = int(pipe.config.sample_size)
     resolution = resolution or (size, size)
+    if condition not in ("auto", "class", "text"):
+        raise ValueError(f"condition must be 'auto', 'class' or 'text', got {condition!r}")
+    text = pipe.residual.config.cross_attention_dim is not None
+    if condition == "text" and not text or condition == "class" and pipe.num_classes is None:
+        raise ValueError(f"this model cannot be sampled with condition {condition!r}")
     prompts: list[str] | None = None
-    if pipe.residual.config.cross_attention_dim is not None:
+    if text and condition != "class":
         conditioning = "text (moving-digits test-split captions)"
         digits = MovingDigits(split="test", num_frames=num_frames, resolution=resolution,
                               channels=channels if channels in (1, 3) else 3,
@@ -342,6 +350,7 @@ def evaluate(
     extractor=None,
     real_options: dict | None = None,
     progress: bool = True,
+    condition: str = "auto",
 ) -> dict:
     """Compare generated videos with real ones; return (and with ``out`` write) the JSON report.
 
@@ -350,7 +359,8 @@ def evaluate(
     ``num_inference_steps``, ``guidance_scale``). ``resolution`` defaults to the model's
     sample size, else 32. ``class_labels``: for a model, labels to cycle through; for a folder,
     one per video (else labels come from class folders named 0-9 or captions "digit N").
-    ``extractor``: an ``I3DFeatureExtractor`` to reuse.
+    ``extractor``: an ``I3DFeatureExtractor`` to reuse. ``condition``: what a model conditioned
+    on both class and text is sampled with (``"auto"`` = captions).
     """
     from videofusion.data.transforms import parse_resolution
     from videofusion.metrics.i3d import MIN_FRAMES
@@ -377,7 +387,7 @@ def evaluate(
         if is_model_dir(fake):
             fake_set = sample_model(fake, num_videos, num_frames, size, seed, class_labels,
                                     num_inference_steps, guidance_scale, batch_size, device,
-                                    progress)
+                                    progress, condition)
             channels = fake_set.sampling["channels"]
         else:
             fake_set = load_video_folder(fake, num_videos, num_frames, size or (32, 32), "fake",
@@ -511,6 +521,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="classifier-free guidance; default 2 for conditional models, else 1")
     p.add_argument("--batch-size", type=int, default=8, help="videos per sampling/I3D batch")
     p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--condition", choices=("auto", "class", "text"), default="auto",
+                   help="a model conditioned on class and text: sample with captions (auto, "
+                        "text) or class labels alone (class)")
     p.add_argument("--out", default="eval_report.json", help="JSON report path")
     p.set_defaults(handler=run_eval)
     return p
@@ -522,7 +535,7 @@ def run_eval(args: argparse.Namespace) -> int:
         num_frames=args.num_frames, resolution=args.resolution, seed=args.seed,
         class_labels=args.class_labels, out=args.out, batch_size=args.batch_size,
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-        device=args.device,
+        device=args.device, condition=args.condition,
     )
     print(format_table(report))
     for note in report["warnings"]:
