@@ -10,6 +10,10 @@ same weights and see the same data.
     python scripts/ablations.py --rows vdm,vf_lambda_0.5 --jobs 2     # a subset, two at a time
     python scripts/ablations.py --report                              # rebuild docs/results.md
 
+Other data: ``--data FOLDER --real TEST_FOLDER --results docs/results/NAME`` runs the same rows on
+a video folder (e.g. rendered DeepMind Control clips) and evaluates FVD / KVD / IS against the
+held-out folder (the digit metrics need moving digits).
+
 Re-running continues where it stopped: finished rows are skipped, unfinished ones resume from
 their latest checkpoint; a larger ``--steps`` extends every row (stage 2 runs to the new total).
 """
@@ -43,13 +47,14 @@ ROWS = {
     "vf_no_stop_gradient": ("RQ4", "VideoFusion, joint training without stop-gradient",
                             {"lambda": 0.5, "pretrained": True, "no-stop-gradient": True}),
 }
-METRICS = "fvd,kvd,is,content,motion,fvd_digits"
+DIGIT_METRICS = "fvd,kvd,is,content,motion,fvd_digits"
+VIDEO_METRICS = "fvd,kvd,is"
 
 
 def common_flags(args) -> list[str]:
     return [
-        "--data", "moving-digits", "--frames", str(args.frames),
-        "--resolution", str(args.resolution), "--condition", "class",
+        "--data", args.data, "--frames", str(args.frames),
+        "--resolution", str(args.resolution), "--condition", args.condition,
         "--batch-size", str(args.batch_size), "--seed", str(args.seed),
         "--learning-rate", "5e-4", "--lr-warmup-steps", "100", "--ema-decay", "0.999",
         "--checkpoint-every", str(args.checkpoint_every), "--sample-every", str(args.steps),
@@ -89,7 +94,7 @@ def row_flags(args, spec: dict) -> list[str]:
 def run_row(args, name: str) -> dict:
     question, description, spec = ROWS[name]
     out = args.runs / name
-    report_path = RESULTS / f"{name}.json"
+    report_path = args.results / f"{name}.json"
     if report_path.is_file() and json.loads(report_path.read_text())["steps"] >= args.steps:
         return json.loads(report_path.read_text())
     if spec.get("pretrained") and not (out / "checkpoints").is_dir():
@@ -99,7 +104,8 @@ def run_row(args, name: str) -> dict:
     from videofusion.evaluate import evaluate
 
     started = time.perf_counter()
-    report = evaluate(real="moving-digits", fake=out / "pipeline", metrics=METRICS,
+    metrics = DIGIT_METRICS if args.data == "moving-digits" else VIDEO_METRICS
+    report = evaluate(real=args.real, fake=out / "pipeline", metrics=metrics,
                       num_videos=args.num_videos, num_frames=args.frames, seed=args.seed,
                       num_inference_steps=args.sample_steps, guidance_scale=args.guidance,
                       progress=False)
@@ -108,18 +114,19 @@ def run_row(args, name: str) -> dict:
            "steps": args.steps, "batch_size": args.batch_size,
            "pretrain_steps": args.pretrain_steps if spec.get("pretrained") else 0,
            "train_summary": summary, "eval_seconds": time.perf_counter() - started,
-           "eval_command": (f"evaluate(real='moving-digits', fake='{out}/pipeline', "
-                            f"metrics='{METRICS}', num_videos={args.num_videos}, "
+           "data": args.data,
+           "eval_command": (f"evaluate(real='{args.real}', fake='{out}/pipeline', "
+                            f"metrics='{metrics}', num_videos={args.num_videos}, "
                             f"num_inference_steps={args.sample_steps}, "
                             f"guidance_scale={args.guidance}, seed={args.seed})"),
            "report": report}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(row, indent=2, default=str))
     return row
 
 
-def write_markdown() -> Path:
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+def write_markdown(results: Path) -> Path:
+    rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
     rows.sort(key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else 99)
     keys = [("fvd", "FVD"), ("kvd_x1000", "KVD x1000"), ("is_i3d_k400", "IS (I3D-K400)"),
             ("fvd_digits", "FVD-digits"), ("content_consistency", "content"),
@@ -133,7 +140,7 @@ def write_markdown() -> Path:
                  for k, _ in keys]
         lines.append(f"| {row['name']} | {row['question']} | {row['steps']} x "
                      f"{row['batch_size']} | {row['pretrain_steps']} | " + " | ".join(cells) + " |")
-    table = RESULTS / "table.md"
+    table = results / "table.md"
     table.write_text("\n".join(lines) + "\n")
     return table
 
@@ -163,8 +170,19 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "ablations")
+    parser.add_argument("--data", default="moving-digits",
+                        help="'moving-digits' or a training folder of videos")
+    parser.add_argument("--real", help="held-out videos for evaluation (default: the "
+                        "moving-digits test split; required with a folder --data)")
+    parser.add_argument("--condition", default="class", choices=("none", "class"))
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where the row JSONs and table.md go")
     parser.add_argument("--report", action="store_true", help="only rebuild the table")
     args = parser.parse_args()
+    if args.real is None:
+        if args.data != "moving-digits":
+            parser.error("--real TEST_FOLDER is required with a folder --data")
+        args.real = "moving-digits"
     if not args.report:
         names = [n for n in args.rows.split(",") if n]
         unknown = sorted(set(names) - set(ROWS))
@@ -176,7 +194,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for row in pool.map(lambda n: run_row(args, n), names):
                 print(f"{row['name']}: done", flush=True)
-    print(f"wrote {write_markdown()}")
+    print(f"wrote {write_markdown(args.results)}")
 
 
 if __name__ == "__main__":
