@@ -8,10 +8,13 @@ generator it is the VDM baseline, sampled through the same code.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
@@ -157,11 +160,17 @@ class VideoFusionPipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         progress: bool = True,
+        image=None,
     ) -> VideoFusionPipelineOutput | tuple:
         """Generate videos. ``num_videos`` per prompt/label (or in all, when unconditional).
 
         ``base_noise`` ``(batch, C, h, w)`` / ``residual_noise`` ``(batch, C, frames, h, w)`` fix
         a part of the initial noise (spec §5); ``lambda_`` defaults to the trained value.
+        ``image`` makes it image-to-video: the image is the key frame (frame ``num_frames // 2``)
+        of every video, the clip is generated around it (``sample_decomposed``'s ``key_frame``).
+        It is a PIL image, numpy ``(H, W[, C])`` uint8 or float in [0, 1], a tensor ``(C, H, W)``
+        or ``(batch, C, H, W)`` in [0, 1], or a list of those (one per video); it is resized to
+        the sample size.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -180,15 +189,35 @@ class VideoFusionPipeline(DiffusionPipeline):
         channels = self.residual.config.out_channels
         shape = (batch, channels, num_frames, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)
+        key_frame = None if image is None else self.encode_image(image, batch, height, width)
         latents = sample_decomposed(
             model, self.scheduler, shape, lambdas, num_inference_steps=num_inference_steps,
             generator=generator, condition=condition, guidance_scale=guidance_scale, eta=eta,
             base_noise=base_noise, residual_noise=residual_noise, device=self.device,
-            dtype=self.residual.dtype, progress=progress,
+            dtype=self.residual.dtype, progress=progress, key_frame=key_frame,
         )
         frames = latents if output_type == "latent" else self.postprocess(self.decode(latents),
                                                                            output_type)
         return VideoFusionPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    def encode_image(self, image, batch: int, height: int, width: int) -> torch.Tensor:
+        """An image (see ``__call__``) -> the key frame in model space ``(batch, C, h, w)``:
+        pixels in [-1, 1], or the VAE latent's mode times ``scaling_factor``."""
+        pixels = image_to_tensor(image)  # (n, C, H, W) in [0, 1]
+        if len(pixels) not in (1, batch):
+            raise ValueError(f"got a batch of {len(pixels)} images for {batch} videos: pass one "
+                             "image, or one per video")
+        channels = (self.vae.config.in_channels if self.vae is not None
+                    else self.residual.config.out_channels)
+        pixels = match_channels(pixels, channels)
+        if pixels.shape[-2:] != (height, width):
+            pixels = F.interpolate(pixels, size=(height, width), mode="bilinear",
+                                   antialias=True)
+        pixels = (pixels * 2 - 1).expand(batch, -1, -1, -1).to(self.device)
+        if self.vae is None:
+            return pixels.to(self.residual.dtype)
+        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        return (latents * self.vae.config.scaling_factor).to(self.residual.dtype)
 
     def decode(self, latents: torch.Tensor, frames_per_slice: int = 8) -> torch.Tensor:
         """Latents -> pixels ``(B, C, F, H, W)`` in [-1, 1], a few frames at a time."""
@@ -234,6 +263,65 @@ class VideoFusionPipeline(DiffusionPipeline):
     def lambdas(self, num_frames: int, lambda_=None) -> torch.Tensor:
         return self.model.lambdas(num_frames, self.config.default_lambda if lambda_ is None
                                   else lambda_)
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """A PIL image, numpy ``(H, W[, C])`` (uint8, or float in [0, 1]), a tensor ``(C, H, W)`` /
+    ``(n, C, H, W)`` in [0, 1] (the ``"pt"`` output's range), or a list of them -> float
+    ``(n, C, H, W)`` in [0, 1], C = 1 or 3 (an alpha channel is dropped)."""
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("image is an empty list")
+        return torch.cat([image_to_tensor(one) for one in image])
+    if isinstance(image, Image.Image):
+        image = np.array(image if image.mode in ("L", "RGB") else image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3:
+            raise ValueError(f"a numpy image must be (H, W) or (H, W, C), got {image.shape}")
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / scale
+    if not isinstance(image, torch.Tensor):
+        raise ValueError("image must be a PIL image, a numpy array, a tensor or a list of them, "
+                         f"got {type(image).__name__}")
+    image = image.float()
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4 or image.shape[1] not in (1, 3, 4):
+        raise ValueError("an image must have 1, 3 or 4 channels (C, H, W) or (n, C, H, W), got "
+                         f"shape {tuple(image.shape)}")
+    if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+        raise ValueError("float images must lie in [0, 1] (uint8 numpy or PIL for 0-255), got "
+                         f"values in [{image.min().item():.3g}, {image.max().item():.3g}]")
+    return image[:, :3]
+
+
+def match_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey -> RGB by repetition, RGB -> grey by luma (ITU-R 601, as PIL's ``convert("L")``)."""
+    if pixels.shape[1] == channels:
+        return pixels
+    if channels not in (1, 3):
+        raise ValueError(f"an image can only be the key frame of a 1- or 3-channel model, this "
+                         f"one has {channels} channels")
+    if channels == 3:
+        return pixels.expand(-1, 3, -1, -1)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=pixels.dtype).view(1, 3, 1, 1)
+    return (pixels * luma).sum(1, keepdim=True)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """An image file, loaded; a missing file is ``FileNotFoundError``, an unreadable one
+    ``ValueError`` (one line each, for the CLI)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "image not found", str(path))
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
 
 
 __all__ = ["VideoFusionPipeline", "VideoFusionPipelineOutput", "make_lambdas"]

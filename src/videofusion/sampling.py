@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models.videofusion import VideoFusionModel
-from .noise import combine_noise, decomposed_noise
+from .noise import combine_noise, decomposed_noise, key_frame_index
 
 
 @dataclass
@@ -60,13 +60,15 @@ def guided_noise_prediction(
     lambdas: torch.Tensor,
     condition: Condition,
     guidance_scale: float = 1.0,
+    key_frame: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """epshat with classifier-free guidance applied to each network in turn (spec §4).
 
     ``timestep`` and ``alpha_bar`` are ``(B,)``, one per clip of ``z_t`` ``(B, C, F, H, W)``.
 
     The guided bhat is removed from the residual input, so both passes of the residual generator
-    see the same z'.
+    see the same z'. A known ``key_frame`` ``(B, C, H, W)`` replaces bhat by the base noise it
+    implies (:func:`implied_base_noise`); the base generator is then not run.
     """
     guide = guidance_scale != 1.0
     cond = condition.for_guidance() if guide else condition.plain()
@@ -82,7 +84,9 @@ def guided_noise_prediction(
 
     t, a = doubled(timestep), doubled(alpha_bar)  # (B,) or (2B,)
     base = None
-    if not model.is_baseline:
+    if key_frame is not None:
+        base = implied_base_noise(z_t, key_frame, alpha_bar)  # (B, C, H, W)
+    elif not model.is_baseline:
         base = guided(lambda x: model.predict_base(x, t, **cond), z_t)  # (B, C, H, W)
     residual = guided(
         lambda x: model.predict_residual(x, None if base is None else doubled(base), t, a,
@@ -92,6 +96,17 @@ def guided_noise_prediction(
     if base is None:
         return residual
     return combine_noise(base, residual, lambdas)
+
+
+def implied_base_noise(z_t: torch.Tensor, key_frame: torch.Tensor,
+                       alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The base noise b for which z_t^k = sqrt(abar_t) x^k + sqrt(1 - abar_t) b (spec §2).
+
+    The key frame's noise is all base (lambda^k = 1), so a known key frame ``x^k`` ``(B, C, H,
+    W)`` fixes b exactly: it is what a perfect base generator would predict.
+    """
+    a = alpha_bar.to(z_t).view(-1, 1, 1, 1)
+    return (z_t[:, :, key_frame_index(z_t.shape[2])] - a.sqrt() * key_frame) / (1 - a).sqrt()
 
 
 def sample_decomposed(
@@ -111,6 +126,7 @@ def sample_decomposed(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    key_frame: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Two-step decomposed sampling (spec §4). Returns z_0 ``(B, C, F, H, W)``.
 
@@ -119,6 +135,20 @@ def sample_decomposed(
     ``eta`` is DDIM's stochasticity (0: deterministic, 1: DDPM-like); other schedulers ignore it.
     ``before_step(i, z_t)`` returns the z_t that step ``i`` denoises: long videos use it to pin
     the frames a clip shares with the previous one (spec §5, ``videofusion.long_video``).
+
+    ``key_frame`` ``(B, C, H, W)``, in model space, turns this into image-to-video: the clip is
+    generated around a given key frame. The key frame carries the base noise (spec §2,
+    lambda^k = 1), so a known key frame determines b at every step: the sampler uses that
+    implied base noise (:func:`implied_base_noise`) instead of the base generator's estimate.
+    The key frame then follows the forward-noised image exactly (its epsilon is the b it was
+    noised with), the other frames get the same b through ``sqrt(lambda^i) b`` in epshat and in
+    the residual input, and fresh noise of stochastic schedulers stays consistent because the
+    key frame's share of it is, again, the base. This is chosen over pinning z_t^k to
+    ``sqrt(abar_t) x + sqrt(1 - abar_t) b_T`` (replacement): replacement still feeds the other
+    frames the base generator's estimate, which ignores the image, and pins the key frame to
+    b_T although DDPM-like steps renew the base. z_T^k starts as the image noised with the
+    clip's base noise (``scheduler.add_noise``); the returned key frame is the image itself
+    (schedulers whose last step stops short of abar = 1 would leave a trace of noise).
     """
     if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
         raise ValueError(
@@ -130,10 +160,18 @@ def sample_decomposed(
     model.check_resolution(*shape[-2:])
     condition = condition or Condition()
     lambdas = lambdas.to(device)
-    z = decomposed_noise(shape, lambdas, generator, base_noise=base_noise,
-                         residual_noise=residual_noise, device=device, dtype=dtype)
+    k = key_frame_index(shape[2])
+    if key_frame is not None:
+        check_key_frame(model, key_frame, shape, lambdas)
+        key_frame = key_frame.to(device=device, dtype=dtype)
+    parts = decomposed_noise(shape, lambdas, generator, base_noise=base_noise,
+                             residual_noise=residual_noise, device=device, dtype=dtype,
+                             return_parts=True)
     scheduler.set_timesteps(num_inference_steps, device=device)
-    z = z * scheduler.init_noise_sigma
+    z = parts.noise * scheduler.init_noise_sigma
+    if key_frame is not None:
+        first = scheduler.timesteps[:1].expand(shape[0])
+        z[:, :, k] = scheduler.add_noise(key_frame, parts.base_noise, first)
     with torch.inference_mode():
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
             if before_step is not None:
@@ -142,9 +180,26 @@ def sample_decomposed(
             alpha_bar = alpha_bar_at(scheduler, t, i).to(device=device, dtype=dtype)
             eps = guided_noise_prediction(model, z_in, t.to(device).expand(shape[0]),
                                           alpha_bar.expand(shape[0]), lambdas, condition,
-                                          guidance_scale)
+                                          guidance_scale, key_frame)
             z = scheduler_step(scheduler, eps, t, z, lambdas, generator, eta)
+        if key_frame is not None:
+            z[:, :, k] = key_frame
     return z
+
+
+def check_key_frame(model: VideoFusionModel, key_frame: torch.Tensor, shape: tuple,
+                    lambdas: torch.Tensor) -> None:
+    """Refuse a key frame of the wrong shape, or one that cannot carry the base noise."""
+    expected = (shape[0], shape[1], *shape[3:])
+    if tuple(key_frame.shape) != expected:
+        raise ValueError(f"key_frame must have shape {expected} (batch, channels, height, "
+                         f"width), got {tuple(key_frame.shape)}")
+    if model.is_baseline:
+        raise ValueError("image-to-video needs a base generator: the VDM baseline has no base "
+                         "noise for the key frame to carry")
+    if float(lambdas[key_frame_index(shape[2])]) != 1.0:
+        raise ValueError("image-to-video needs lambda = 1 on the key frame (its noise all base, "
+                         f"spec §1), got {float(lambdas[key_frame_index(shape[2])])}")
 
 
 def alpha_bar_at(scheduler, timestep: torch.Tensor, step_index: int) -> torch.Tensor:
