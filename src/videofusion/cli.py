@@ -34,6 +34,16 @@ def _widths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers like 16,32,64, got {text!r}") from err
 
 
+def _grid(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected ROWS,COLS like 3,4, got {text!r}") from err
+    if rows < 1 or cols < 1:
+        raise argparse.ArgumentTypeError(f"rows and columns must be >= 1, got {text!r}")
+    return rows, cols
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """``videofusion train``: flags override ``--config``; unset flags leave the YAML value."""
     p = subparsers.add_parser(
@@ -141,6 +151,12 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--base-seed", type=int, help="one base noise for all videos (same content)")
     p.add_argument("--residual-seed", type=int,
                    help="one residual noise for all videos (same motion)")
+    p.add_argument("--image", metavar="PATH",
+                   help="image-to-video: this image is the key frame (frame FRAMES // 2) of "
+                        "every video, resized to the sample size")
+    p.add_argument("--control-grid", type=_grid, metavar="R,C",
+                   help="an R x C grid instead: rows share the base noise (content), columns "
+                        "the residual noise (motion); writes control_grid.png and .gif")
     p.add_argument("--fps", type=int, help="default: the model's fps")
     p.add_argument("--scale", type=int, help="pixel enlargement of the files; default to 128 px")
     p.add_argument("--out", default="samples", help="output folder")
@@ -176,6 +192,15 @@ def run_sample(args: argparse.Namespace) -> int:
     for name in ("num_videos", "steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.control_grid and (args.image or args.base_seed is not None
+                              or args.residual_seed is not None):
+        raise ValueError("--control-grid draws its own base and residual noise: it takes no "
+                         "--image, --base-seed or --residual-seed")
+    image = None
+    if args.image is not None:
+        from .pipeline import read_image
+
+        image = read_image(args.image)
     pipe = load_pipeline(args.model_dir)
     import torch
     from diffusers import (
@@ -195,6 +220,20 @@ def run_sample(args: argparse.Namespace) -> int:
                                 resolution // pipe.vae_scale_factor)
     conditional = pipe.num_classes is not None or pipe.residual.config.cross_attention_dim
     guidance = args.guidance if args.guidance is not None else (2.0 if conditional else 1.0)
+    out = Path(args.out)
+    fps = args.fps or pipe.config.fps
+    scale = args.scale or max(1, 128 // resolution)
+    if args.control_grid:
+        from .control import content_motion_grid
+
+        grid = content_motion_grid(
+            pipe, *args.control_grid, prompt=args.prompt, class_labels=args.class_label,
+            num_frames=args.frames, height=resolution, width=resolution,
+            num_inference_steps=args.steps, guidance_scale=guidance, lambda_=args.lambda_,
+            eta=args.eta, seed=args.seed)
+        for path in grid.save(out, fps, scale):
+            print(path)
+        return 0
     groups = len(args.class_label) if args.class_label else 1
     batch = groups * args.num_videos
     side = resolution // pipe.vae_scale_factor
@@ -210,11 +249,8 @@ def run_sample(args: argparse.Namespace) -> int:
         height=resolution, width=resolution, num_inference_steps=args.steps,
         guidance_scale=guidance, lambda_=args.lambda_,
         generator=torch.Generator().manual_seed(args.seed), num_videos=args.num_videos,
-        eta=args.eta, **noise,
+        eta=args.eta, image=image, **noise,
     ).frames
-    out = Path(args.out)
-    fps = args.fps or pipe.config.fps
-    scale = args.scale or max(1, 128 // resolution)
     for i, video in enumerate(videos):
         for path in (write_mp4(video, out / f"video_{i:03d}.mp4", fps, scale),
                      write_gif(video, out / f"video_{i:03d}.gif", fps, scale)):

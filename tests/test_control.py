@@ -1,0 +1,104 @@
+"""Content / motion control (spec §5): the R x C grid, its CLI and scripts/control_metrics.py."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_base, tiny_residual
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from videofusion.cli import main
+from videofusion.control import content_motion_grid
+from videofusion.noise import key_frame_index
+from videofusion.pipeline import VideoFusionPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def class_pipeline():
+    return VideoFusionPipeline(residual=tiny_residual(num_classes=10),
+                               base=tiny_base(num_classes=10), scheduler=DDIMScheduler(),
+                               sample_size=8)
+
+
+def test_grid_rows_share_the_base_noise_and_columns_the_residual_noise(tmp_path):
+    pipe = class_pipeline()
+    grid = content_motion_grid(pipe, 2, 3, class_labels=4, num_frames=4,
+                               num_inference_steps=3, progress=False)
+    assert grid.videos.shape == (2, 3, 4, 8, 8, 3)
+    for r, c in [(0, 0), (1, 2), (0, 1)]:
+        alone = pipe(class_labels=[4], num_frames=4, num_inference_steps=3, progress=False,
+                     base_noise=grid.base_noise[r:r + 1],
+                     residual_noise=grid.residual_noise[c:c + 1]).frames[0]
+        np.testing.assert_allclose(grid.videos[r, c], alone, atol=1e-5)
+    # deterministic DDIM: the key frame (all base, lambda^k = 1) depends on the base noise only
+    k = key_frame_index(4)
+    keys = grid.videos[:, :, k]
+    np.testing.assert_allclose(keys[:, 1:], keys[:, :1].repeat(2, axis=1), atol=1e-5)
+    assert np.abs(keys[0] - keys[1]).max() > 0.05
+    others = grid.videos[0, :, k + 1]
+    assert np.abs(others[0] - others[1]).max() > 0.01  # different residual, different frames
+
+    gif, sheet = grid.save(tmp_path, fps=4, scale=2)
+    assert Image.open(gif).size == (2 * (3 * 8 + 2), 2 * (2 * 8 + 1))
+    assert Image.open(gif).n_frames == 4
+    assert Image.open(sheet).size == (2 * 8 * 4 + 3, 2 * 8 * 6 + 5)
+
+
+def test_grid_bad_arguments():
+    pipe = class_pipeline()
+    with pytest.raises(ValueError, match="one prompt and/or one class label"):
+        content_motion_grid(pipe, 2, 2, class_labels=[1, 2])
+    with pytest.raises(ValueError, match=">= 1"):
+        content_motion_grid(pipe, 0, 2, class_labels=1)
+    with pytest.raises(ValueError, match="sets base_noise itself"):
+        content_motion_grid(pipe, 2, 2, class_labels=1, base_noise=torch.zeros(1))
+    baseline = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDIMScheduler(),
+                                   sample_size=8)
+    with pytest.raises(ValueError, match="VDM baseline"):
+        content_motion_grid(baseline, 2, 2)
+
+
+def test_cli_control_grid(tmp_path, capsys):
+    class_pipeline().save_pretrained(tmp_path / "model")
+    code = main(["sample", "--model-dir", str(tmp_path / "model"), "--class-label", "3",
+                 "--control-grid", "2,2", "--frames", "4", "--steps", "2",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "out" / "control_grid.gif"),
+                       str(tmp_path / "out" / "control_grid.png")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--model-dir", str(tmp_path / "model"), "--class-label", "3",
+              "--control-grid", "2,2", "--base-seed", "1"])
+    assert exit_info.value.code == 2
+    assert "takes no --image, --base-seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--control-grid", "2x2"])
+    assert exit_info.value.code == 2
+    assert "ROWS,COLS" in capsys.readouterr().err
+
+
+def test_control_metrics_script_end_to_end(tmp_path, capsys):
+    class_pipeline().save_pretrained(tmp_path / "model")
+    spec = importlib.util.spec_from_file_location("control_metrics",
+                                                  ROOT / "scripts" / "control_metrics.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "report.json"
+    assert script.main([str(tmp_path / "model"), "--class-label", "2", "--groups", "2",
+                        "--per-group", "2", "--frames", "4", "--steps", "2",
+                        "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["sets"]) == {"shared_base", "shared_residual", "independent"}
+    for row in report["sets"].values():
+        assert set(row) == {"digit_agreement", "color_agreement", "motion_agreement",
+                            "no_digit", "num_videos"}
+        assert row["num_videos"] == 4
+        assert all(0.0 <= row[key] <= 1.0 for key in row if key != "num_videos")
+    assert "shared_base" in capsys.readouterr().out
+    assert script.agreement(np.array([1, 1, 2, 3]), 2) == 0.5
