@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from itertools import combinations
 from pathlib import Path
 
@@ -107,7 +108,10 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     results = {}
     for kind in SETS:
+        start = time.perf_counter()
         props = video_properties(sample_set(pipe, kind, args, generator))
+        print(f"{kind}: {args.groups * args.per_group} videos in "
+              f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
         results[kind] = {f"{name}_agreement": agreement(props[name], args.per_group)
                          for name in PROPERTIES}
         results[kind]["no_digit"] = float((props["digit"] < 0).mean())

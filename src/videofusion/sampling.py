@@ -145,10 +145,11 @@ def sample_decomposed(
     the residual input, and fresh noise of stochastic schedulers stays consistent because the
     key frame's share of it is, again, the base. This is chosen over pinning z_t^k to
     ``sqrt(abar_t) x + sqrt(1 - abar_t) b_T`` (replacement): replacement still feeds the other
-    frames the base generator's estimate, which ignores the image, and pins the key frame to
-    b_T although DDPM-like steps renew the base. z_T^k starts as the image noised with the
-    clip's base noise (``scheduler.add_noise``); the returned key frame is the image itself
-    (schedulers whose last step stops short of abar = 1 would leave a trace of noise).
+    frames the base generator's estimate of b, not the b the image was noised with, and pins
+    the key frame to b_T although DDPM-like steps renew the base. z_T^k starts as the image
+    noised with the clip's base noise (``scheduler.add_noise``); the returned key frame is the
+    image itself (schedulers whose last step stops short of abar = 1 would leave a trace of
+    noise).
     """
     if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
         raise ValueError(
