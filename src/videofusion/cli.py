@@ -59,6 +59,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--resolution", type=int, help="clip side in pixels")
     g.add_argument("--channels", type=int, help="1 (grey) or 3 (colour)")
     g.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    g.add_argument("--vae", help="train in latent space: an AutoencoderKL folder or a folder "
+                                 "with vae/ (Stable Diffusion, 'videofusion train-vae' output)")
+    g.add_argument("--vae-slice", type=int, help="frames per VAE encode call (memory bound)")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=("videofusion", "vdm"))
     g.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
@@ -71,6 +74,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--residual-channels", type=_widths, help="e.g. 16,32,64")
     g.add_argument("--layers-per-block", type=int)
     g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--text-encoder",
+                   help="a CLIP text encoder folder (or one with text_encoder/ + tokenizer/) "
+                        "for text conditioning; default: the offline MiniLM encoder")
     g = p.add_argument_group("stages (spec §3)")
     g.add_argument("--base-pretrain-steps", type=int,
                    help="stage 1: image-diffusion steps of the base generator on single frames")
@@ -96,6 +102,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="odds of the null condition, for classifier-free guidance")
     g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
                    help="GPU only; CPU runs stay fp32")
+    g.add_argument("--beta-schedule", choices=("linear", "scaled_linear"),
+                   help="DDPM noise schedule (Stable Diffusion: scaled_linear 0.00085 .. 0.012)")
+    g.add_argument("--beta-start", type=float)
+    g.add_argument("--beta-end", type=float)
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("outputs")
     g.add_argument("--output-dir")
@@ -125,6 +135,47 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(config)
     if PartialState().is_main_process:
         print(f"{PROG}: wrote {result}")
+    return 0
+
+
+def add_train_vae_parser(subparsers) -> argparse.ArgumentParser:
+    """``videofusion train-vae``: a small AutoencoderKL on a dataset's frames, for ``--vae``."""
+    p = subparsers.add_parser(
+        "train-vae", help="train a small VAE for latent-space training",
+        description="Train a diffusers AutoencoderKL on single frames (L1 + small KL; no GAN or "
+                    "LPIPS), set its scaling_factor to 1/std of the latents and print the "
+                    "held-out reconstruction PSNR. Writes OUT/vae (pass --vae OUT to train), "
+                    "OUT/checkpoints and OUT/vae_summary.json (docs/training.md).")
+    p.add_argument("--data", required=True, help="'moving-digits' or a folder of videos")
+    p.add_argument("--resolution", type=int, required=True, help="frame side in pixels")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=16, help="frames per step")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--latent-channels", type=int, default=4)
+    p.add_argument("--block-channels", type=_widths, default=[32, 64],
+                   help="encoder/decoder widths; the VAE halves the side once per extra width "
+                        "(default 32,64: factor 2)")
+    p.add_argument("--channels", type=int, default=3, help="image channels, 1 or 3")
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    p.add_argument("--stop-at-step", type=int, help="checkpoint and exit at this step")
+    p.set_defaults(handler=run_train_vae)
+    return p
+
+
+def run_train_vae(args: argparse.Namespace) -> int:
+    from .vae import VAETrainConfig, train_vae
+
+    config = VAETrainConfig(
+        data=args.data, out=args.out, resolution=args.resolution, image_channels=args.channels,
+        latent_channels=args.latent_channels, block_out_channels=args.block_channels,
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        kl_weight=args.kl_weight, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        resume=args.resume, stop_at_step=args.stop_at_step)
+    print(f"{PROG}: wrote {train_vae(config)}")
     return 0
 
 
@@ -414,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_parser
     from .evaluate import add_eval_parser
 
-    for add in (add_train_parser, add_sample_parser, add_info_parser, add_bench_parser,
+    for add in (add_train_parser, add_train_vae_parser,
+                add_sample_parser, add_info_parser, add_bench_parser,
                 add_eval_parser, add_data_parser):
         add(subparsers)
     return parser

@@ -18,6 +18,7 @@ MODEL_KINDS = ("videofusion", "vdm")
 CONDITIONS = ("none", "class", "text", "class+text")
 RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+BETA_SCHEDULES = ("linear", "scaled_linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings of one invocation, not of the run: never saved, never read back on resume.
 RUNTIME_FIELDS = ("resume", "stop_at_step")
@@ -37,6 +38,9 @@ class TrainConfig:
     channels: int = 3
     data_options: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
+    # latent space: an AutoencoderKL folder (or a pipeline folder with vae/); None = pixels
+    vae: str | None = None
+    vae_slice: int = 8  # frames per VAE encode call, which bounds the encoder's memory
     # model
     model: str = "videofusion"
     lambda_: float = 0.5
@@ -46,6 +50,9 @@ class TrainConfig:
     residual_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     layers_per_block: int = 1
     gradient_checkpointing: bool = False
+    # text conditioning: a CLIP text encoder folder (or one with text_encoder/ + tokenizer/);
+    # None = the offline MiniLM encoder
+    text_encoder: str | None = None
     # the two stages (spec §3)
     base_pretrain_steps: int = 0
     base_from: str | None = None
@@ -67,6 +74,10 @@ class TrainConfig:
     ema_decay: float = 0.9999
     cond_drop: float = 0.1
     num_train_timesteps: int = 1000
+    # the DDPM noise schedule; Stable Diffusion's is scaled_linear 0.00085 .. 0.012
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
     mixed_precision: str = "no"
     seed: int = 0
     # outputs
@@ -103,11 +114,12 @@ class TrainConfig:
             ("residual_input", self.residual_input, RESIDUAL_INPUTS),
             ("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS),
             ("mixed_precision", self.mixed_precision, MIXED_PRECISION),
+            ("beta_schedule", self.beta_schedule, BETA_SCHEDULES),
         ):
             need(value in choices, f"{name} must be one of {choices}, got {value!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
                      "checkpoints_total_limit", "sample_every", "sample_num", "sample_steps",
-                     "log_every", "num_train_timesteps", "layers_per_block"):
+                     "log_every", "num_train_timesteps", "layers_per_block", "vae_slice"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("base_pretrain_steps", "lr_warmup_steps", "num_workers"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
@@ -115,6 +127,10 @@ class TrainConfig:
         need(0.0 <= self.cond_drop < 1.0, f"cond_drop must lie in [0, 1), got {self.cond_drop}")
         need(0.0 <= self.ema_decay < 1.0, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(0 < self.beta_start < self.beta_end < 1,
+             f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        need(self.text_encoder is None or "text" in self.condition,
+             f"text_encoder needs condition text or class+text, got {self.condition!r}")
         for name in ("base_channels", "residual_channels"):
             widths = getattr(self, name)
             need(len(widths) >= 1 and all(w >= 8 and w % 8 == 0 for w in widths),

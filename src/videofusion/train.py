@@ -114,12 +114,26 @@ class TrainingModule(nn.Module):
 
 
 class CaptionEncoder:
-    """Captions -> MiniLM token states, each unique caption encoded once and cached."""
+    """Captions -> token states, each unique caption encoded once and cached.
 
-    def __init__(self, device: torch.device):
-        from .text import MiniLMTextEncoder
+    The offline MiniLM encoder, or a CLIP text encoder from ``clip_path`` (``--text-encoder``),
+    padded to the tokenizer's ``model_max_length`` as ``VideoFusionPipeline.encode_prompt`` does,
+    so that sampling sees the states training saw."""
 
-        self.encoder = MiniLMTextEncoder().to(device)
+    def __init__(self, device: torch.device, clip_path: str | None = None):
+        from .text import CLIPTextEncoder, MiniLMTextEncoder, TextEncoder
+
+        self.kind = "minilm" if clip_path is None else "clip"
+        if clip_path is None:
+            self.encoder = MiniLMTextEncoder()
+        else:
+            clip = CLIPTextEncoder.from_pretrained(clip_path)
+            length = clip.tokenizer.model_max_length
+            if length > clip.model.config.max_position_embeddings:
+                raise ValueError(f"text_encoder: the tokenizer pads to {length} tokens, the "
+                                 f"model takes {clip.model.config.max_position_embeddings}")
+            self.encoder = TextEncoder(clip.model, clip.tokenizer, length)
+        self.encoder.to(device)
         self.cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -181,6 +195,7 @@ class Trainer:
         )
         set_seed(config.seed)
         self.device = self.accelerator.device
+        self.vae = self._load_vae()
         self.dataset = build_dataset(config.data, "train", config.frames, config.resolution,
                                      channels=config.channels, **config.data_options)
         if len(self.dataset) == 0:
@@ -188,23 +203,46 @@ class Trainer:
         self.num_classes = getattr(self.dataset, "num_classes", 0)
         if "class" in config.condition and not self.num_classes:
             raise ValueError(f"condition 'class' needs labelled data; {config.data!r} has none")
-        self.captions = CaptionEncoder(self.device) if "text" in config.condition else None
+        self.captions = (CaptionEncoder(self.device, config.text_encoder)
+                         if "text" in config.condition else None)
         self.model = self._build_model()
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
-                                             beta_schedule="linear")
+                                             beta_schedule=config.beta_schedule,
+                                             beta_start=config.beta_start,
+                                             beta_end=config.beta_end)
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
         self.lambdas = self.model.lambdas(config.frames, config.lambda_).to(self.device)
+
+    def _load_vae(self):
+        """The frozen VAE of a latent-space run, and the size of what the model sees: the
+        latent channels and ``resolution / scale factor`` (pixels without a VAE)."""
+        config = self.config
+        self.model_channels, self.model_resolution = config.channels, config.resolution
+        if not config.vae:
+            return None
+        from .vae import load_vae, vae_scale_factor
+
+        vae = load_vae(config.vae).to(self.device).eval().requires_grad_(False)
+        factor = vae_scale_factor(vae)
+        if vae.config.in_channels != config.channels:
+            raise ValueError(f"vae: takes {vae.config.in_channels}-channel images, the data has "
+                             f"{config.channels} channels")
+        if config.resolution % factor:
+            raise ValueError(f"resolution {config.resolution} is not divisible by the VAE's "
+                             f"factor {factor}")
+        self.model_channels = vae.config.latent_channels
+        self.model_resolution = config.resolution // factor
+        return vae
 
     def _build_model(self) -> VideoFusionModel:
         config = self.config
         model = build_model(
-            config.model, sample_size=config.resolution, channels=config.channels,
+            config.model, sample_size=self.model_resolution, channels=self.model_channels,
             condition=config.condition, num_classes=self.num_classes or 10,
             text_dim=self.captions.dim if self.captions else 384,
             base_channels=config.base_channels, residual_channels=config.residual_channels,
             layers_per_block=config.layers_per_block, residual_input=config.residual_input,
         )
-        model.check_resolution(config.resolution, config.resolution)
         if config.base_from:
             model.base = BaseGenerator.from_pretrained(config.base_from)
             self._check_base(model.base)
@@ -213,6 +251,7 @@ class Trainer:
             logger.warning("stage 1 skipped: the base generator starts from random weights "
                            "(pass --base-pretrain-steps N or --base-from PATH; "
                            "--base-from-scratch says this is intended)")
+        model.check_resolution(self.model_resolution, self.model_resolution)
         if config.gradient_checkpointing:
             model.residual.enable_gradient_checkpointing()
             if model.base is not None:
@@ -221,12 +260,16 @@ class Trainer:
 
     def _check_base(self, base: BaseGenerator) -> None:
         config, unet = self.config, base.unet.config
-        if unet.in_channels != config.channels:
-            raise ValueError(f"--base-from has {unet.in_channels} channels, the data "
-                             f"{config.channels}")
+        if unet.in_channels != self.model_channels:
+            space = "the VAE's latents" if self.vae is not None else "the data"
+            raise ValueError(f"--base-from has {unet.in_channels} channels, {space} "
+                             f"{self.model_channels}")
         if base.is_class_conditioned != ("class" in config.condition) or \
                 base.is_text_conditioned != ("text" in config.condition):
             raise ValueError(f"--base-from is not conditioned like --condition {config.condition}")
+        if self.captions is not None and unet.cross_attention_dim != self.captions.dim:
+            raise ValueError(f"--base-from attends to {unet.cross_attention_dim}-d text states, "
+                             f"the text encoder gives {self.captions.dim}")
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -354,17 +397,27 @@ class Trainer:
         if stage == "image":
             frames = torch.randint(video.shape[2], (video.shape[0],), generator=data_gen)
             clips = torch.arange(video.shape[0], device=self.device)
-            images = video[clips, :, frames.to(self.device)]  # (B, C, H, W)
+            # only the chosen frame of each clip is encoded (latent space)
+            images = self._encode(video[clips, :, frames.to(self.device)][:, :, None])[:, :, 0]
             loss = image_diffusion_loss(partial(self.module, image=True), images,
                                         self.alphas_cumprod, generator=noise_gen, **cond)
             return torch.stack([loss, loss.detach(), loss.detach()])
-        out = diffusion_loss(self.module, video, self.alphas_cumprod, self.lambdas,
+        out = diffusion_loss(self.module, self._encode(video), self.alphas_cumprod, self.lambdas,
                              generator=noise_gen, stop_gradient=config.stop_gradient,
                              freeze_base=config.freeze_base, **cond)
         k = key_frame_index(config.frames)
         per_frame = out.per_frame.detach()
         others = torch.cat([per_frame[:, :k], per_frame[:, k + 1:]], dim=1)
         return torch.stack([out.loss, per_frame[:, k].mean(), others.mean()])
+
+    def _encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the frozen VAE's scaled latents (posterior mean, see ``videofusion.vae``),
+        ``vae_slice`` frames per call; unchanged in pixel space."""
+        if self.vae is None:
+            return video
+        from .vae import encode_video
+
+        return encode_video(self.vae, video, self.config.vae_slice)
 
     def _condition(self, batch: dict, generator: torch.Generator) -> dict:
         """Labels and/or caption states, each dropped to its null value with ``cond_drop`` odds
@@ -451,10 +504,18 @@ class Trainer:
         from .pipeline import VideoFusionPipeline
 
         config, model = self.config, self.model
+        # Latents are not confined to [-1, 1]: no clipping of the predicted x_0 there.
+        clip_sample = {} if self.vae is None else {"clip_sample": False}
+        text = {}
+        if self.captions is not None:
+            text["text_encoder_kind"] = self.captions.kind
+            if self.captions.kind == "clip":  # shipped, so that sampling uses the same encoder
+                text.update(text_encoder=self.captions.encoder.model,
+                            tokenizer=self.captions.encoder.tokenizer)
         return VideoFusionPipeline.from_components(
             residual=model.residual, base=None if model.is_baseline else model.base.unet,
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
-            text_encoder_kind="minilm" if "text" in config.condition else None,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config, **clip_sample),
+            vae=self.vae, **text,
             residual_input=config.residual_input, sample_size=config.resolution,
             default_lambda=0.0 if model.is_baseline else config.lambda_,
         )
@@ -483,7 +544,7 @@ class Trainer:
                 kwargs["class_labels"] = [i % self.num_classes for i in range(config.sample_num)]
             if "text" in config.condition:
                 kwargs["prompt"] = [self.dataset[i]["caption"] for i in range(config.sample_num)]
-            else:
+            if config.condition == "none":  # else one video per label / prompt
                 kwargs["num_videos"] = config.sample_num
             if config.condition != "none":
                 kwargs["guidance_scale"] = config.sample_guidance
@@ -531,6 +592,9 @@ class Trainer:
             "device": str(self.device),
             "frames": config.frames,
             "resolution": config.resolution,
+            "latent": None if self.vae is None else {
+                "vae": config.vae, "channels": self.model_channels,
+                "resolution": self.model_resolution},
             "parameters": {"base": count_parameters(self.model.base),
                            "residual": count_parameters(self.model.residual),
                            "total": count_parameters(self.model)},
