@@ -10,9 +10,10 @@ For one class label or prompt, samples three sets of GROUPS x PER_GROUP videos:
 
 Each video gets a majority digit (``videofusion.metrics.digits`` classifier), a colour and a
 motion class (the digit video encoder's heads, docs/metrics.md). The agreement of a property is
-the share of same-group pairs of videos that agree on it, averaged over groups; ``no_digit``
-is the share of videos in which the classifier sees no digit at all (they agree with each
-other as "no digit"). Prints a table and writes JSON.
+the share of same-group pairs of videos that agree on it, over the pairs in which both videos
+show a digit (``pairs``; colour and motion of a digit-less video mean nothing); it is null when
+there is no such pair. ``no_digit`` is the share of videos in which the classifier sees no digit
+at all. Prints a table and writes JSON.
 
     .venv/bin/python scripts/control_metrics.py runs/digits/pipeline --class-label 3 \\
         --groups 8 --per-group 4 --steps 25 --out control_metrics.json
@@ -93,11 +94,17 @@ def video_properties(videos: np.ndarray) -> dict[str, np.ndarray]:
             "motion": heads["motion"].argmax(1).numpy()}
 
 
-def agreement(values: np.ndarray, per_group: int) -> float:
-    """Share of same-group pairs with equal values, averaged over groups."""
-    groups = values.reshape(-1, per_group)
-    return float(np.mean([np.mean([g[i] == g[j] for i, j in combinations(range(per_group), 2)])
-                          for g in groups]))
+def agreement(values: np.ndarray, valid: np.ndarray, per_group: int) -> tuple[float | None, int]:
+    """Share of same-group pairs, both ``valid``, with equal values (None if no pair), and the
+    number of such pairs."""
+    same = pairs = 0
+    for vals, ok in zip(values.reshape(-1, per_group), valid.reshape(-1, per_group),
+                        strict=True):
+        for i, j in combinations(range(per_group), 2):
+            if ok[i] and ok[j]:
+                pairs += 1
+                same += int(vals[i] == vals[j])
+    return (same / pairs if pairs else None), pairs
 
 
 def main(argv=None) -> int:
@@ -112,19 +119,26 @@ def main(argv=None) -> int:
         props = video_properties(sample_set(pipe, kind, args, generator))
         print(f"{kind}: {args.groups * args.per_group} videos in "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
-        results[kind] = {f"{name}_agreement": agreement(props[name], args.per_group)
-                         for name in PROPERTIES}
-        results[kind]["no_digit"] = float((props["digit"] < 0).mean())
-        results[kind]["num_videos"] = args.groups * args.per_group
+        has_digit = props["digit"] >= 0
+        row = {}
+        for name in PROPERTIES:
+            row[f"{name}_agreement"], row["pairs"] = agreement(props[name], has_digit,
+                                                               args.per_group)
+        row["no_digit"] = float((~has_digit).mean())
+        row["num_videos"] = args.groups * args.per_group
+        results[kind] = row
     report = {"model_dir": str(args.model_dir), "class_label": args.class_label,
               "prompt": args.prompt, "groups": args.groups, "per_group": args.per_group,
               "frames": args.frames, "steps": args.steps, "seed": args.seed, "sets": results}
-    print(f"{'set':<16} {'digit':>7} {'colour':>7} {'motion':>7} {'no digit':>9}")
+    def cell(value):
+        return f"{'n/a':>7}" if value is None else f"{value:>7.3f}"
+
+    print(f"{'set':<16} {'digit':>7} {'colour':>7} {'motion':>7} {'pairs':>6} {'no digit':>9}")
     for kind, row in results.items():
-        print(f"{kind:<16} {row['digit_agreement']:>7.3f} {row['color_agreement']:>7.3f} "
-              f"{row['motion_agreement']:>7.3f} {row['no_digit']:>9.3f}")
-    print(f"(share of same-group pairs that agree; {args.groups} groups x {args.per_group} "
-          "videos per set)")
+        print(f"{kind:<16} {cell(row['digit_agreement'])} {cell(row['color_agreement'])} "
+              f"{cell(row['motion_agreement'])} {row['pairs']:>6} {row['no_digit']:>9.3f}")
+    print(f"(share of same-group pairs, both showing a digit, that agree; {args.groups} groups "
+          f"x {args.per_group} videos per set)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(args.out)

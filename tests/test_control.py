@@ -97,8 +97,14 @@ def test_control_metrics_script_end_to_end(tmp_path, capsys):
     assert set(report["sets"]) == {"shared_base", "shared_residual", "independent"}
     for row in report["sets"].values():
         assert set(row) == {"digit_agreement", "color_agreement", "motion_agreement",
-                            "no_digit", "num_videos"}
-        assert row["num_videos"] == 4
-        assert all(0.0 <= row[key] <= 1.0 for key in row if key != "num_videos")
+                            "pairs", "no_digit", "num_videos"}
+        assert row["num_videos"] == 4 and 0 <= row["pairs"] <= 2
+        assert 0.0 <= row["no_digit"] <= 1.0
+        for key in ("digit_agreement", "color_agreement", "motion_agreement"):
+            assert (row[key] is None) == (row["pairs"] == 0)
+            assert row[key] is None or 0.0 <= row[key] <= 1.0
     assert "shared_base" in capsys.readouterr().out
-    assert script.agreement(np.array([1, 1, 2, 3]), 2) == 0.5
+    every = np.ones(4, dtype=bool)
+    assert script.agreement(np.array([1, 1, 2, 3]), every, 2) == (0.5, 2)
+    assert script.agreement(np.array([1, 1, 2, 2]), np.array([1, 1, 1, 0], bool), 2) == (1.0, 1)
+    assert script.agreement(np.array([1, 1]), np.array([1, 0], bool), 2) == (None, 0)
