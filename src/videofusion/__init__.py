@@ -8,6 +8,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "BaseGenerator": ".models.base",
+    "DEFAULT_MODEL_DIR": ".assets",
     "Condition": ".sampling",
     "DecomposedNoise": ".noise",
     "NoisePrediction": ".models.videofusion",

