@@ -8,6 +8,16 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy shared machine OpenMP's
+    spinning threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def generator():
     return torch.Generator().manual_seed(0)
 

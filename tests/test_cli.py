@@ -7,20 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import tiny_base, tiny_residual
 from diffusers import DDIMScheduler
 
 from videofusion.cli import main
 from videofusion.pipeline import VideoFusionPipeline
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ CLIP_LENGTH = 12  # frames per fixture video: enough for 4 frames at the configs
 EXPECTED = {"ucf101": (4, 2), "frames": (2, 0), "taichi": (2, 0), "files": (3, 0)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def moving_square(seed: int, size=(20, 24)) -> np.ndarray:

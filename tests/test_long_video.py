@@ -13,15 +13,7 @@ from videofusion.long_video import SeamInpainting, num_clips
 from videofusion.pipeline import VideoFusionPipeline
 from videofusion.video_io import Mp4Writer, read_video
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy shared machine OpenMP's
-    spinning threads make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pipeline(num_classes=None):

@@ -11,14 +11,7 @@ from videofusion.config import TrainConfig
 from videofusion.pipeline import VideoFusionPipeline
 from videofusion.train import GlobalBatchSampler, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path, **overrides) -> TrainConfig:

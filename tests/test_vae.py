@@ -18,12 +18,7 @@ VAE_FLAGS = ["--data", "moving-digits", "--resolution", "16", "--batch-size", "8
              "--block-channels", "8,16", "--latent-channels", "4", "--lr", "2e-3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
