@@ -584,7 +584,9 @@ class Trainer:
             "wall_clock_seconds": round(elapsed, 2),
             "this_run_steps": step - start_step,
             "this_run_seconds": round(this_run, 2),
-            "seconds_per_step": round(this_run / max(1, step - start_step), 4),
+            # None when this invocation trained no step (an export with --stop-at-step)
+            "seconds_per_step": round(this_run / (step - start_step), 4)
+            if step > start_step else None,
             "batch_size_per_process": config.batch_size,
             "global_batch_size": config.batch_size * self.accelerator.num_processes
             * config.gradient_accumulation_steps,
