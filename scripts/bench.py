@@ -2,7 +2,7 @@
 
 The same flags as ``videofusion bench``, e.g.::
 
-    .venv/bin/python scripts/bench.py --quick --out /tmp/quick.json
+    .venv/bin/python scripts/bench.py --quick --out quick.json
     .venv/bin/python scripts/bench.py --out docs/benchmarks.json --markdown docs/benchmarks_table.md
 """
 
