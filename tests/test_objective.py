@@ -102,3 +102,32 @@ def test_baseline_is_the_standard_video_diffusion_loss():
     assert torch.allclose(out.loss, expected.mean(), atol=1e-6)
     with pytest.raises(ValueError, match="lambdas must all be 0"):
         diffusion_loss(model, clip, ALPHAS, make_lambdas(4, 0.5))
+
+
+def test_min_snr_weighting_of_the_image_loss():
+    """Weight min(SNR, gamma) / SNR per image: a gamma above every SNR is the plain loss, and a
+    replay of the draws gives the weighted mean."""
+    from videofusion import image_diffusion_loss
+
+    base = model_and_clip()[0].base
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+
+    def loss(**kw):
+        with torch.no_grad():
+            return image_diffusion_loss(base, images, ALPHAS,
+                                        generator=torch.Generator().manual_seed(0), **kw)
+
+    snr = ALPHAS / (1 - ALPHAS)
+    plain = loss()
+    assert torch.allclose(loss(snr_gamma=float(snr.max()) * 2), plain)
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (4,), generator=g)  # two timesteps with SNR > 1, two below
+    noise = torch.randn(images.shape, generator=g)
+    a = ALPHAS[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        per_image = (base(a.sqrt() * images + (1 - a).sqrt() * noise, t) - noise).pow(2)
+    per_image = per_image.mean(dim=(1, 2, 3))
+    assert torch.allclose(plain, per_image.mean(), atol=1e-6)
+    weights = snr[t].clamp(max=1.0) / snr[t]
+    assert torch.allclose(loss(snr_gamma=1.0), (weights * per_image).mean(), atol=1e-6)
+    assert (weights < 1).any() and not torch.allclose(loss(snr_gamma=1.0), plain)

@@ -104,6 +104,36 @@ def test_class_and_text_condition_trains_both_embeddings(tmp_path):
     assert pipe.base.config.num_class_embeds == 11
 
 
+def test_stage_one_draws_distinct_frames_per_clip_with_their_labels(tmp_path, monkeypatch):
+    import videofusion.train as train_module
+    from videofusion.objective import image_diffusion_loss
+
+    seen = []
+
+    def spy(base, images, alphas_cumprod, **kw):
+        seen.append((images.clone(), kw["class_labels"].clone(), kw["snr_gamma"]))
+        return image_diffusion_loss(base, images, alphas_cumprod, **kw)
+
+    monkeypatch.setattr(train_module, "image_diffusion_loss", spy)
+    train(tiny(tmp_path, base_from_scratch=False, base_pretrain_steps=1, max_steps=1,
+               condition="class", cond_drop=0.0, image_frames_per_clip=3, image_snr_gamma=5.0))
+    images, labels, gamma = seen[0]
+    assert images.shape == (2 * 3, 3, 16, 16) and gamma == 5.0
+    assert labels[:3].unique().numel() == 1 and labels[3:].unique().numel() == 1
+
+
+def test_random_frames_are_distinct_frames_of_each_clip():
+    from videofusion.train import random_frames
+
+    video = torch.arange(2 * 3 * 5 * 2 * 2, dtype=torch.float).view(2, 3, 5, 2, 2)
+    picked = random_frames(video, 4, torch.Generator().manual_seed(0))
+    assert picked.shape == (2, 3, 4, 2, 2)
+    for b in range(2):
+        index = [next(f for f in range(5) if torch.equal(picked[b, :, i], video[b, :, f]))
+                 for i in range(4)]
+        assert len(set(index)) == 4
+
+
 def test_shards_of_a_global_batch_are_the_same_for_processes_and_accumulation():
     def batches(processes, rank, accumulation):
         return list(GlobalBatchSampler(10, 3, processes, rank, accumulation, seed=0,
@@ -136,6 +166,8 @@ def test_config_precedence_yaml_then_flags(tmp_path):
     ({"model": "vdm", "base_pretrain_steps": 3}, "VDM baseline has no base generator"),
     ({"base_from_scratch": True, "base_pretrain_steps": 3}, "--base-from-scratch"),
     ({"nonsense": 1}, "unknown config key 'nonsense'"),
+    ({"image_frames_per_clip": 17}, "image_frames_per_clip must be <= frames"),
+    ({"image_snr_gamma": 0}, "image_snr_gamma must be > 0"),
     ({"base_channels": "8,x"}, "base_channels must be a list of integers"),
 ])
 def test_bad_settings_are_refused_with_one_line(overrides, message):

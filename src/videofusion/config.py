@@ -55,6 +55,10 @@ class TrainConfig:
     text_encoder: str | None = None
     # the two stages (spec §3)
     base_pretrain_steps: int = 0
+    # stage 1 only: frames drawn from each clip (a bigger image batch from the same clips) and
+    # Min-SNR-gamma loss weighting (None = the plain epsilon loss)
+    image_frames_per_clip: int = 1
+    image_snr_gamma: float | None = None
     base_from: str | None = None
     base_from_scratch: bool = False
     freeze_base: bool = False
@@ -119,13 +123,19 @@ class TrainConfig:
             need(value in choices, f"{name} must be one of {choices}, got {value!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
                      "checkpoints_total_limit", "sample_every", "sample_num", "sample_steps",
-                     "log_every", "num_train_timesteps", "layers_per_block", "vae_slice"):
+                     "log_every", "num_train_timesteps", "layers_per_block", "vae_slice",
+                     "image_frames_per_clip"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("base_pretrain_steps", "lr_warmup_steps", "num_workers"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(0.0 <= self.cond_drop < 1.0, f"cond_drop must lie in [0, 1), got {self.cond_drop}")
         need(0.0 <= self.ema_decay < 1.0, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        need(self.image_snr_gamma is None or self.image_snr_gamma > 0,
+             f"image_snr_gamma must be > 0, got {self.image_snr_gamma}")
+        need(self.image_frames_per_clip <= self.frames,
+             f"image_frames_per_clip must be <= frames ({self.frames}), "
+             f"got {self.image_frames_per_clip}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         need(0 < self.beta_start < self.beta_end < 1,
              f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")

@@ -62,9 +62,16 @@ def image_diffusion_loss(
     class_labels: torch.Tensor | None = None,
     encoder_hidden_states: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """Stage 1 (spec §3): the plain epsilon loss of the base generator on single frames
-    ``(B, C, H, W)``."""
+    """Stage 1 (spec §3): the epsilon loss of the base generator on single frames
+    ``(B, C, H, W)``.
+
+    ``snr_gamma`` weights each image by ``min(SNR_t, gamma) / SNR_t`` (Min-SNR-gamma, Hang et al.,
+    ICCV 2023): the nearly clean timesteps, which dominate the plain loss, stop crowding out the
+    noisy ones a sampler starts from. The spec fixes only what the base predicts (epsilon), so
+    the image model's recipe is free; stage 2 keeps the unweighted loss of spec §3.
+    """
     batch = images.shape[0]
     timesteps = torch.randint(0, alphas_cumprod.shape[0], (batch,), generator=generator,
                               device=alphas_cumprod.device).to(images.device)
@@ -73,4 +80,8 @@ def image_diffusion_loss(
     a = alphas_cumprod.to(images.device)[timesteps].to(images.dtype).view(-1, 1, 1, 1)
     z_t = a.sqrt() * images + (1 - a).sqrt() * noise
     prediction = base(z_t, timesteps, class_labels, encoder_hidden_states)
-    return (prediction.float() - noise.float()).pow(2).mean()
+    per_image = (prediction.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    if snr_gamma is not None:
+        snr = (a / (1 - a)).flatten().float()
+        per_image = per_image * snr.clamp(max=snr_gamma) / snr
+    return per_image.mean()

@@ -53,6 +53,14 @@ def shard_seed(seed: int, step: int, shard: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, step, shard, stream]).generate_state(1)[0])
 
 
+def random_frames(video: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct random frames of each clip: ``(B, C, F, H, W)`` -> ``(B, C, k, H, W)``."""
+    frames = torch.rand(video.shape[0], video.shape[2], generator=generator)
+    frames = frames.argsort(dim=1)[:, :k].to(video.device)  # (B, k)
+    clips = torch.arange(video.shape[0], device=video.device)[:, None]
+    return video[clips, :, frames].permute(0, 2, 1, 3, 4)  # (B, k, C, H, W) -> (B, C, k, H, W)
+
+
 class GlobalBatchSampler(Sampler):
     """Yields this process's ``(epoch, index)`` lists, shard after shard, from ``start_step`` on.
 
@@ -395,12 +403,15 @@ class Trainer:
         video = batch["video"].to(self.device)
         cond = self._condition(batch, data_gen)
         if stage == "image":
-            frames = torch.randint(video.shape[2], (video.shape[0],), generator=data_gen)
-            clips = torch.arange(video.shape[0], device=self.device)
-            # only the chosen frame of each clip is encoded (latent space)
-            images = self._encode(video[clips, :, frames.to(self.device)][:, :, None])[:, :, 0]
+            k = config.image_frames_per_clip
+            # only the drawn frames are encoded (latent space)
+            images = self._encode(random_frames(video, k, data_gen))  # (B, C, k, H, W)
+            images = images.transpose(1, 2).flatten(0, 1)  # (B * k, C, H, W)
+            cond = {name: None if value is None else value.repeat_interleave(k, dim=0)
+                    for name, value in cond.items()}
             loss = image_diffusion_loss(partial(self.module, image=True), images,
-                                        self.alphas_cumprod, generator=noise_gen, **cond)
+                                        self.alphas_cumprod, generator=noise_gen,
+                                        snr_gamma=config.image_snr_gamma, **cond)
             return torch.stack([loss, loss.detach(), loss.detach()])
         out = diffusion_loss(self.module, self._encode(video), self.alphas_cumprod, self.lambdas,
                              generator=noise_gen, stop_gradient=config.stop_gradient,
