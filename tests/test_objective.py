@@ -104,9 +104,9 @@ def test_baseline_is_the_standard_video_diffusion_loss():
         diffusion_loss(model, clip, ALPHAS, make_lambdas(4, 0.5))
 
 
-def test_min_snr_weighting_of_the_image_loss():
-    """Weight min(SNR, gamma) / SNR per image: a gamma above every SNR is the plain loss, and a
-    replay of the draws gives the weighted mean."""
+def test_image_loss_weightings_replayed():
+    """epsilon is the plain loss; min-snr and v weigh each image's epsilon error by
+    min(SNR, gamma) / SNR and min(SNR + 1, gamma) / SNR (replayed draws)."""
     from videofusion import image_diffusion_loss
 
     base = model_and_clip()[0].base
@@ -117,9 +117,6 @@ def test_min_snr_weighting_of_the_image_loss():
             return image_diffusion_loss(base, images, ALPHAS,
                                         generator=torch.Generator().manual_seed(0), **kw)
 
-    snr = ALPHAS / (1 - ALPHAS)
-    plain = loss()
-    assert torch.allclose(loss(snr_gamma=float(snr.max()) * 2), plain)
     g = torch.Generator().manual_seed(0)
     t = torch.randint(0, 1000, (4,), generator=g)  # two timesteps with SNR > 1, two below
     noise = torch.randn(images.shape, generator=g)
@@ -127,7 +124,17 @@ def test_min_snr_weighting_of_the_image_loss():
     with torch.no_grad():
         per_image = (base(a.sqrt() * images + (1 - a).sqrt() * noise, t) - noise).pow(2)
     per_image = per_image.mean(dim=(1, 2, 3))
-    assert torch.allclose(plain, per_image.mean(), atol=1e-6)
-    weights = snr[t].clamp(max=1.0) / snr[t]
-    assert torch.allclose(loss(snr_gamma=1.0), (weights * per_image).mean(), atol=1e-6)
-    assert (weights < 1).any() and not torch.allclose(loss(snr_gamma=1.0), plain)
+    snr = ALPHAS[t] / (1 - ALPHAS[t])
+    assert torch.allclose(loss(), per_image.mean(), atol=1e-6)
+    min_snr = snr.clamp(max=1.0) / snr
+    assert torch.allclose(loss(weighting="min-snr", snr_gamma=1.0), (min_snr * per_image).mean(),
+                          atol=1e-6)
+    v = (snr + 1).clamp(max=5.0) / snr
+    assert torch.allclose(loss(weighting="v", snr_gamma=5.0), (v * per_image).mean(), rtol=1e-5)
+    # v weighs the noisiest images far above 1 (x0 error weight ~1), min-snr never above 1
+    assert v.max() > 100 and min_snr.max() == 1.0 and min_snr.min() < 1
+    # without a cap, v is the v-prediction loss: epsilon error / alpha_bar
+    v_loss = loss(weighting="v", snr_gamma=float("inf"))
+    assert torch.allclose(v_loss, (per_image / ALPHAS[t]).mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        loss(weighting="x0")

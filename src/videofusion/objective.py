@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .config import IMAGE_LOSS_WEIGHTINGS
 from .noise import decomposed_noise
 
 
@@ -54,6 +55,26 @@ def diffusion_loss(
     return Loss(per_frame.mean(), per_frame)
 
 
+def image_loss_weights(alpha_bar: torch.Tensor, weighting: str, snr_gamma: float) -> torch.Tensor:
+    """Per-timestep factors on the epsilon loss of stage 1.
+
+    Written as weights of the x0 error, which the epsilon loss weights by SNR_t: ``epsilon``
+    keeps SNR_t; ``min-snr`` caps it at gamma (Min-SNR-gamma, Hang et al., ICCV 2023), so the
+    nearly clean timesteps stop dominating; ``v`` uses min(SNR_t + 1, gamma), the weighting of a
+    v-prediction loss (Salimans & Ho, 2022) capped like Min-SNR: at the noisiest timesteps the
+    x0 error keeps weight ~1 instead of ~SNR_t, so the base learns there what a sampler starts
+    from (the image's mean, e.g. a black background) instead of leaving it to chance.
+    """
+    snr = alpha_bar / (1 - alpha_bar)
+    if weighting == "epsilon":
+        return torch.ones_like(snr)
+    if weighting == "min-snr":
+        return snr.clamp(max=snr_gamma) / snr
+    if weighting == "v":
+        return (snr + 1).clamp(max=snr_gamma) / snr
+    raise ValueError(f"weighting must be one of {IMAGE_LOSS_WEIGHTINGS}, got {weighting!r}")
+
+
 def image_diffusion_loss(
     base: nn.Module,
     images: torch.Tensor,
@@ -62,15 +83,13 @@ def image_diffusion_loss(
     class_labels: torch.Tensor | None = None,
     encoder_hidden_states: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    snr_gamma: float | None = None,
+    weighting: str = "epsilon",
+    snr_gamma: float = 5.0,
 ) -> torch.Tensor:
     """Stage 1 (spec §3): the epsilon loss of the base generator on single frames
-    ``(B, C, H, W)``.
-
-    ``snr_gamma`` weights each image by ``min(SNR_t, gamma) / SNR_t`` (Min-SNR-gamma, Hang et al.,
-    ICCV 2023): the nearly clean timesteps, which dominate the plain loss, stop crowding out the
-    noisy ones a sampler starts from. The spec fixes only what the base predicts (epsilon), so
-    the image model's recipe is free; stage 2 keeps the unweighted loss of spec §3.
+    ``(B, C, H, W)``, optionally re-weighted over timesteps (``image_loss_weights``). The spec
+    fixes only what the base predicts (epsilon), so the image model's recipe is free; stage 2
+    keeps the unweighted loss of spec §3.
     """
     batch = images.shape[0]
     timesteps = torch.randint(0, alphas_cumprod.shape[0], (batch,), generator=generator,
@@ -81,7 +100,5 @@ def image_diffusion_loss(
     z_t = a.sqrt() * images + (1 - a).sqrt() * noise
     prediction = base(z_t, timesteps, class_labels, encoder_hidden_states)
     per_image = (prediction.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
-    if snr_gamma is not None:
-        snr = (a / (1 - a)).flatten().float()
-        per_image = per_image * snr.clamp(max=snr_gamma) / snr
-    return per_image.mean()
+    weights = image_loss_weights(a.flatten().float(), weighting, snr_gamma)
+    return (weights * per_image).mean()

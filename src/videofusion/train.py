@@ -411,6 +411,7 @@ class Trainer:
                     for name, value in cond.items()}
             loss = image_diffusion_loss(partial(self.module, image=True), images,
                                         self.alphas_cumprod, generator=noise_gen,
+                                        weighting=config.image_loss_weighting,
                                         snr_gamma=config.image_snr_gamma, **cond)
             return torch.stack([loss, loss.detach(), loss.detach()])
         out = diffusion_loss(self.module, self._encode(video), self.alphas_cumprod, self.lambdas,
