@@ -138,3 +138,21 @@ def test_image_loss_weightings_replayed():
     assert torch.allclose(v_loss, (per_image / ALPHAS[t]).mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="weighting must be one of"):
         loss(weighting="x0")
+
+
+def test_video_loss_weighting_scales_each_clip_by_its_timestep():
+    model, clip = model_and_clip()
+    lambdas = make_lambdas(5, 0.5)
+
+    def run(**kw):
+        with torch.no_grad():
+            return diffusion_loss(model, clip, ALPHAS, lambdas,
+                                  generator=torch.Generator().manual_seed(7), **kw)
+
+    plain, weighted = run(), run(weighting="v", snr_gamma=5.0)
+    assert torch.equal(plain.per_frame, weighted.per_frame)
+    t = torch.randint(0, 1000, (2,), generator=torch.Generator().manual_seed(7))
+    snr = ALPHAS[t] / (1 - ALPHAS[t])
+    weights = (snr + 1).clamp(max=5.0) / snr
+    assert torch.allclose(weighted.loss, (weights[:, None] * plain.per_frame).mean(), rtol=1e-5)
+    assert torch.allclose(plain.loss, plain.per_frame.mean())

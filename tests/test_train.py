@@ -116,7 +116,7 @@ def test_stage_one_draws_distinct_frames_per_clip_with_their_labels(tmp_path, mo
 
     monkeypatch.setattr(train_module, "image_diffusion_loss", spy)
     train(tiny(tmp_path, base_from_scratch=False, base_pretrain_steps=1, max_steps=1,
-               condition="class", cond_drop=0.0, image_frames_per_clip=3, image_loss_weighting="v"))
+               condition="class", cond_drop=0.0, image_frames_per_clip=3, loss_weighting="v"))
     images, labels, weighting = seen[0]
     assert images.shape == (2 * 3, 3, 16, 16) and weighting == "v"
     assert labels[:3].unique().numel() == 1 and labels[3:].unique().numel() == 1
@@ -167,8 +167,8 @@ def test_config_precedence_yaml_then_flags(tmp_path):
     ({"base_from_scratch": True, "base_pretrain_steps": 3}, "--base-from-scratch"),
     ({"nonsense": 1}, "unknown config key 'nonsense'"),
     ({"image_frames_per_clip": 17}, "image_frames_per_clip must be <= frames"),
-    ({"image_snr_gamma": 0}, "image_snr_gamma must be > 0"),
-    ({"image_loss_weighting": "x0"}, "image_loss_weighting must be one of"),
+    ({"snr_gamma": 0}, "snr_gamma must be > 0"),
+    ({"loss_weighting": "x0"}, "loss_weighting must be one of"),
     ({"base_channels": "8,x"}, "base_channels must be a list of integers"),
 ])
 def test_bad_settings_are_refused_with_one_line(overrides, message):

@@ -82,10 +82,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="stage 1: image-diffusion steps of the base generator on single frames")
     g.add_argument("--image-frames-per-clip", type=int,
                    help="stage 1: frames per clip in the image batch (default 1)")
-    g.add_argument("--image-loss-weighting", choices=("epsilon", "min-snr", "v"),
-                   help="stage 1: loss weighting over timesteps (default epsilon: unweighted)")
-    g.add_argument("--image-snr-gamma", type=float,
-                   help="stage 1: the cap of min-snr and v weighting (default 5)")
+    g.add_argument("--loss-weighting", choices=("epsilon", "min-snr", "v"),
+                   help="weighting over timesteps, both stages (default epsilon: spec §3)")
+    g.add_argument("--snr-gamma", type=float,
+                   help="the cap of min-snr and v weighting (default 5)")
     g.add_argument("--base-from", help="stage 1 instead: a pretrained diffusers image UNet folder")
     g.add_argument("--base-from-scratch", action="store_true",
                    help="ablation: no stage 1, the base generator starts random")

@@ -19,7 +19,7 @@ CONDITIONS = ("none", "class", "text", "class+text")
 RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 BETA_SCHEDULES = ("linear", "scaled_linear")
-IMAGE_LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v")
+LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings of one invocation, not of the run: never saved, never read back on resume.
 RUNTIME_FIELDS = ("resume", "stop_at_step")
@@ -56,11 +56,11 @@ class TrainConfig:
     text_encoder: str | None = None
     # the two stages (spec §3)
     base_pretrain_steps: int = 0
-    # stage 1 only: frames drawn from each clip (a bigger image batch from the same clips) and
-    # the loss weighting over timesteps (objective.image_loss_weights)
+    # stage 1 only: frames drawn from each clip (a bigger image batch from the same clips)
     image_frames_per_clip: int = 1
-    image_loss_weighting: str = "epsilon"
-    image_snr_gamma: float = 5.0
+    # both stages: the loss weighting over timesteps (objective.loss_weights); epsilon = spec §3
+    loss_weighting: str = "epsilon"
+    snr_gamma: float = 5.0
     base_from: str | None = None
     base_from_scratch: bool = False
     freeze_base: bool = False
@@ -121,7 +121,7 @@ class TrainConfig:
             ("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS),
             ("mixed_precision", self.mixed_precision, MIXED_PRECISION),
             ("beta_schedule", self.beta_schedule, BETA_SCHEDULES),
-            ("image_loss_weighting", self.image_loss_weighting, IMAGE_LOSS_WEIGHTINGS),
+            ("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS),
         ):
             need(value in choices, f"{name} must be one of {choices}, got {value!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
@@ -134,8 +134,7 @@ class TrainConfig:
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(0.0 <= self.cond_drop < 1.0, f"cond_drop must lie in [0, 1), got {self.cond_drop}")
         need(0.0 <= self.ema_decay < 1.0, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        need(self.image_snr_gamma > 0,
-             f"image_snr_gamma must be > 0, got {self.image_snr_gamma}")
+        need(self.snr_gamma > 0, f"snr_gamma must be > 0, got {self.snr_gamma}")
         need(self.image_frames_per_clip <= self.frames,
              f"image_frames_per_clip must be <= frames ({self.frames}), "
              f"got {self.image_frames_per_clip}")

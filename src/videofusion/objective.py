@@ -3,7 +3,8 @@
 For a clip x: draw one timestep per clip and decomposed noise (spec §1), form
 ``z_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps`` and regress epshat on eps, averaged over frames.
 The stop-gradient lives in ``VideoFusionModel.forward``: the base generator learns only from the
-key frame, where this loss is exactly its image-diffusion loss.
+key frame, where this loss is exactly its image-diffusion loss (under the same timestep
+weighting, ``loss_weights``, when one other than the spec's plain average is chosen).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .config import IMAGE_LOSS_WEIGHTINGS
+from .config import LOSS_WEIGHTINGS
 from .noise import decomposed_noise
 
 
@@ -33,11 +34,15 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     stop_gradient: bool = True,
     freeze_base: bool = False,
+    weighting: str = "epsilon",
+    snr_gamma: float = 5.0,
 ) -> Loss:
     """Loss of spec §3 for a batch ``video`` ``(B, C, F, H, W)`` in the model's space.
 
     ``model`` is a ``VideoFusionModel`` (or its DDP wrapper); for the VDM baseline ``lambdas``
-    are zeros and this is the standard video diffusion loss.
+    are zeros and this is the standard video diffusion loss. ``weighting`` other than
+    ``epsilon`` re-weights each clip by its timestep (``loss_weights``), a departure from the
+    spec's plain average; ``per_frame`` stays unweighted.
     """
     batch = video.shape[0]
     num_train_timesteps = alphas_cumprod.shape[0]
@@ -52,11 +57,12 @@ def diffusion_loss(
                        encoder_hidden_states=encoder_hidden_states,
                        stop_gradient=stop_gradient, freeze_base=freeze_base)
     per_frame = (prediction.noise.float() - noise.float()).pow(2).mean(dim=(1, 3, 4))
-    return Loss(per_frame.mean(), per_frame)
+    weights = loss_weights(alpha_bar.float(), weighting, snr_gamma)  # (B,)
+    return Loss((weights[:, None] * per_frame).mean(), per_frame)
 
 
-def image_loss_weights(alpha_bar: torch.Tensor, weighting: str, snr_gamma: float) -> torch.Tensor:
-    """Per-timestep factors on the epsilon loss of stage 1.
+def loss_weights(alpha_bar: torch.Tensor, weighting: str, snr_gamma: float) -> torch.Tensor:
+    """Per-timestep factors on the epsilon loss (``epsilon``, all ones, is spec §3).
 
     Written as weights of the x0 error, which the epsilon loss weights by SNR_t: ``epsilon``
     keeps SNR_t; ``min-snr`` caps it at gamma (Min-SNR-gamma, Hang et al., ICCV 2023), so the
@@ -72,7 +78,7 @@ def image_loss_weights(alpha_bar: torch.Tensor, weighting: str, snr_gamma: float
         return snr.clamp(max=snr_gamma) / snr
     if weighting == "v":
         return (snr + 1).clamp(max=snr_gamma) / snr
-    raise ValueError(f"weighting must be one of {IMAGE_LOSS_WEIGHTINGS}, got {weighting!r}")
+    raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
 
 
 def image_diffusion_loss(
@@ -87,10 +93,7 @@ def image_diffusion_loss(
     snr_gamma: float = 5.0,
 ) -> torch.Tensor:
     """Stage 1 (spec §3): the epsilon loss of the base generator on single frames
-    ``(B, C, H, W)``, optionally re-weighted over timesteps (``image_loss_weights``). The spec
-    fixes only what the base predicts (epsilon), so the image model's recipe is free; stage 2
-    keeps the unweighted loss of spec §3.
-    """
+    ``(B, C, H, W)``, optionally re-weighted over timesteps (``loss_weights``)."""
     batch = images.shape[0]
     timesteps = torch.randint(0, alphas_cumprod.shape[0], (batch,), generator=generator,
                               device=alphas_cumprod.device).to(images.device)
@@ -100,5 +103,5 @@ def image_diffusion_loss(
     z_t = a.sqrt() * images + (1 - a).sqrt() * noise
     prediction = base(z_t, timesteps, class_labels, encoder_hidden_states)
     per_image = (prediction.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
-    weights = image_loss_weights(a.flatten().float(), weighting, snr_gamma)
+    weights = loss_weights(a.flatten().float(), weighting, snr_gamma)
     return (weights * per_image).mean()

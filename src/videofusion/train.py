@@ -411,12 +411,13 @@ class Trainer:
                     for name, value in cond.items()}
             loss = image_diffusion_loss(partial(self.module, image=True), images,
                                         self.alphas_cumprod, generator=noise_gen,
-                                        weighting=config.image_loss_weighting,
-                                        snr_gamma=config.image_snr_gamma, **cond)
+                                        weighting=config.loss_weighting,
+                                        snr_gamma=config.snr_gamma, **cond)
             return torch.stack([loss, loss.detach(), loss.detach()])
         out = diffusion_loss(self.module, self._encode(video), self.alphas_cumprod, self.lambdas,
                              generator=noise_gen, stop_gradient=config.stop_gradient,
-                             freeze_base=config.freeze_base, **cond)
+                             freeze_base=config.freeze_base, weighting=config.loss_weighting,
+                             snr_gamma=config.snr_gamma, **cond)
         k = key_frame_index(config.frames)
         per_frame = out.per_frame.detach()
         others = torch.cat([per_frame[:, :k], per_frame[:, k + 1:]], dim=1)
