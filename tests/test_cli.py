@@ -59,6 +59,27 @@ def test_fixed_base_and_residual_seeds_give_identical_videos(model_dir, tmp_path
         assert (first == second).all()
 
 
+def test_sample_keeps_the_model_scheduler_unless_asked(tmp_path, monkeypatch):
+    from diffusers import DDPMScheduler
+
+    folder = tmp_path / "ddpm_model"
+    VideoFusionPipeline(residual=tiny_residual(num_classes=10), base=tiny_base(num_classes=10),
+                        scheduler=DDPMScheduler(), sample_size=8).save_pretrained(folder)
+    used = []
+    original = VideoFusionPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        used.append(type(self.scheduler).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoFusionPipeline, "__call__", spy)
+    for extra in ([], ["--scheduler", "ddim"]):
+        assert main(["sample", "--model-dir", str(folder), "--class-label", "1", "--frames", "4",
+                     "--num-videos", "1", "--steps", "2", "--out", str(tmp_path / "out"),
+                     *extra]) == 0
+    assert used == ["DDPMScheduler", "DDIMScheduler"]
+
+
 def test_info_lists_components_and_counts(model_dir, capsys):
     assert main(["info", str(model_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

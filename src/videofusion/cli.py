@@ -198,7 +198,8 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--resolution", type=int, help="default: the model's sample size")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
-    p.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="default: the model folder's own scheduler")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
     p.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
                    help="share of the noise common to the clip; default: the trained value")
@@ -271,7 +272,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     schedulers = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler,
                   "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
-    pipe.scheduler = schedulers[args.scheduler].from_config(pipe.scheduler.config)
+    if args.scheduler is not None:
+        pipe.scheduler = schedulers[args.scheduler].from_config(pipe.scheduler.config)
     resolution = args.resolution or pipe.config.sample_size
     pipe.model.check_resolution(resolution // pipe.vae_scale_factor,
                                 resolution // pipe.vae_scale_factor)
