@@ -33,7 +33,7 @@ CAPTIONS = ["a red digit 3 moving down and to the left", "a green digit 7 moving
 def evaluations(args) -> None:
     from videofusion.evaluate import evaluate
 
-    for condition in ("class", "text"):
+    for condition in args.conditions.split(","):
         started = time.perf_counter()
         report = evaluate("moving-digits", args.model_dir,
                           metrics="fvd,kvd,is,content,motion,fvd_digits",
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--i2v-videos", type=int, default=32)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--conditions", default="class,text",
+                        help="prompting of the eval part: class, text or class,text")
     parser.add_argument("--only", default="gallery,i2v,eval",
                         help="comma-separated subset of gallery,i2v,eval")
     args = parser.parse_args()

@@ -46,7 +46,8 @@ def training_record(run: Path) -> dict:
             "joint_steps": last["step"] - image_steps, "seconds": seconds, "config": config}
 
 
-def model_card(record: dict, parameters: dict, config_name: str, sampler: str) -> str:
+def model_card(record: dict, parameters: dict, config_name: str, sampler: str,
+               raw_weights: bool) -> str:
     config = record["config"]
     hours = record["seconds"] / 3600
     base = (f"base generator {parameters['base']:,} + residual generator "
@@ -54,6 +55,10 @@ def model_card(record: dict, parameters: dict, config_name: str, sampler: str) -
     steps = (f"{record['image_steps']:,} image steps (stage 1, base on single frames) + "
              f"{record['joint_steps']:,} joint steps (stage 2), batch {config['batch_size']}, "
              f"seed {config['seed']}")
+    export = " --ema-decay 0" if raw_weights else ""
+    weights = ("the raw weights of the last step (exported with `--ema-decay 0`): after few joint "
+               "steps the EMA still carries much of the residual generator's untrained start"
+               if raw_weights else f"EMA, decay {config['ema_decay']}")
     return f"""# videofusion default model: moving digits, class + text conditioned
 
 VideoFusion (spec §1-§4) trained with the project's own trainer on the built-in moving digits
@@ -68,13 +73,14 @@ VideoFusion (spec §1-§4) trained with the project's own trainer on the built-i
 | parameters | {base} |
 | training | {steps} |
 | training time | {record['seconds']:,.0f} s ({hours:.1f} h) on a shared 2-core CPU (no GPU), fp32 |
+| weights | {weights} |
 | storage | fp16 safetensors (cast to fp32 when loaded) |
 | sampler | {sampler} (the scheduler in `scheduler/`; `videofusion sample --scheduler` overrides) |
 
 Retrain it (resumable; stop any time with Ctrl-C and continue with `--resume`):
 
-    videofusion train --config configs/{config_name} --stop-at-step {record['steps']}
-    python scripts/bundle_model.py {config['output_dir']}
+    videofusion train --config configs/{config_name} --stop-at-step {record['steps']}{export}
+    python scripts/bundle_model.py {config['output_dir']}{' --raw-weights' if raw_weights else ''}
 
 The training config, resolved, is `training_config.yaml` beside this card. Its quality, measured
 with `videofusion eval`, is in the project README.
@@ -86,6 +92,8 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a training output folder with pipeline/")
     parser.add_argument("--config-name", default="moving_digits_bundled.yaml",
                         help="the configs/ file the run was started from")
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="RUN/pipeline holds raw (not EMA) weights: say so in the card")
     parser.add_argument("--scheduler", choices=("ddpm", "ddim"), default="ddpm",
                         help="the sampler shipped with the model (default ancestral DDPM)")
     args = parser.parse_args()
@@ -101,8 +109,9 @@ def main() -> None:
     with atomic_directory(TARGET) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         shutil.copy(args.run / "config.yaml", Path(tmp) / "training_config.yaml")
-        (Path(tmp) / "README.md").write_text(model_card(record, parameters, args.config_name,
-                                                              type(pipe.scheduler).__name__))
+        card = model_card(record, parameters, args.config_name, type(pipe.scheduler).__name__,
+                          args.raw_weights)
+        (Path(tmp) / "README.md").write_text(card)
     size = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
     print(f"wrote {TARGET} ({size / 2**20:.1f} MB, {record['steps']} steps, "
           f"{record['seconds'] / 3600:.1f} h of training)")
