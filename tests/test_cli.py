@@ -93,7 +93,7 @@ def test_info_lists_components_and_counts(model_dir, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample"], "pass --model-dir"),
+    (["sample", "--model-dir", "{model}"], "this model is conditioned: pass class_labels"),
     (["sample", "--model-dir", "/no/such/folder"], "model folder not found"),
     (["sample", "--model-dir", "{tmp}"], "not a VideoFusionPipeline folder"),
     (["sample", "--model-dir", "{model}", "--class-label", "1", "--frames", "1"],

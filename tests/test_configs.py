@@ -102,6 +102,7 @@ def tiny_overrides(config: TrainConfig, tmp_path: Path) -> dict:
         frames=4, resolution=16, base_channels=[8, 16], residual_channels=[8, 16],
         layers_per_block=1, batch_size=2, gradient_accumulation_steps=1, max_steps=1,
         base_pretrain_steps=min(1, config.base_pretrain_steps), lr_warmup_steps=1,
+        image_frames_per_clip=min(4, config.image_frames_per_clip),
         checkpoint_every=100, sample_every=100, sample_num=1, sample_steps=2, log_every=1,
         num_workers=0, output_dir=str(tmp_path / "run"),
     )
