@@ -103,6 +103,12 @@ def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):
                      num_frames=4, num_inference_steps=2, batch_size=3, guidance_scale=1.0,
                      progress=False, device="cpu")
     assert again["metrics"]["motion_error"] == pytest.approx(values["motion_error"])
+    assert protocol["sampling"]["scheduler"] == "DDIMScheduler"
+    ddpm = evaluate("moving-digits", tmp_path / "model", metrics="motion", num_videos=3,
+                    num_frames=4, num_inference_steps=2, batch_size=3, guidance_scale=1.0,
+                    progress=False, device="cpu", scheduler="ddpm")
+    assert ddpm["protocol"]["sampling"]["scheduler"] == "DDPMScheduler"
+    assert ddpm["metrics"]["motion_error"] != pytest.approx(values["motion_error"])
 
 
 def test_evaluate_text_conditioned_model_uses_test_split_captions(tmp_path):

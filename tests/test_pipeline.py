@@ -6,7 +6,8 @@ import torch
 from conftest import tiny_base, tiny_residual
 from diffusers import AutoencoderKL, DDIMScheduler
 
-from videofusion.pipeline import VideoFusionPipeline
+from videofusion.cli import SCHEDULERS as CLI_SCHEDULERS
+from videofusion.pipeline import SCHEDULERS, VideoFusionPipeline
 from videofusion.video_io import contact_sheet, read_video, write_gif, write_mp4
 
 
@@ -32,6 +33,25 @@ def test_save_load_round_trip_gives_identical_samples(tmp_path):
     assert before.shape == (2, 4, 8, 8, 3)
     assert 0.0 <= before.min() and before.max() <= 1.0
     np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_use_scheduler_swaps_the_sampler_on_the_same_noise_schedule(name):
+    pipe = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), sample_size=8)
+    trained = pipe.scheduler.alphas_cumprod.clone()
+    assert pipe.use_scheduler(name) is pipe
+    assert type(pipe.scheduler).__name__ == SCHEDULERS[name]
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod, trained)
+    assert run(pipe).shape == (1, 4, 8, 8, 3)
+
+
+def test_use_scheduler_keeps_the_folder_sampler_by_default_and_refuses_unknown_names():
+    pipe = class_pipeline()
+    assert type(pipe.use_scheduler(None).scheduler) is DDIMScheduler
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        pipe.use_scheduler("heun")
+    assert tuple(SCHEDULERS) == CLI_SCHEDULERS
 
 
 def test_output_types_and_num_videos():

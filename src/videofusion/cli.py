@@ -17,6 +17,7 @@ from pathlib import Path
 from .assets import DEFAULT_MODEL_DIR
 
 PROG = "videofusion"
+# pipeline.SCHEDULERS, spelled here so that --help does not import torch
 SCHEDULERS = ("ddim", "ddpm", "dpm", "euler")
 
 
@@ -261,19 +262,10 @@ def run_sample(args: argparse.Namespace) -> int:
         image = read_image(args.image)
     pipe = load_pipeline(args.model_dir)
     import torch
-    from diffusers import (
-        DDIMScheduler,
-        DDPMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerDiscreteScheduler,
-    )
 
     from .video_io import contact_sheet, write_gif, write_mp4
 
-    schedulers = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler,
-                  "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
-    if args.scheduler is not None:
-        pipe.scheduler = schedulers[args.scheduler].from_config(pipe.scheduler.config)
+    pipe.use_scheduler(args.scheduler)
     resolution = args.resolution or pipe.config.sample_size
     pipe.model.check_resolution(resolution // pipe.vae_scale_factor,
                                 resolution // pipe.vae_scale_factor)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .cli import SCHEDULERS
+
 METRICS = ("fvd", "kvd", "is", "content", "motion", "fvd_digits")
 I3D_METRICS = frozenset({"fvd", "kvd", "is"})
 SET_METRICS = frozenset({"fvd", "kvd", "fvd_digits"})  # need a covariance: >= 2 videos per set
@@ -174,6 +176,7 @@ def sample_model(
     device: str | torch.device = "cpu",
     progress: bool = True,
     condition: str = "auto",
+    scheduler: str | None = None,
 ) -> VideoSet:
     """``num_videos`` samples of a saved ``VideoFusionPipeline``, resized to ``resolution``.
 
@@ -183,11 +186,12 @@ def sample_model(
     with captions, or with class labels alone for ``condition="class"``. Labels are kept for
     prompt adherence.
     ``guidance_scale`` defaults to 2 for conditional models (as ``videofusion sample``), else 1.
+    ``scheduler`` (``pipeline.SCHEDULERS``) replaces the folder's own sampler.
     """
     from videofusion.data import MovingDigits
     from videofusion.pipeline import VideoFusionPipeline
 
-    pipe = VideoFusionPipeline.from_pretrained(path).to(device)
+    pipe = VideoFusionPipeline.from_pretrained(path).to(device).use_scheduler(scheduler)
     channels = (pipe.vae.config.out_channels if pipe.vae is not None
                 else pipe.residual.config.out_channels)
     size = int(pipe.config.sample_size)
@@ -242,7 +246,8 @@ def sample_model(
             chunks.append(_to_uint8(_resize(frames, resolution)))
             bar.update(stop - start)
     sampling = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                "sample_size": size, "channels": channels, "seed": seed}
+                "scheduler": type(pipe.scheduler).__name__, "sample_size": size,
+                "channels": channels, "seed": seed}
     return VideoSet(np.concatenate(chunks), labels, str(path), conditioning=conditioning,
                     sampling=sampling)
 
@@ -351,6 +356,7 @@ def evaluate(
     real_options: dict | None = None,
     progress: bool = True,
     condition: str = "auto",
+    scheduler: str | None = None,
 ) -> dict:
     """Compare generated videos with real ones; return (and with ``out`` write) the JSON report.
 
@@ -360,7 +366,8 @@ def evaluate(
     sample size, else 32. ``class_labels``: for a model, labels to cycle through; for a folder,
     one per video (else labels come from class folders named 0-9 or captions "digit N").
     ``extractor``: an ``I3DFeatureExtractor`` to reuse. ``condition``: what a model conditioned
-    on both class and text is sampled with (``"auto"`` = captions).
+    on both class and text is sampled with (``"auto"`` = captions). ``scheduler``: sample a
+    model with this sampler instead of its folder's own.
     """
     from videofusion.data.transforms import parse_resolution
     from videofusion.metrics.i3d import MIN_FRAMES
@@ -387,7 +394,7 @@ def evaluate(
         if is_model_dir(fake):
             fake_set = sample_model(fake, num_videos, num_frames, size, seed, class_labels,
                                     num_inference_steps, guidance_scale, batch_size, device,
-                                    progress, condition)
+                                    progress, condition, scheduler)
             channels = fake_set.sampling["channels"]
         else:
             fake_set = load_video_folder(fake, num_videos, num_frames, size or (32, 32), "fake",
@@ -519,6 +526,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="sampling steps")
     p.add_argument("--guidance-scale", "--guidance", type=float,
                    help="classifier-free guidance; default 2 for conditional models, else 1")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="model: sample with this scheduler (default: the folder's own)")
     p.add_argument("--batch-size", type=int, default=8, help="videos per sampling/I3D batch")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--condition", choices=("auto", "class", "text"), default="auto",
@@ -535,7 +544,7 @@ def run_eval(args: argparse.Namespace) -> int:
         num_frames=args.num_frames, resolution=args.resolution, seed=args.seed,
         class_labels=args.class_labels, out=args.out, batch_size=args.batch_size,
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-        device=args.device, condition=args.condition,
+        device=args.device, condition=args.condition, scheduler=args.scheduler,
     )
     print(format_table(report))
     for note in report["warnings"]:

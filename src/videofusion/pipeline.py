@@ -27,6 +27,9 @@ from .sampling import Condition, sample_decomposed
 from .text import MiniLMTextEncoder, TextEncoder
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+# Sampler names of ``use_scheduler`` -> diffusers scheduler class names.
+SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
+              "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
 
 
 @dataclass
@@ -71,6 +74,18 @@ class VideoFusionPipeline(DiffusionPipeline):
     @property
     def num_classes(self) -> int | None:
         return self.residual.config.num_classes
+
+    def use_scheduler(self, name: str | None) -> VideoFusionPipeline:
+        """Sample with another diffusers scheduler on the same trained noise schedule
+        (``None`` keeps the folder's own); returns the pipeline."""
+        if name is None:
+            return self
+        if name not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {tuple(SCHEDULERS)}, got {name!r}")
+        import diffusers
+
+        self.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(self.scheduler.config)
+        return self
 
     @property
     def vae_scale_factor(self) -> int:
