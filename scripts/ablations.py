@@ -1,17 +1,22 @@
 """The paper's ablations at CPU scale (issue: evaluation, RQ1-RQ4), resumable.
 
-Every row trains on moving digits with the same stage-2 budget (steps x batch), then is evaluated
-with ``videofusion.evaluate`` against the moving-digits test split. Rows whose base generator is
-image-pretrained share ONE stage-1 run: its checkpoint at the end of stage 1 is copied into the
-row's folder and the row resumes from it with its own flags, so they all start stage 2 from the
-same weights and see the same data.
+Every row trains with ``videofusion train --config CONFIG`` (default
+configs/moving_digits_ablations.yaml) plus the row's own flags, with the same stage-2 budget
+(steps x batch), then is evaluated with ``videofusion.evaluate`` against the held-out clips.
+Rows whose base generator is image-pretrained share ONE stage-1 run: its checkpoint at the end
+of stage 1 is copied into the row's folder and the row resumes from it with its own flags, so
+they all start stage 2 from the same weights and see the same data. Rows without stage 1 (VDM,
+base from scratch) get the same stage-2 budget and nothing else.
 
-    python scripts/ablations.py --steps 2000 --batch-size 4          # train + evaluate all rows
+    python scripts/ablations.py                                       # train + evaluate all rows
     python scripts/ablations.py --rows vdm,vf_lambda_0.5 --jobs 2     # a subset, two at a time
-    python scripts/ablations.py --report                              # rebuild docs/results.md
+    python scripts/ablations.py --seed 1                              # another seed, own folders
+    python scripts/ablations.py --report                              # rebuild the table only
 
-Other data: ``--data FOLDER --real TEST_FOLDER --results docs/results/NAME`` runs the same rows on
-a video folder (e.g. rendered DeepMind Control clips) and evaluates FVD / KVD / IS against the
+Runs go to ``runs/ablations/<config>/seed<N>/``, row reports and ``table.md`` to
+``docs/results/ablations/<config>/seed<N>/``. ``--steps``, ``--pretrain-steps``,
+``--batch-size`` ... override the config for every row. Other data: ``--data FOLDER --real
+TEST_FOLDER`` runs the same rows on a video folder and evaluates FVD / KVD / IS against the
 held-out folder (the digit metrics need moving digits).
 
 Re-running continues where it stopped: finished rows are skipped, unfinished ones resume from
@@ -30,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "results"
+CONFIG = ROOT / "configs" / "moving_digits_ablations.yaml"
 
 # name -> (question, description, flags of `videofusion train`; "pretrained" rows share stage 1)
 ROWS = {
@@ -49,21 +54,27 @@ ROWS = {
 }
 DIGIT_METRICS = "fvd,kvd,is,content,motion,fvd_digits"
 VIDEO_METRICS = "fvd,kvd,is"
+# script flag -> `videofusion train` setting, passed on only when given
+OVERRIDES = {"data": "data", "frames": "frames", "resolution": "resolution",
+             "condition": "condition", "batch_size": "batch-size",
+             "checkpoint_every": "checkpoint-every", "steps": "max-steps"}
 
 
-def common_flags(args) -> list[str]:
-    return [
-        "--data", args.data, "--frames", str(args.frames),
-        "--resolution", str(args.resolution), "--condition", args.condition,
-        "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-        "--learning-rate", "5e-4", "--lr-warmup-steps", "100", "--ema-decay", "0.999",
-        "--checkpoint-every", str(args.checkpoint_every), "--sample-every", str(args.steps),
-    ]
+def recipe(args):
+    """The resolved training config shared by every row (the config file plus overrides)."""
+    from videofusion.config import TrainConfig
+
+    flags = {OVERRIDES[k]: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    flags.update({"seed": args.seed, "base-pretrain-steps": args.pretrain_steps,
+                  "output-dir": str(args.runs)})
+    return TrainConfig.resolve(args.config, {k: v for k, v in flags.items() if v is not None})
 
 
 def train(args, out: Path, flags: list[str], log) -> None:
-    cmd = [sys.executable, "-m", "videofusion.cli", "train", "--output-dir", str(out),
-           "--resume", *common_flags(args), *flags]
+    common = [f"--{OVERRIDES[k]}={getattr(args, k)}" for k in OVERRIDES
+              if getattr(args, k) is not None]
+    cmd = [sys.executable, "-m", "videofusion.cli", "train", "--config", str(args.config),
+           "--output-dir", str(out), "--resume", "--seed", str(args.seed), *common, *flags]
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -72,19 +83,20 @@ def train(args, out: Path, flags: list[str], log) -> None:
 def stage_one(args) -> Path:
     """The shared image pretraining: a run stopped at the end of stage 1."""
     out = args.runs / "stage1"
+    steps = args.recipe.base_pretrain_steps
     with open(args.runs / "stage1.log", "a") as log:
-        train(args, out, ["--lambda", "0.5", "--base-pretrain-steps", str(args.pretrain_steps),
-                          "--max-steps", str(args.steps),
-                          "--stop-at-step", str(args.pretrain_steps)], log)
+        train(args, out, ["--lambda", "0.5", "--base-pretrain-steps", str(steps),
+                          "--stop-at-step", str(steps)], log)
     return out
 
 
 def row_flags(args, spec: dict) -> list[str]:
-    flags = ["--max-steps", str(args.steps)]
+    pretrain = args.recipe.base_pretrain_steps if spec.get("pretrained") else 0
+    flags = ["--base-pretrain-steps", str(pretrain)]
     for key, value in spec.items():
         if key == "pretrained":
-            flags += ["--base-pretrain-steps", str(args.pretrain_steps)]
-        elif value is True:
+            continue
+        if value is True:
             flags.append(f"--{key}")
         else:
             flags += [f"--{key}", str(value)]
@@ -94,8 +106,9 @@ def row_flags(args, spec: dict) -> list[str]:
 def run_row(args, name: str) -> dict:
     question, description, spec = ROWS[name]
     out = args.runs / name
+    steps = args.recipe.max_steps
     report_path = args.results / f"{name}.json"
-    if report_path.is_file() and json.loads(report_path.read_text())["steps"] >= args.steps:
+    if report_path.is_file() and json.loads(report_path.read_text())["steps"] >= steps:
         return json.loads(report_path.read_text())
     if spec.get("pretrained") and not (out / "checkpoints").is_dir():
         shutil.copytree(args.runs / "stage1", out)
@@ -104,21 +117,23 @@ def run_row(args, name: str) -> dict:
     from videofusion.evaluate import evaluate
 
     started = time.perf_counter()
-    metrics = DIGIT_METRICS if args.data == "moving-digits" else VIDEO_METRICS
-    report = evaluate(real=args.real, fake=out / "pipeline", metrics=metrics,
-                      num_videos=args.num_videos, num_frames=args.frames, seed=args.seed,
-                      num_inference_steps=args.sample_steps, guidance_scale=args.guidance,
-                      progress=False)
+    metrics = args.metrics or (DIGIT_METRICS if args.recipe.data == "moving-digits"
+                               else VIDEO_METRICS)
+    options = {"metrics": metrics, "num_videos": args.num_videos,
+               "num_frames": args.recipe.frames, "seed": args.seed,
+               "num_inference_steps": args.sample_steps, "guidance_scale": args.guidance,
+               "scheduler": args.scheduler}
+    report = evaluate(real=args.real, fake=out / "pipeline", progress=False, **options)
     summary = json.loads((out / "train_summary.json").read_text())
     row = {"name": name, "question": question, "description": description,
-           "steps": args.steps, "batch_size": args.batch_size,
-           "pretrain_steps": args.pretrain_steps if spec.get("pretrained") else 0,
-           "train_summary": summary, "eval_seconds": time.perf_counter() - started,
-           "data": args.data,
-           "eval_command": (f"evaluate(real='{args.real}', fake='{out}/pipeline', "
-                            f"metrics='{metrics}', num_videos={args.num_videos}, "
-                            f"num_inference_steps={args.sample_steps}, "
-                            f"guidance_scale={args.guidance}, seed={args.seed})"),
+           "steps": steps, "batch_size": args.recipe.batch_size,
+           "pretrain_steps": args.recipe.base_pretrain_steps if spec.get("pretrained") else 0,
+           "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
+                         else args.config),
+           "train_flags": row_flags(args, spec), "train_summary": summary,
+           "eval_seconds": time.perf_counter() - started, "data": args.recipe.data,
+           "eval_command": f"evaluate(real={str(args.real)!r}, fake='{out.name}/pipeline', "
+                           + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")",
            "report": report}
     args.results.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(row, indent=2, default=str))
@@ -140,6 +155,7 @@ def write_markdown(results: Path) -> Path:
                  for k, _ in keys]
         lines.append(f"| {row['name']} | {row['question']} | {row['steps']} x "
                      f"{row['batch_size']} | {row['pretrain_steps']} | " + " | ".join(cells) + " |")
+    results.mkdir(parents=True, exist_ok=True)
     table = results / "table.md"
     table.write_text("\n".join(lines) + "\n")
     return table
@@ -158,29 +174,44 @@ def _flatten(report: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(ROWS))
-    parser.add_argument("--steps", type=int, default=2000, help="stage-2 optimizer steps")
-    parser.add_argument("--pretrain-steps", type=int, default=1000, help="stage-1 steps")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--num-videos", type=int, default=100)
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help="the recipe every row starts from (a `videofusion train` config)")
+    parser.add_argument("--steps", type=int, help="stage-2 optimizer steps (default: config)")
+    parser.add_argument("--pretrain-steps", type=int, help="stage-1 steps (default: config)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--condition", choices=("none", "class"))
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--seed", type=int, default=0, help="training and sampling seed")
+    parser.add_argument("--num-videos", type=int, default=64, help="videos per row's evaluation")
+    parser.add_argument("--metrics", help=f"default {DIGIT_METRICS} (moving digits), "
+                                          f"else {VIDEO_METRICS}")
     parser.add_argument("--sample-steps", type=int, default=25)
+    parser.add_argument("--scheduler", default="ddpm", choices=("ddim", "ddpm", "dpm", "euler"),
+                        help="evaluation sampler (DDPM: DDIM eta 0 leaves grainy backgrounds on "
+                             "these models, docs/results.md)")
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "ablations")
-    parser.add_argument("--data", default="moving-digits",
-                        help="'moving-digits' or a training folder of videos")
+    parser.add_argument("--runs", type=Path, help="default runs/ablations/<config>/seed<N>")
+    parser.add_argument("--data", help="'moving-digits' or a training folder of videos "
+                                       "(default: config)")
     parser.add_argument("--real", help="held-out videos for evaluation (default: the "
                         "moving-digits test split; required with a folder --data)")
-    parser.add_argument("--condition", default="class", choices=("none", "class"))
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="where the row JSONs and table.md go")
+    parser.add_argument("--results", type=Path,
+                        help="row JSONs and table.md (default docs/results/ablations/<config>/"
+                             "seed<N>)")
     parser.add_argument("--report", action="store_true", help="only rebuild the table")
     args = parser.parse_args()
+    tag = Path(args.config.stem) / f"seed{args.seed}"
+    args.runs = args.runs or ROOT / "runs" / "ablations" / tag
+    args.results = args.results or ROOT / "docs" / "results" / "ablations" / tag
+    try:
+        args.recipe = recipe(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     if args.real is None:
-        if args.data != "moving-digits":
+        if args.recipe.data != "moving-digits":
             parser.error("--real TEST_FOLDER is required with a folder --data")
         args.real = "moving-digits"
     if not args.report:
