@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from diffusers import DDIMScheduler, DDPMScheduler
 
 from videofusion.checkpoint import atomic_directory
 from videofusion.pipeline import VideoFusionPipeline
@@ -55,9 +54,9 @@ def model_card(record: dict, parameters: dict, config_name: str, sampler: str,
     steps = (f"{record['image_steps']:,} image steps (stage 1, base on single frames) + "
              f"{record['joint_steps']:,} joint steps (stage 2), batch {config['batch_size']}, "
              f"seed {config['seed']}")
-    export = " --ema-decay 0" if raw_weights else ""
-    weights = ("the raw weights of the last step (exported with `--ema-decay 0`): after few joint "
-               "steps the EMA still carries much of the residual generator's untrained start"
+    export = " --raw-weights" if raw_weights else ""
+    weights = ("the raw weights of the last step (exported with `--raw-weights`): after few "
+               "joint steps the EMA still carries much of the residual generator's untrained start"
                if raw_weights else f"EMA, decay {config['ema_decay']}")
     return f"""# videofusion default model: moving digits, class + text conditioned
 
@@ -102,8 +101,7 @@ def main() -> None:
                          "--config ... --resume --stop-at-step N`")
     record = training_record(args.run)
     pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
-    kind = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[args.scheduler]
-    pipe.scheduler = kind.from_config(pipe.scheduler.config)
+    pipe.use_scheduler(args.scheduler)
     parameters = {"base": sum(p.numel() for p in pipe.base.parameters()),
                   "residual": sum(p.numel() for p in pipe.residual.parameters())}
     with atomic_directory(TARGET) as tmp:

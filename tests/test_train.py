@@ -222,10 +222,17 @@ def test_stop_and_resume_gives_bitwise_the_weights_of_a_straight_run(tmp_path, s
     # the stop exports a usable pipeline of step 3 (and leaves the weights of the resume alone)
     assert (tmp_path / "split" / "pipeline" / "model_index.json").is_file()
     assert json.loads((tmp_path / "split" / "train_summary.json").read_text())["steps"] == 3
-    # stopping again at the same step only exports: nothing trained, no step time to report
-    train(resume_config(tmp_path, "split", resume=True, stop_at_step=3))
+    ema = load_file(tmp_path / "split" / "pipeline" / "base" /
+                    "diffusion_pytorch_model.safetensors")
+    # stopping again at the same step only exports: nothing trained, no step time to report;
+    # raw_weights exports the raw weights this time without turning the run's EMA off
+    train(resume_config(tmp_path, "split", resume=True, stop_at_step=3, raw_weights=True))
     summary = json.loads((tmp_path / "split" / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["seconds_per_step"] is None
+    raw = load_file(tmp_path / "split" / "pipeline" / "base" /
+                    "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(ema[key], raw[key]) for key in ema)
+    assert "raw_weights" not in (tmp_path / "split" / "config.yaml").read_text()
     train(resume_config(tmp_path, "split", resume=True))
     split = latest_checkpoint(tmp_path / "split" / "checkpoints")
     assert straight_run.name == split.name == "step-000008"

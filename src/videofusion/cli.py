@@ -127,6 +127,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="continue from the latest checkpoint in OUTPUT/checkpoints")
     g.add_argument("--stop-at-step", type=int,
                    help="checkpoint and exit at this global step (continue with --resume)")
+    g.add_argument("--raw-weights", action="store_true",
+                   help="the pipeline written now holds the raw weights, not the EMA; unlike "
+                        "--ema-decay 0 the run keeps its EMA")
     p.set_defaults(handler=run_train)
     return p
 

@@ -22,7 +22,7 @@ BETA_SCHEDULES = ("linear", "scaled_linear")
 LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings of one invocation, not of the run: never saved, never read back on resume.
-RUNTIME_FIELDS = ("resume", "stop_at_step")
+RUNTIME_FIELDS = ("resume", "stop_at_step", "raw_weights")
 # YAML keys that are Python keywords.
 ALIASES = {"lambda": "lambda_"}
 
@@ -98,6 +98,8 @@ class TrainConfig:
     # this invocation only
     resume: bool = False
     stop_at_step: int | None = None
+    # the pipeline this invocation writes holds the raw weights, not the EMA (the run keeps it)
+    raw_weights: bool = False
 
     @property
     def total_steps(self) -> int:

@@ -176,9 +176,10 @@ class TrainingState:
 def train(config: TrainConfig) -> Path:
     """Train as ``config`` says; return the final pipeline folder (``output_dir/pipeline``).
 
-    With ``config.stop_at_step`` the run checkpoints, writes the pipeline of that step's (EMA)
-    weights, and returns the output folder instead; ``--resume`` continues it. Stopping at the
-    step of the last checkpoint exports a killed run's weights without training further.
+    With ``config.stop_at_step`` the run checkpoints, writes the pipeline of that step's (EMA,
+    or with ``raw_weights`` raw) weights, and returns the output folder instead; ``--resume``
+    continues it. Stopping at the step of the last checkpoint exports a killed run's weights
+    without training further.
     """
     return Trainer(config.validate()).run()
 
@@ -575,12 +576,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _save_pipeline(self) -> Path:
-        """The final ``VideoFusionPipeline`` folder with the EMA weights, written atomically."""
+        """The final ``VideoFusionPipeline`` folder with the EMA weights (the raw ones with
+        ``raw_weights``), written atomically."""
         target = self.output / "pipeline"
         if self.accelerator.is_main_process:
             pipe = self._pipeline()
             with checkpoint.atomic_directory(target) as tmp:
-                self._with_ema(lambda: pipe.save_pretrained(tmp, safe_serialization=True))
+                save = lambda: pipe.save_pretrained(tmp, safe_serialization=True)  # noqa: E731
+                save() if self.config.raw_weights else self._with_ema(save)
             self._print(f"saved the pipeline to {target}")
         self.accelerator.wait_for_everyone()
         return target
@@ -588,8 +591,10 @@ class Trainer:
     def _write_summary(self, start_step, step, elapsed_before, elapsed, pipeline_dir) -> None:
         config = self.config
         this_run = elapsed - elapsed_before
-        records = [json.loads(line) for line in
-                   (self.output / "metrics.jsonl").read_text().splitlines() if line]
+        # the log may be missing: a checkpoint copied into a new folder and exported there
+        log = self.output / "metrics.jsonl"
+        records = ([json.loads(line) for line in log.read_text().splitlines() if line]
+                   if log.is_file() else [])
         summary = {
             "steps": step,
             "base_pretrain_steps": config.base_pretrain_steps,
