@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, help="default 2 for conditional models, else 1")
+    p.add_argument("--scheduler", choices=("ddim", "ddpm", "dpm", "euler"),
+                   help="default: the model folder's own; a stochastic sampler draws fresh "
+                        "noise per video at every step, which the shared noise does not cover")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="control_metrics.json")
     args = p.parse_args(argv)
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from videofusion.cli import load_pipeline
 
-    pipe = load_pipeline(args.model_dir)
+    pipe = load_pipeline(args.model_dir).use_scheduler(args.scheduler)
     generator = torch.Generator().manual_seed(args.seed)
     results = {}
     for kind in SETS:
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
         results[kind] = row
     report = {"model_dir": str(args.model_dir), "class_label": args.class_label,
               "prompt": args.prompt, "groups": args.groups, "per_group": args.per_group,
-              "frames": args.frames, "steps": args.steps, "seed": args.seed, "sets": results}
+              "frames": args.frames, "steps": args.steps,
+              "scheduler": type(pipe.scheduler).__name__, "seed": args.seed, "sets": results}
     def cell(value):
         return f"{'n/a':>7}" if value is None else f"{value:>7.3f}"
 

@@ -92,9 +92,10 @@ def test_control_metrics_script_end_to_end(tmp_path, capsys):
     out = tmp_path / "report.json"
     assert script.main([str(tmp_path / "model"), "--class-label", "2", "--groups", "2",
                         "--per-group", "2", "--frames", "4", "--steps", "2",
-                        "--out", str(out)]) == 0
+                        "--scheduler", "ddpm", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["sets"]) == {"shared_base", "shared_residual", "independent"}
+    assert report["scheduler"] == "DDPMScheduler"
     for row in report["sets"].values():
         assert set(row) == {"digit_agreement", "color_agreement", "motion_agreement",
                             "pairs", "no_digit", "num_videos"}
