@@ -55,8 +55,7 @@ def model_card(record: dict, parameters: dict, config_name: str, sampler: str,
              f"{record['joint_steps']:,} joint steps (stage 2), batch {config['batch_size']}, "
              f"seed {config['seed']}")
     export = " --raw-weights" if raw_weights else ""
-    weights = ("the raw weights of the last step (exported with `--raw-weights`): after few "
-               "joint steps the EMA still carries much of the residual generator's untrained start"
+    weights = ("the raw weights of the last step (exported with `--raw-weights`)"
                if raw_weights else f"EMA, decay {config['ema_decay']}")
     return f"""# videofusion default model: moving digits, class + text conditioned
 
@@ -81,8 +80,8 @@ Retrain it (resumable; stop any time with Ctrl-C and continue with `--resume`):
     videofusion train --config configs/{config_name} --stop-at-step {record['steps']}{export}
     python scripts/bundle_model.py {config['output_dir']}{' --raw-weights' if raw_weights else ''}
 
-The training config, resolved, is `training_config.yaml` beside this card. Its quality, measured
-with `videofusion eval`, is in the project README.
+The run's resolved config, as saved at its last resume, is `training_config.yaml` beside this
+card. Its quality, measured with `videofusion eval`, is in the project README.
 """
 
 
