@@ -34,6 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from videofusion.cli import SCHEDULERS
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "moving_digits_ablations.yaml"
 
@@ -188,7 +190,7 @@ def main() -> None:
     parser.add_argument("--metrics", help=f"default {DIGIT_METRICS} (moving digits), "
                                           f"else {VIDEO_METRICS}")
     parser.add_argument("--sample-steps", type=int, default=25)
-    parser.add_argument("--scheduler", default="ddpm", choices=("ddim", "ddpm", "dpm", "euler"),
+    parser.add_argument("--scheduler", default="ddpm", choices=SCHEDULERS,
                         help="evaluation sampler (DDPM: DDIM eta 0 leaves grainy backgrounds on "
                              "these models, docs/results.md)")
     parser.add_argument("--guidance", type=float, default=2.0)

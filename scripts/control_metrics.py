@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videofusion.cli import SCHEDULERS
+
 SETS = ("shared_base", "shared_residual", "independent")
 PROPERTIES = ("digit", "color", "motion")
 
@@ -45,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, help="default 2 for conditional models, else 1")
-    p.add_argument("--scheduler", choices=("ddim", "ddpm", "dpm", "euler"),
+    p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="default: the model folder's own; a stochastic sampler draws fresh "
                         "noise per video at every step, which the shared noise does not cover")
     p.add_argument("--seed", type=int, default=0)
