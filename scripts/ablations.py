@@ -62,19 +62,23 @@ OVERRIDES = {"data": "data", "frames": "frames", "resolution": "resolution",
              "checkpoint_every": "checkpoint-every", "steps": "max-steps"}
 
 
+def overrides(args) -> dict:
+    """The settings given on this script's command line, as `videofusion train` flags."""
+    return {OVERRIDES[k]: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+
+
 def recipe(args):
     """The resolved training config shared by every row (the config file plus overrides)."""
     from videofusion.config import TrainConfig
 
-    flags = {OVERRIDES[k]: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
-    flags.update({"seed": args.seed, "base-pretrain-steps": args.pretrain_steps,
-                  "output-dir": str(args.runs)})
-    return TrainConfig.resolve(args.config, {k: v for k, v in flags.items() if v is not None})
+    flags = {**overrides(args), "seed": args.seed, "output-dir": str(args.runs)}
+    if args.pretrain_steps is not None:
+        flags["base-pretrain-steps"] = args.pretrain_steps
+    return TrainConfig.resolve(args.config, flags)
 
 
 def train(args, out: Path, flags: list[str], log) -> None:
-    common = [f"--{OVERRIDES[k]}={getattr(args, k)}" for k in OVERRIDES
-              if getattr(args, k) is not None]
+    common = [f"--{key}={value}" for key, value in overrides(args).items()]
     cmd = [sys.executable, "-m", "videofusion.cli", "train", "--config", str(args.config),
            "--output-dir", str(out), "--resume", "--seed", str(args.seed), *common, *flags]
     log.write(f"$ {' '.join(cmd)}\n")
