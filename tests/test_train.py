@@ -241,6 +241,21 @@ def test_stop_and_resume_gives_bitwise_the_weights_of_a_straight_run(tmp_path, s
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 9))
 
 
+def test_resume_turns_the_ema_on_for_a_run_saved_without_one(tmp_path, capsys):
+    train(resume_config(tmp_path, "no_ema", stop_at_step=3, ema_decay=0.0))
+    raw = load_file(tmp_path / "no_ema" / "pipeline" / "base" /
+                    "diffusion_pytorch_model.safetensors")
+    train(resume_config(tmp_path, "no_ema", resume=True, stop_at_step=3, ema_decay=0.99))
+    assert "holds no EMA" in capsys.readouterr().out
+    started = load_file(tmp_path / "no_ema" / "pipeline" / "base" /
+                        "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(raw[key], started[key]) for key in raw)  # EMA = the step-3 weights
+    train(resume_config(tmp_path, "no_ema", resume=True, stop_at_step=4, ema_decay=0.99))
+    capsys.readouterr()
+    train(resume_config(tmp_path, "no_ema", resume=True, stop_at_step=4, ema_decay=0.99))
+    assert "holds no EMA" not in capsys.readouterr().out  # step 4 was saved with its EMA
+
+
 def test_resume_without_checkpoint_starts_fresh_and_says_so(tmp_path, capsys):
     train(resume_config(tmp_path, "fresh", resume=True, max_steps=1))
     assert "no checkpoint" in capsys.readouterr().out

@@ -162,13 +162,15 @@ class TrainingState:
 
     def __init__(self, ema: EMAModel | None, lr_scheduler):
         self.ema, self.lr_scheduler = ema, lr_scheduler
+        self.ema_missing = False  # EMA on now, but the checkpoint was saved without one
 
     def state_dict(self) -> dict:
         return {"ema": None if self.ema is None else self.ema.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.ema is not None:
+        self.ema_missing = self.ema is not None and state["ema"] is None
+        if self.ema is not None and not self.ema_missing:
             self.ema.load_state_dict(state["ema"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
 
@@ -307,6 +309,9 @@ class Trainer:
         if latest is not None:
             elapsed_before = checkpoint.load_checkpoint(accelerator, latest)["elapsed_seconds"]
             self._print(f"resumed from {latest} at step {start_step}")
+            if self.state.ema_missing:
+                self.ema.shadow_params = [p.detach().clone() for p in self.model.parameters()]
+                self._print("the checkpoint holds no EMA: the EMA starts from its weights")
         accelerator.init_trackers("tensorboard")
         self._trim_log(start_step)
 
