@@ -78,7 +78,7 @@ VideoFusion (spec §1-§4) trained with the project's own trainer on the built-i
 Retrain it (resumable; stop any time with Ctrl-C and continue with `--resume`):
 
     videofusion train --config configs/{config_name} --stop-at-step {record['steps']}{export}
-    python scripts/bundle_model.py {config['output_dir']}{' --raw-weights' if raw_weights else ''}
+    python scripts/bundle_model.py {config['output_dir']}{export}
 
 The run's resolved config, as saved at its last resume, is `training_config.yaml` beside this
 card. Its quality, measured with `videofusion eval`, is in the project README.

@@ -587,8 +587,10 @@ class Trainer:
         if self.accelerator.is_main_process:
             pipe = self._pipeline()
             with checkpoint.atomic_directory(target) as tmp:
-                save = lambda: pipe.save_pretrained(tmp, safe_serialization=True)  # noqa: E731
-                save() if self.config.raw_weights else self._with_ema(save)
+                if self.config.raw_weights:
+                    pipe.save_pretrained(tmp, safe_serialization=True)
+                else:
+                    self._with_ema(lambda: pipe.save_pretrained(tmp, safe_serialization=True))
             self._print(f"saved the pipeline to {target}")
         self.accelerator.wait_for_everyone()
         return target
