@@ -48,8 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, help="default 2 for conditional models, else 1")
     p.add_argument("--scheduler", choices=SCHEDULERS,
-                   help="default: the model folder's own; a stochastic sampler draws fresh "
-                        "noise per video at every step, which the shared noise does not cover")
+                   help="default: the model folder's own; with a stochastic sampler the "
+                        "shared part is shared by every step's fresh noise too (FreshNoise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="control_metrics.json")
     args = p.parse_args(argv)

@@ -12,7 +12,7 @@ from diffusers import (
 from torch import nn
 
 from videofusion import Condition, VideoFusionModel, make_lambdas, sample_decomposed
-from videofusion.noise import key_frame_index
+from videofusion.noise import FreshNoise, key_frame_index
 from videofusion.sampling import alpha_bar_at, guided_noise_prediction, scheduler_step
 
 SCHEDULERS = {
@@ -109,8 +109,8 @@ def test_fresh_noise_of_stochastic_steps_is_decomposed(name, kwargs):
     lambdas = make_lambdas(4, 0.5)
     zero = torch.zeros(600, 1, 4, 8, 8)
     t = scheduler.timesteps[2]
-    out = scheduler_step(scheduler, zero, t, zero, lambdas, torch.Generator().manual_seed(0),
-                         **kwargs)  # = std * fresh noise
+    fresh = FreshNoise(lambdas, torch.Generator().manual_seed(0))
+    out = scheduler_step(scheduler, zero, t, zero, fresh, **kwargs)  # = std * fresh noise
     frames = out.transpose(0, 2).reshape(4, -1).double()
     corr = torch.corrcoef(frames)
     expected = (lambdas[:, None] * lambdas[None, :]).double().sqrt()
@@ -171,6 +171,61 @@ def test_fixed_base_noise_is_shared_between_samples():
                              num_inference_steps=2, base_noise=base_noise,
                              generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
     assert not torch.allclose(run[0], run[1])
+
+
+def test_fresh_noise_keeps_the_fixed_parts_of_every_draw():
+    lambdas = make_lambdas(4, 0.5)
+    base, residual = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4, 4)
+    fixed_base = [FreshNoise(lambdas, torch.Generator().manual_seed(s), base_noise=base)
+                  for s in (0, 1)]
+    fixed_residual = [FreshNoise(lambdas, torch.Generator().manual_seed(s),
+                                 residual_noise=residual) for s in (0, 1)]
+    key = key_frame_index(4)
+    for _ in range(3):  # three steps: the streams advance in step
+        a, b = (f((2, 1, 4, 4, 4)) for f in fixed_base)
+        assert torch.equal(a[:, :, key], b[:, :, key])  # the key frame is all base
+        assert not torch.allclose(a[:, :, 0], b[:, :, 0])  # other frames: residuals differ
+        assert not torch.allclose(a[:, :, key], base)  # a new base each step, not the first
+        a, b = (f((2, 1, 4, 4, 4)) for f in fixed_residual)
+        # the same residual, different bases: the difference is sqrt(lambda) (b_a - b_b)
+        # everywhere, the same across frames
+        diff = a - b
+        assert torch.allclose(diff[:, :, 0] / lambdas[0].sqrt(), diff[:, :, key], atol=1e-5)
+    # same noise given to two videos of one batch: same stream
+    twins = FreshNoise(lambdas, torch.Generator().manual_seed(0),
+                       base_noise=base[:1].expand(2, -1, -1, -1))((2, 1, 4, 4, 4))
+    assert torch.equal(twins[0, :, key], twins[1, :, key])
+
+
+def test_a_fixed_base_fixes_the_content_under_a_stochastic_sampler():
+    """Spec §5 with DDPM: all-base noise (lambda 1 everywhere) and one base noise give one video,
+    however the sampler is seeded; before FreshNoise, DDPM's fresh noise came from the seed."""
+    model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
+    lambdas = torch.ones(4)
+    base_noise = torch.randn(1, 3, 8, 8)
+    runs = [sample_decomposed(model, DDPMScheduler(), (1, 3, 4, 8, 8), lambdas,
+                              num_inference_steps=3, base_noise=base_noise,
+                              generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert torch.equal(runs[0], runs[1])
+    other = sample_decomposed(model, DDPMScheduler(), (1, 3, 4, 8, 8), lambdas,
+                              num_inference_steps=3, base_noise=torch.randn(1, 3, 8, 8),
+                              generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(runs[0], other)
+
+
+def test_a_video_whose_noise_is_fixed_does_not_depend_on_its_batch():
+    model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
+    lambdas = make_lambdas(4, 0.5)
+    base, residual = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 8, 8)
+
+    def run(batch, seed):
+        return sample_decomposed(model, DDPMScheduler(), (len(batch), 3, 4, 8, 8), lambdas,
+                                 num_inference_steps=3, base_noise=base[batch],
+                                 residual_noise=residual[batch],
+                                 generator=torch.Generator().manual_seed(seed))
+
+    together, alone = run([0, 1], 0), run([1], 5)
+    assert torch.allclose(together[1:], alone, atol=1e-5)
 
 
 def test_v_prediction_scheduler_is_refused():

@@ -233,8 +233,8 @@ def sample_model(
                 else {"class_labels": labels[start:stop]} if conditioning == "class"
                 else {"num_videos": stop - start}
             )
-            # z_T drawn video by video, so a video does not depend on the batch size (the noise
-            # of stochastic schedulers comes from a per-batch generator).
+            # z_T drawn video by video, so a video does not depend on the batch size; a
+            # stochastic scheduler's fresh noise then follows each video's own z_T (FreshNoise).
             noise = [(torch.randn(1, latent_channels, side, side, generator=generator),
                       torch.randn(1, latent_channels, num_frames, side, side, generator=generator))
                      for _ in range(start, stop)]

@@ -13,6 +13,7 @@ Video layout everywhere: ``(batch, channels, frames, height, width)``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -115,6 +116,50 @@ def decomposed_noise(
     if return_parts:
         return DecomposedNoise(noise, base_noise, residual_noise)
     return noise
+
+
+class FreshNoise:
+    """The fresh noise a stochastic sampler adds at every step (DDPM, DDIM with eta > 0), drawn
+    as in spec §1 and faithful to the parts of z_T the caller fixed (spec §5).
+
+    Fixing the initial base noise alone fixes the content only until the first stochastic step
+    renews the noise. So a video whose ``base_noise`` was given draws every later base noise from
+    a generator of its own, seeded by that base noise: videos (or runs) given the same base noise
+    share the base at every step, whatever the other seeds. The same holds for ``residual_noise``
+    and motion. Parts not given come from ``generator``, as before.
+    """
+
+    def __init__(self, lambdas: torch.Tensor, generator: torch.Generator | None = None,
+                 base_noise: torch.Tensor | None = None,
+                 residual_noise: torch.Tensor | None = None):
+        self.lambdas = lambdas
+        self.generator = generator
+        self.base_streams = None if base_noise is None else [seeded_by(b) for b in base_noise]
+        self.residual_streams = (None if residual_noise is None
+                                 else [seeded_by(r) for r in residual_noise])
+
+    def __call__(self, shape: Sequence[int], device=None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A decomposed draw of ``shape`` ``(batch, channels, frames, height, width)``."""
+        _, channels, frames, height, width = shape
+        base = _draw(self.base_streams, (channels, height, width))
+        residual = _draw(self.residual_streams, (channels, frames, height, width))
+        return decomposed_noise(shape, self.lambdas, self.generator, base_noise=base,
+                                residual_noise=residual, device=device, dtype=dtype)
+
+
+def seeded_by(noise: torch.Tensor) -> torch.Generator:
+    """A CPU generator whose seed is a hash of ``noise``'s float32 values: equal noises, equal
+    streams, on any device."""
+    data = noise.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    seed = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+    return torch.Generator().manual_seed(seed)
+
+
+def _draw(streams: list[torch.Generator] | None, shape: tuple) -> torch.Tensor | None:
+    if streams is None:
+        return None
+    return torch.stack([torch.randn(shape, generator=g) for g in streams])
 
 
 def per_frame(lambdas: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Per iteration the base generator denoises the key frame (one frame per clip), then the residual
 generator runs on all frames in one batch; the combined epsilon goes through any diffusers
 scheduler that predicts epsilon (DDIM, DDPM, DPM-Solver, Euler, ...). Every noise the sampler
-draws, the initial latent and the fresh noise of stochastic schedulers, is decomposed (spec §1).
+draws, the initial latent and the fresh noise of stochastic schedulers, is decomposed (spec §1),
+and a part of z_T the caller fixed stays fixed in the fresh noise too (``FreshNoise``, spec §5).
 
 Layout: ``(batch, channels, frames, height, width)``.
 """
@@ -20,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models.videofusion import VideoFusionModel
-from .noise import combine_noise, decomposed_noise, key_frame_index
+from .noise import FreshNoise, combine_noise, decomposed_noise, key_frame_index
 
 
 @dataclass
@@ -131,7 +132,9 @@ def sample_decomposed(
     """Two-step decomposed sampling (spec §4). Returns z_0 ``(B, C, F, H, W)``.
 
     ``base_noise`` ``(B, C, H, W)`` and ``residual_noise`` ``(B, C, F, H, W)`` fix the parts of
-    the initial latent z_T (spec §5: same base = same content, same residual = same motion).
+    the initial latent z_T (spec §5: same base = same content, same residual = same motion);
+    with a stochastic scheduler they also fix that part of every step's fresh noise
+    (``FreshNoise``).
     ``eta`` is DDIM's stochasticity (0: deterministic, 1: DDPM-like); other schedulers ignore it.
     ``before_step(i, z_t)`` returns the z_t that step ``i`` denoises: long videos use it to pin
     the frames a clip shares with the previous one (spec §5, ``videofusion.long_video``).
@@ -168,6 +171,7 @@ def sample_decomposed(
     parts = decomposed_noise(shape, lambdas, generator, base_noise=base_noise,
                              residual_noise=residual_noise, device=device, dtype=dtype,
                              return_parts=True)
+    fresh_noise = FreshNoise(lambdas, generator, base_noise, residual_noise)
     scheduler.set_timesteps(num_inference_steps, device=device)
     z = parts.noise * scheduler.init_noise_sigma
     if key_frame is not None:
@@ -182,7 +186,7 @@ def sample_decomposed(
             eps = guided_noise_prediction(model, z_in, t.to(device).expand(shape[0]),
                                           alpha_bar.expand(shape[0]), lambdas, condition,
                                           guidance_scale, key_frame)
-            z = scheduler_step(scheduler, eps, t, z, lambdas, generator, eta)
+            z = scheduler_step(scheduler, eps, t, z, fresh_noise, eta)
         if key_frame is not None:
             z[:, :, k] = key_frame
     return z
@@ -216,24 +220,25 @@ def alpha_bar_at(scheduler, timestep: torch.Tensor, step_index: int) -> torch.Te
     return scheduler.alphas_cumprod[int(timestep)].float()
 
 
-def scheduler_step(scheduler, eps, t, z, lambdas, generator, eta: float = 0.0) -> torch.Tensor:
-    """One scheduler step whose fresh noise, if any, is decomposed like z (spec §1).
+def scheduler_step(scheduler, eps, t, z, fresh_noise: FreshNoise,
+                   eta: float = 0.0) -> torch.Tensor:
+    """One scheduler step whose fresh noise, if any, is ``fresh_noise``'s decomposed draw.
 
-    Schedulers that take ``variance_noise`` (DDIM, DPM-Solver) get a decomposed draw; for the
+    Schedulers that take ``variance_noise`` (DDIM, DPM-Solver) get the draw directly; for the
     others (DDPM, Euler with churn, ...) the draw inside ``step`` is redirected to
-    ``decomposed_noise`` for the duration of the call.
+    ``fresh_noise`` for the duration of the call.
     """
     params = inspect.signature(scheduler.step).parameters
     kwargs = {"eta": eta} if "eta" in params else {}
     if "variance_noise" in params:
-        noise = decomposed_noise(z.shape, lambdas, generator, device=z.device, dtype=z.dtype)
+        noise = fresh_noise(z.shape, device=z.device, dtype=z.dtype)
         return scheduler.step(eps, t, z, variance_noise=noise, **kwargs).prev_sample
-    with _decomposed_randn(scheduler, lambdas):
-        return scheduler.step(eps, t, z, generator=generator).prev_sample
+    with _decomposed_randn(scheduler, fresh_noise):
+        return scheduler.step(eps, t, z, generator=fresh_noise.generator).prev_sample
 
 
 @contextlib.contextmanager
-def _decomposed_randn(scheduler, lambdas: torch.Tensor):
+def _decomposed_randn(scheduler, fresh_noise: FreshNoise):
     module = sys.modules[type(scheduler).__module__]
     original = getattr(module, "randn_tensor", None)
     if original is None:
@@ -241,9 +246,8 @@ def _decomposed_randn(scheduler, lambdas: torch.Tensor):
         return
 
     def randn_tensor(shape, generator=None, device=None, dtype=None, **kwargs):
-        if len(shape) == 5 and shape[2] == lambdas.numel():
-            return decomposed_noise(shape, lambdas, generator, device=device,
-                                    dtype=dtype or torch.float32)
+        if len(shape) == 5 and shape[2] == fresh_noise.lambdas.numel():
+            return fresh_noise(shape, device=device, dtype=dtype or torch.float32)
         return original(shape, generator=generator, device=device, dtype=dtype, **kwargs)
 
     module.randn_tensor = randn_tensor
