@@ -13,7 +13,10 @@ motion class (the digit video encoder's heads, docs/metrics.md). The agreement o
 the share of same-group pairs of videos that agree on it, over the pairs in which both videos
 show a digit (``pairs``; colour and motion of a digit-less video mean nothing); it is null when
 there is no such pair. ``no_digit`` is the share of videos in which the classifier sees no digit
-at all. Prints a table and writes JSON.
+at all. Classifier-free, for models whose frames the classifier rejects: ``key_frame_distance``
+and ``other_frames_distance``, the mean absolute pixel difference (in [0, 1]) between same-group
+videos on the key frame (all base noise, spec §1) and on the other frames. Prints a table and
+writes JSON.
 
     .venv/bin/python scripts/control_metrics.py runs/digits/pipeline --class-label 3 \\
         --groups 8 --per-group 4 --steps 25 --out control_metrics.json
@@ -112,6 +115,21 @@ def agreement(values: np.ndarray, valid: np.ndarray, per_group: int) -> tuple[fl
     return (same / pairs if pairs else None), pairs
 
 
+def pair_distances(videos: np.ndarray, per_group: int) -> dict[str, float]:
+    """Mean absolute difference between same-group videos ``(n, frames, H, W, C)`` in [0, 1],
+    on the key frame and on the other frames."""
+    key = videos.shape[1] // 2
+    others = [f for f in range(videos.shape[1]) if f != key]
+    key_d, other_d = [], []
+    for group in videos.reshape(-1, per_group, *videos.shape[1:]):
+        for i, j in combinations(range(per_group), 2):
+            diff = np.abs(group[i].astype(np.float64) - group[j])
+            key_d.append(diff[key].mean())
+            other_d.append(diff[others].mean())
+    return {"key_frame_distance": float(np.mean(key_d)),
+            "other_frames_distance": float(np.mean(other_d))}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from videofusion.cli import load_pipeline
@@ -121,7 +139,8 @@ def main(argv=None) -> int:
     results = {}
     for kind in SETS:
         start = time.perf_counter()
-        props = video_properties(sample_set(pipe, kind, args, generator))
+        videos = sample_set(pipe, kind, args, generator)
+        props = video_properties(videos)
         print(f"{kind}: {args.groups * args.per_group} videos in "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
         has_digit = props["digit"] >= 0
@@ -131,6 +150,7 @@ def main(argv=None) -> int:
                                                                args.per_group)
         row["no_digit"] = float((~has_digit).mean())
         row["num_videos"] = args.groups * args.per_group
+        row.update(pair_distances(videos, args.per_group))
         results[kind] = row
     report = {"model_dir": str(args.model_dir), "class_label": args.class_label,
               "prompt": args.prompt, "groups": args.groups, "per_group": args.per_group,
@@ -139,12 +159,15 @@ def main(argv=None) -> int:
     def cell(value):
         return f"{'n/a':>7}" if value is None else f"{value:>7.3f}"
 
-    print(f"{'set':<16} {'digit':>7} {'colour':>7} {'motion':>7} {'pairs':>6} {'no digit':>9}")
+    print(f"{'set':<16} {'digit':>7} {'colour':>7} {'motion':>7} {'pairs':>6} {'no digit':>9} "
+          f"{'key d':>7} {'other d':>7}")
     for kind, row in results.items():
         print(f"{kind:<16} {cell(row['digit_agreement'])} {cell(row['color_agreement'])} "
-              f"{cell(row['motion_agreement'])} {row['pairs']:>6} {row['no_digit']:>9.3f}")
-    print(f"(share of same-group pairs, both showing a digit, that agree; {args.groups} groups "
-          f"x {args.per_group} videos per set)")
+              f"{cell(row['motion_agreement'])} {row['pairs']:>6} {row['no_digit']:>9.3f} "
+              f"{row['key_frame_distance']:>7.3f} {row['other_frames_distance']:>7.3f}")
+    print(f"(agreement: share of same-group pairs, both showing a digit, that agree; d: mean "
+          f"abs pixel difference of same-group pairs; {args.groups} groups x {args.per_group} "
+          "videos per set)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(args.out)

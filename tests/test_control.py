@@ -98,13 +98,24 @@ def test_control_metrics_script_end_to_end(tmp_path, capsys):
     assert report["scheduler"] == "DDPMScheduler"
     for row in report["sets"].values():
         assert set(row) == {"digit_agreement", "color_agreement", "motion_agreement",
-                            "pairs", "no_digit", "num_videos"}
+                            "pairs", "no_digit", "num_videos", "key_frame_distance",
+                            "other_frames_distance"}
         assert row["num_videos"] == 4 and 0 <= row["pairs"] <= 2
         assert 0.0 <= row["no_digit"] <= 1.0
         for key in ("digit_agreement", "color_agreement", "motion_agreement"):
             assert (row[key] is None) == (row["pairs"] == 0)
             assert row[key] is None or 0.0 <= row[key] <= 1.0
     assert "shared_base" in capsys.readouterr().out
+    # the key frame is all base noise: with the base shared by every DDPM step too (FreshNoise),
+    # the videos of a shared-base group share their key frame exactly
+    sets = report["sets"]
+    assert sets["shared_base"]["key_frame_distance"] < 1e-3
+    assert sets["independent"]["key_frame_distance"] > 10 * sets["shared_base"][
+        "key_frame_distance"] + 1e-3
+    videos = np.zeros((4, 3, 2, 2, 1))
+    videos[1] = 0.5  # group 0: key frames differ by 0.5; group 1: identical
+    assert script.pair_distances(videos, 2) == {"key_frame_distance": 0.25,
+                                                "other_frames_distance": 0.25}
     every = np.ones(4, dtype=bool)
     assert script.agreement(np.array([1, 1, 2, 3]), every, 2) == (0.5, 2)
     assert script.agreement(np.array([1, 1, 2, 2]), np.array([1, 1, 1, 0], bool), 2) == (1.0, 1)
