@@ -1,8 +1,8 @@
 """Measure the bundled model and draw the README gallery.
 
-    python scripts/bundle_eval.py [--model-dir DIR] [--num-videos 128]
+    python scripts/bundle_eval.py [--model-dir DIR] [--num-videos 128] [--scheduler ddpm]
 
-Writes docs/results/bundled/:
+Writes docs/results/bundled/ (``--results``, to measure a candidate before shipping it):
 - ``eval_class.json`` / ``eval_text.json``: `videofusion eval` against the moving-digits test
   split, the model prompted by class label alone and by caption alone (I3D FVD / KVD, content
   consistency, prompt adherence, motion error, FVD-digits);
@@ -38,9 +38,10 @@ def evaluations(args) -> None:
         report = evaluate("moving-digits", args.model_dir,
                           metrics="fvd,kvd,is,content,motion,fvd_digits",
                           num_videos=args.num_videos, num_inference_steps=args.steps,
-                          seed=args.seed, condition=condition, progress=True)
+                          seed=args.seed, condition=condition, scheduler=args.scheduler,
+                          progress=True)
         report["seconds"] = round(time.perf_counter() - started, 1)
-        (RESULTS / f"eval_{condition}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.results / f"eval_{condition}.json").write_text(json.dumps(report, indent=2) + "\n")
         print(condition, json.dumps(report["metrics"], indent=1))
 
 
@@ -79,7 +80,8 @@ def image_to_video(args, pipe) -> None:
               "prompt_adherence": prompt_adherence(others, labels),
               "neighbour_change_generated": step_change(videos),
               "neighbour_change_real": step_change(real)}
-    (RESULTS / "image_to_video.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["scheduler"] = type(pipe.scheduler).__name__
+    (args.results / "image_to_video.json").write_text(json.dumps(report, indent=2) + "\n")
     print("image-to-video", json.dumps(report, indent=1))
 
 
@@ -105,7 +107,7 @@ def gallery(args, pipe) -> None:
 
 
 def main() -> None:
-    from videofusion.cli import DEFAULT_MODEL_DIR
+    from videofusion.cli import DEFAULT_MODEL_DIR, SCHEDULERS
     from videofusion.pipeline import VideoFusionPipeline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -116,12 +118,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--conditions", default="class,text",
                         help="prompting of the eval part: class, text or class,text")
+    parser.add_argument("--scheduler", choices=SCHEDULERS,
+                        help="sampler of the eval and i2v parts (default: the model folder's own)")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help=f"where the JSON reports go (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--only", default="gallery,i2v,eval",
                         help="comma-separated subset of gallery,i2v,eval")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     parts = set(args.only.split(","))
-    pipe = VideoFusionPipeline.from_pretrained(args.model_dir)
+    pipe = VideoFusionPipeline.from_pretrained(args.model_dir).use_scheduler(args.scheduler)
     pipe.set_progress_bar_config(disable=True)
     if "gallery" in parts:
         gallery(args, pipe)
