@@ -126,7 +126,7 @@ class FreshNoise:
     renews the noise. So a video whose ``base_noise`` was given draws every later base noise from
     a generator of its own, seeded by that base noise: videos (or runs) given the same base noise
     share the base at every step, whatever the other seeds. The same holds for ``residual_noise``
-    and motion. Parts not given come from ``generator``, as before.
+    and motion. Parts not given come from ``generator``.
     """
 
     def __init__(self, lambdas: torch.Tensor, generator: torch.Generator | None = None,
