@@ -90,6 +90,10 @@ def stage_one(args) -> Path:
     """The shared image pretraining: a run stopped at the end of stage 1."""
     out = args.runs / "stage1"
     steps = args.recipe.base_pretrain_steps
+    summary = out / "train_summary.json"
+    # finished: skip, so that drivers started side by side do not re-export it concurrently
+    if summary.is_file() and json.loads(summary.read_text())["steps"] >= steps:
+        return out
     with open(args.runs / "stage1.log", "a") as log:
         train(args, out, ["--lambda", "0.5", "--base-pretrain-steps", str(steps),
                           "--stop-at-step", str(steps)], log)

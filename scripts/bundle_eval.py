@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--conditions", default="class,text",
                         help="prompting of the eval part: class, text or class,text")
     parser.add_argument("--scheduler", choices=SCHEDULERS,
-                        help="sampler of the eval and i2v parts (default: the model folder's own)")
+                        help="sampler of every part (default: the model folder's own)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help=f"where the JSON reports go (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--only", default="gallery,i2v,eval",

@@ -30,6 +30,10 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     assert "resumed from" in log and "--lambda 0.25" in log
     table = (tmp_path / "results" / "table.md").read_text()
     assert "| vdm | RQ1 | 2 x 2 | 0 |" in table and "| vf_lambda_0.25 | RQ3 | 2 x 2 | 2 |" in table
+    # a second driver finds stage 1 and the row finished: it launches no training at all
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    assert (tmp_path / "runs" / "stage1.log").read_text().count("$ ") == 1
+    assert log == (tmp_path / "runs" / "vf_lambda_0.25.log").read_text()
     bad = subprocess.run([*cmd[:2], "--rows", "nope", "--results", str(tmp_path / "r2")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown rows ['nope']" in bad.stderr
