@@ -107,6 +107,24 @@ def test_blank_videos_show_no_digit(classifier):
     assert np.isfinite(errors).all() and (errors < 1e-6).all()
 
 
+def test_a_tinted_background_leaves_digits_and_motion_unchanged(classifier):
+    """Generated frames often sit on a uniform tint; the metrics must read the digit, not the
+    background (the classifier alone, trained on black, calls most such frames "no digit")."""
+    videos, metas = real_clips(12, resolution=32)
+    x = (videos + 1) / 2  # (B, 3, F, H, W) in [0, 1]
+    np.testing.assert_array_equal(digits.foreground(videos), x.amax(dim=1))  # black: no change
+    tint = torch.tensor([0.05, 0.3, 0.15]).view(1, 3, 1, 1, 1)
+    tinted = (x + tint).clamp(0, 1) * 2 - 1
+    reference = predict_digits(videos, classifier)
+    assert (predict_digits(tinted, classifier) == reference).mean() > 0.99
+    np.testing.assert_allclose(motion_errors(tinted), motion_errors(videos), atol=1e-3)
+    # still no digit where there is none: a tinted blank frame, a noise frame
+    blank = torch.zeros(2, 3, 4, 32, 32) + tint * 2 - 1
+    assert (predict_digits(blank, classifier) == NO_DIGIT).all()
+    noise = (torch.rand(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.3 - 1)
+    assert (predict_digits(noise, classifier) == NO_DIGIT).mean() > 0.9
+
+
 def test_layouts_colours_and_resolutions_give_the_same_digits(classifier):
     colour, _ = real_clips(6, resolution=32)
     grey = colour.amax(dim=1, keepdim=True)  # a white digit: the (1, F, H, W) layout

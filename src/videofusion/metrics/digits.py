@@ -6,7 +6,8 @@ ships two small networks trained on real MovingDigits train-split clips
 (``scripts/train_digit_metrics.py``; weights in ``metrics/weights/``, see docs/metrics.md):
 
 * :class:`DigitClassifier`: one frame -> digit 0-9, or :data:`NO_DIGIT` (blank or noise frame).
-  It sees the frame's channel maximum, so every palette colour looks the same to it.
+  It sees the frame's :func:`foreground`, so every palette colour and background tint look the
+  same to it.
 * :class:`DigitVideoEncoder`: the classifier's frozen frame trunk plus 3D convolutions over time,
   trained to predict a clip's digit, colour, motion (axis and speed) and whether its frames are
   temporally coherent; its pooled penultimate features give the Fréchet distance "FVD-digits".
@@ -50,7 +51,7 @@ COLORS = tuple(PALETTE)
 NUM_MOTIONS = 9
 FEATURE_DIM = 64
 MAP_CHANNELS = 64 + 3 + 16  # per 8x8 cell: digit evidence, mean colour, 2x2-pixel intensities
-# Pixels dimmer than this (channel maximum, [0, 1]) do not pull the tracked centroid: they are
+# Pixels dimmer than this (foreground, [0, 1]) do not pull the tracked centroid: they are
 # background noise of generated frames, not the digit.
 TRACK_THRESHOLD = 0.2
 # Fitted trajectories may move at most this many frame sides per frame (the data: <= 0.1), so a
@@ -94,12 +95,24 @@ def _resize(frames: torch.Tensor) -> torch.Tensor:
     )
 
 
+def foreground(videos: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Videos -> ``(batch, frames, H, W)`` in [0, 1]: each channel minus its median over the
+    frame (the background: digits cover far less than half of it), then the channel maximum.
+
+    Real clips have black backgrounds, for which this is the plain channel maximum; generated
+    frames often sit on a tinted background, and a digit on a uniform tint is still the digit
+    (the classifier, trained on black, reads a real clip lifted by 0.15 in one channel as "no
+    digit" in 86% of frames; docs/metrics.md). A channel maximum makes every palette colour
+    (and grey) give the same image.
+    """
+    x = unit_frames(videos)  # (B, F, C, H, W)
+    background = x.flatten(-2).median(dim=-1).values[..., None, None]  # (B, F, C, 1, 1)
+    return (x - background).clamp(min=0.0).amax(dim=2)
+
+
 def classifier_input(videos: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Videos -> frames ``(batch * frames, 1, 32, 32)`` in [0, 1]: the channel maximum, so a
-    digit of any palette colour (or grey) gives the same image."""
-    x = unit_frames(videos)
-    grey = x.amax(dim=2, keepdim=True).flatten(0, 1)
-    return _resize(grey)
+    """Videos -> frames ``(batch * frames, 1, 32, 32)`` in [0, 1]: :func:`foreground`."""
+    return _resize(foreground(videos).flatten(0, 1).unsqueeze(1))
 
 
 def encoder_input(videos: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -271,10 +284,11 @@ def prompt_adherence(predictions: np.ndarray, class_labels) -> float | None:
 def track_positions(videos: torch.Tensor | np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """Intensity-weighted centroid ``(batch, frames, 2)`` as (x, y) pixels, and ``(H, W)``.
 
-    Weights are the channel maximum minus :data:`TRACK_THRESHOLD`; a frame without any bright
-    pixel tracks to the frame centre (a small uniform weight), so positions are always finite.
+    Weights are the :func:`foreground` minus :data:`TRACK_THRESHOLD`; a frame without any
+    bright pixel tracks to the frame centre (a small uniform weight), so positions are always
+    finite.
     """
-    grey = unit_frames(videos).amax(dim=2).double()  # (B, F, H, W)
+    grey = foreground(videos).double()  # (B, F, H, W)
     h, w = grey.shape[-2:]
     weights = (grey - TRACK_THRESHOLD).clamp(min=0.0) + 1e-9
     total = weights.sum(dim=(-2, -1))
