@@ -34,6 +34,17 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     assert (tmp_path / "runs" / "stage1.log").read_text().count("$ ") == 1
     assert log == (tmp_path / "runs" / "vf_lambda_0.25.log").read_text()
+    # a row scored with the classifier's old input is re-scored on the same videos (same seeds)
+    path = tmp_path / "results" / "vf_lambda_0.25.json"
+    stale = json.loads(path.read_text())
+    stale["report"]["protocol"]["digit_metrics"] = "videofusion.metrics.digits: before"
+    stale["report"]["metrics"]["motion_error"] = 99.0
+    path.write_text(json.dumps(stale))
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    fresh = json.loads(path.read_text())
+    assert fresh["rescored"]["previous"]["motion_error"] == 99.0
+    assert fresh["report"]["metrics"]["motion_error"] == vf["report"]["metrics"]["motion_error"]
+    assert "foreground" in fresh["report"]["protocol"]["digit_metrics"]
     bad = subprocess.run([*cmd[:2], "--rows", "nope", "--results", str(tmp_path / "r2")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown rows ['nope']" in bad.stderr

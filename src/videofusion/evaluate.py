@@ -457,7 +457,9 @@ def _report(real: VideoSet, fake: VideoSet, metrics: tuple[str, ...], values: di
     if set(metrics) - I3D_METRICS:
         protocol["digit_metrics"] = ("videofusion.metrics.digits: classifier and video encoder "
                                      "trained on moving-digits train-split clips, inputs 32x32; "
-                                     "motion error in frame sides")
+                                     "classifier and tracker see each frame's foreground "
+                                     "(channels minus their median); motion error in frame "
+                                     "sides")
     return {
         "protocol": protocol,
         "metrics": values,
