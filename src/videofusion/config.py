@@ -63,6 +63,8 @@ class TrainConfig:
     snr_gamma: float = 5.0
     base_from: str | None = None
     base_from_scratch: bool = False
+    # fine-tuning: a VideoFusionPipeline folder whose networks start the run (same architecture)
+    init_from: str | None = None
     freeze_base: bool = False
     stop_gradient: bool = True
     max_steps: int = 10_000
@@ -158,6 +160,10 @@ class TrainConfig:
             need(self.base_pretrain_steps == 0 and self.base_from is None,
                  "--base-from-scratch skips stage 1: it cannot go with --base-pretrain-steps "
                  "or --base-from")
+        if self.init_from is not None:
+            need(self.base_from is None and not self.base_from_scratch,
+                 "--init-from already holds the base generator: drop --base-from and "
+                 "--base-from-scratch")
         if self.stop_at_step is not None:
             need(self.stop_at_step >= 1, f"stop_at_step must be >= 1, got {self.stop_at_step}")
         return self

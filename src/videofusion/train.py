@@ -257,6 +257,8 @@ class Trainer:
         if config.base_from:
             model.base = BaseGenerator.from_pretrained(config.base_from)
             self._check_base(model.base)
+        elif config.init_from:
+            self._init_from(model, Path(config.init_from))
         elif not model.is_baseline and config.base_pretrain_steps == 0 and \
                 not config.base_from_scratch:
             logger.warning("stage 1 skipped: the base generator starts from random weights "
@@ -268,6 +270,36 @@ class Trainer:
             if model.base is not None:
                 model.base.unet.enable_gradient_checkpointing()
         return model
+
+    def _init_from(self, model: VideoFusionModel, folder: Path) -> None:
+        """Fine-tuning: copy a trained pipeline's weights into the networks the config builds,
+        so the run's config stays the one description of its model (a mismatch is an error)."""
+        from safetensors.torch import load_file
+
+        if not (folder / "residual" / "config.json").is_file():
+            raise FileNotFoundError(f"--init-from: no VideoFusionPipeline in {folder} "
+                                    "(no residual/config.json)")
+        if (folder / "base").is_dir() == model.is_baseline:
+            raise ValueError(f"--init-from: {folder} is a "
+                             f"{'VideoFusion' if model.is_baseline else 'VDM'} model, the config "
+                             f"builds a {'VDM' if model.is_baseline else 'VideoFusion'} one")
+        trained = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        config = self.config
+        for key in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end"):
+            if trained.get(key) != getattr(config, key):
+                raise ValueError(f"--init-from: {folder} was trained with {key} "
+                                 f"{trained.get(key)!r}, the config has {getattr(config, key)!r}")
+        networks = {"residual": model.residual}
+        if model.base is not None:
+            networks["base"] = model.base.unet
+        for name, network in networks.items():
+            state = load_file(folder / name / "diffusion_pytorch_model.safetensors")
+            try:
+                network.load_state_dict(state)  # fp16 storage is cast to the model's fp32
+            except RuntimeError:
+                raise ValueError(f"--init-from: {folder / name} does not match the {name} "
+                                 "generator of the config (widths, layers or conditioning "
+                                 "differ)") from None
 
     def _check_base(self, base: BaseGenerator) -> None:
         config, unet = self.config, base.unet.config
