@@ -22,7 +22,8 @@ held-out folder (the digit metrics need moving digits).
 Re-running continues where it stopped: finished rows are skipped, unfinished ones resume from
 their latest checkpoint; a larger ``--steps`` extends every row (stage 2 runs to the new total).
 Finished rows whose digit metrics predate the foreground input (docs/metrics.md) are re-scored:
-the same videos are sampled again and only content, adherence and motion are replaced.
+the same videos are sampled again and only content, adherence and motion are replaced; a row
+whose pipeline is gone keeps its old numbers, marked 'old' in the table.
 """
 
 from __future__ import annotations
@@ -166,7 +167,12 @@ def rescore(args, report_path: Path) -> dict:
     row = json.loads(report_path.read_text())
     protocol = row["report"]["protocol"]
     scored = {"content", "motion"} & set(protocol["metrics"])
-    if not scored or "foreground" in protocol.get("digit_metrics", ""):
+    if not scored or _foreground(row):
+        return row
+    pipeline = args.runs / row["name"] / "pipeline"
+    if not pipeline.is_dir():
+        print(f"{row['name']}: its digit metrics predate the foreground input and {pipeline} "
+              "is gone, so they stay as they are ('old' in the table)", flush=True)
         return row
     started = time.perf_counter()
     options = eval_options(args, metrics=",".join(sorted(scored)))
@@ -174,8 +180,7 @@ def rescore(args, report_path: Path) -> dict:
             protocol["seed"] != options["seed"]:
         raise SystemExit(f"{row['name']}: evaluated with other sampling settings; re-score it "
                          "with the same --sample-steps / --seed")
-    report = evaluate(real=args.real, fake=args.runs / row["name"] / "pipeline",
-                      progress=False, **options)
+    report = evaluate(real=args.real, fake=pipeline, progress=False, **options)
     old = row["report"]["metrics"]
     row["rescored"] = {"reason": "digit classifier and tracker now see the foreground",
                        "seconds": time.perf_counter() - started,
@@ -186,6 +191,11 @@ def rescore(args, report_path: Path) -> dict:
     return row
 
 
+def _foreground(row: dict) -> bool:
+    """Whether the row's digit metrics saw each frame's foreground (docs/metrics.md)."""
+    return "foreground" in row["report"]["protocol"].get("digit_metrics", "")
+
+
 def write_markdown(results: Path) -> Path:
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
     rows.sort(key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else 99)
@@ -193,14 +203,15 @@ def write_markdown(results: Path) -> Path:
             ("fvd_digits", "FVD-digits"), ("content_consistency", "content"),
             ("prompt_adherence", "prompt adherence"), ("motion_error", "motion error")]
     lines = ["| row | question | stage-2 steps x batch | stage-1 steps | "
-             + " | ".join(label for _, label in keys) + " |",
-             "|---" * (4 + len(keys)) + "|"]
+             + " | ".join(label for _, label in keys) + " | digit metrics input |",
+             "|---" * (5 + len(keys)) + "|"]
     for row in rows:
         metrics = _flatten(row["report"])
         cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), (int, float)) else "n/a"
                  for k, _ in keys]
         lines.append(f"| {row['name']} | {row['question']} | {row['steps']} x "
-                     f"{row['batch_size']} | {row['pretrain_steps']} | " + " | ".join(cells) + " |")
+                     f"{row['batch_size']} | {row['pretrain_steps']} | " + " | ".join(cells)
+                     + f" | {'foreground' if _foreground(row) else 'old'} |")
     results.mkdir(parents=True, exist_ok=True)
     table = results / "table.md"
     table.write_text("\n".join(lines) + "\n")

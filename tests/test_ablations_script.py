@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,14 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     assert fresh["rescored"]["previous"]["motion_error"] == 99.0
     assert fresh["report"]["metrics"]["motion_error"] == vf["report"]["metrics"]["motion_error"]
     assert "foreground" in fresh["report"]["protocol"]["digit_metrics"]
+    # ... unless its pipeline is gone: then it keeps its numbers, marked as the old input
+    path.write_text(json.dumps(stale))
+    shutil.rmtree(tmp_path / "runs" / "vf_lambda_0.25" / "pipeline")
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    assert json.loads(path.read_text()) == stale
+    table = (tmp_path / "results" / "table.md").read_text().splitlines()
+    assert table[-1].startswith("| vf_lambda_0.25") and table[-1].endswith("| old |")
+    assert table[-2].startswith("| vdm") and table[-2].endswith("| foreground |")
     bad = subprocess.run([*cmd[:2], "--rows", "nope", "--results", str(tmp_path / "r2")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown rows ['nope']" in bad.stderr
