@@ -120,3 +120,35 @@ def test_control_metrics_script_end_to_end(tmp_path, capsys):
     assert script.agreement(np.array([1, 1, 2, 3]), every, 2) == (0.5, 2)
     assert script.agreement(np.array([1, 1, 2, 2]), np.array([1, 1, 1, 0], bool), 2) == (1.0, 1)
     assert script.agreement(np.array([1, 1]), np.array([1, 0], bool), 2) == (None, 0)
+
+
+def test_sampling_sweep_script_samples_every_setting_with_the_same_seed(tmp_path, monkeypatch):
+    import videofusion.evaluate
+
+    pipe = class_pipeline()
+    pipe.register_to_config(sample_size=16)  # the digit metrics take clips of 16 px or more
+    pipe.save_pretrained(tmp_path / "model")
+    spec = importlib.util.spec_from_file_location("sampling_sweep",
+                                                  ROOT / "scripts" / "sampling_sweep.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls, evaluate = [], videofusion.evaluate.evaluate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(videofusion.evaluate, "evaluate", spy)
+    out = tmp_path / "sweep.json"
+    assert script.main([str(tmp_path / "model"), "--guidance", "1,3", "--steps", "2",
+                        "--scheduler", "ddim,ddpm", "--num-videos", "2", "--seed", "4",
+                        "--out", str(out)]) == 0
+    settings = [(c["scheduler"], c["num_inference_steps"], c["guidance_scale"]) for c in calls]
+    assert settings == [("ddim", 2, 1.0), ("ddim", 2, 3.0), ("ddpm", 2, 1.0), ("ddpm", 2, 3.0)]
+    assert {c["seed"] for c in calls} == {4} and {c["num_videos"] for c in calls} == {2}
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["scheduler"], r["guidance"]) for r in rows] == [s[::2] for s in settings]
+    assert all(0.0 <= r["content_consistency"] <= 1.0 for r in rows)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([str(tmp_path / "model"), "--guidance", "two"])
+    assert exit_info.value.code == 2
