@@ -35,6 +35,21 @@ def test_save_load_round_trip_gives_identical_samples(tmp_path):
     np.testing.assert_array_equal(before, after)
 
 
+def test_signal_leak_mean_is_saved_used_by_default_and_can_be_turned_off(tmp_path):
+    pipe = class_pipeline()
+    plain = run(pipe, class_labels=[3])
+    pipe.register_to_config(signal_leak_mean=[-0.9, -0.9, -0.9])
+    pipe.save_pretrained(tmp_path)
+    loaded = VideoFusionPipeline.from_pretrained(tmp_path)
+    assert loaded.config.signal_leak_mean == [-0.9, -0.9, -0.9]
+    torch.testing.assert_close(loaded.signal_leak(), torch.tensor([-0.9, -0.9, -0.9]))
+    assert loaded.signal_leak(False) is None
+    np.testing.assert_allclose(run(loaded, class_labels=[3], signal_leak=False), plain, atol=1e-5)
+    leaked = run(loaded, class_labels=[3])
+    assert np.abs(leaked - plain).max() > 1e-3
+    np.testing.assert_allclose(leaked, run(pipe, class_labels=[3]), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_use_scheduler_swaps_the_sampler_on_the_same_noise_schedule(name):
     pipe = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDIMScheduler(

@@ -50,7 +50,7 @@ class OracleResidual(nn.Module):
         return torch.where(keep > 0, r, torch.zeros_like(r))
 
 
-def oracle_sample(scheduler, lambda_, steps=50, baseline=False):
+def oracle_sample(scheduler, lambda_, steps=50, baseline=False, **kwargs):
     target = torch.rand(2, 3, 6, 4, 4, generator=torch.Generator().manual_seed(5)) * 1.6 - 0.8
     lambdas = torch.zeros(6) if baseline else make_lambdas(6, lambda_)
 
@@ -61,7 +61,8 @@ def oracle_sample(scheduler, lambda_, steps=50, baseline=False):
     base = None if baseline else OracleBase(target, abar_of)
     model = VideoFusionModel(OracleResidual(target, abar_of, lambdas), base)
     out = sample_decomposed(model, scheduler, tuple(target.shape), lambdas,
-                            num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+                            num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                            **kwargs)
     return out, target
 
 
@@ -80,6 +81,28 @@ def test_oracle_other_schedulers_reproduce_the_clip(name):
 def test_oracle_baseline_reproduces_the_clip():
     out, target = oracle_sample(DDIMScheduler(), 0.0, baseline=True)
     assert (out - target).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler"])
+def test_signal_leak_starts_from_the_noised_data_mean(name):
+    """z_T = sqrt(abar_T) mean + sqrt(1 - abar_T) eps in the model's input scale, with the
+    same decomposed eps as the plain start; the oracle still recovers the clip from it."""
+    scheduler = SCHEDULERS[name]()
+    mean = torch.tensor([-0.9, 0.2, 0.5])
+    starts = []
+    for leak in (None, mean):
+        seen = []
+        out, target = oracle_sample(scheduler, 0.5, steps=20, signal_leak=leak,
+                                    before_step=lambda i, z, seen=seen: seen.append(z) or z)
+        assert (out - target).abs().max() < 1e-3
+        starts.append(seen[0] / scheduler.init_noise_sigma)  # the model's input scale
+    noise, leaked = starts
+    abar = alpha_bar_at(scheduler, scheduler.timesteps[0], 0)
+    expected = abar.sqrt() * mean.view(1, 3, 1, 1, 1) + (1 - abar).sqrt() * noise
+    torch.testing.assert_close(leaked, expected, atol=1e-4, rtol=1e-4)
+    assert abar.sqrt() > 0.004  # the leak is there to see: the default schedule's sqrt(abar_T)
+    with pytest.raises(ValueError, match="one mean per channel"):
+        oracle_sample(scheduler, 0.5, steps=2, signal_leak=torch.zeros(2))
 
 
 def test_oracle_detects_a_wrong_residual_input():

@@ -53,6 +53,13 @@ def test_two_stages_end_to_end_write_every_output(tmp_path):
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["lambda"] == 0.3 and "resume" not in saved
+    # the data mean the sampler starts from: that of the first 32 training clips, per channel
+    from videofusion.data import build_dataset
+
+    data = build_dataset("moving-digits", "train", 4, 16, channels=3, length=64)
+    mean = torch.stack([data[i]["video"] for i in range(32)]).double().mean(dim=(0, 2, 3, 4))
+    assert pipe.config.signal_leak_mean == pytest.approx(mean.tolist(), abs=1e-5)
+    assert max(pipe.config.signal_leak_mean) < -0.8  # black backgrounds
 
 
 def test_freeze_base_keeps_the_base_generator_and_trains_the_residual(tmp_path):

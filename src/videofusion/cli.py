@@ -208,6 +208,9 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="default: the model folder's own scheduler")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
+    p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",
+                   help="start from pure noise, not from the noised mean of the training data t"
+                        "hat the folder may hold (docs/training.md, 'Signal leak')")
     p.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
                    help="share of the noise common to the clip; default: the trained value")
     p.add_argument("--guidance", type=float,
@@ -287,7 +290,7 @@ def run_sample(args: argparse.Namespace) -> int:
             pipe, *args.control_grid, prompt=args.prompt, class_labels=args.class_label,
             num_frames=args.frames, height=resolution, width=resolution,
             num_inference_steps=args.steps, guidance_scale=guidance, lambda_=args.lambda_,
-            eta=args.eta, seed=args.seed)
+            eta=args.eta, seed=args.seed, signal_leak=args.signal_leak)
         for path in grid.save(out, fps, scale):
             print(path)
         return 0
@@ -306,7 +309,7 @@ def run_sample(args: argparse.Namespace) -> int:
         height=resolution, width=resolution, num_inference_steps=args.steps,
         guidance_scale=guidance, lambda_=args.lambda_,
         generator=torch.Generator().manual_seed(args.seed), num_videos=args.num_videos,
-        eta=args.eta, image=image, **noise,
+        eta=args.eta, image=image, signal_leak=args.signal_leak, **noise,
     ).frames
     for i, video in enumerate(videos):
         for path in (write_mp4(video, out / f"video_{i:03d}.mp4", fps, scale),

@@ -177,6 +177,7 @@ def sample_model(
     progress: bool = True,
     condition: str = "auto",
     scheduler: str | None = None,
+    signal_leak: bool = True,
 ) -> VideoSet:
     """``num_videos`` samples of a saved ``VideoFusionPipeline``, resized to ``resolution``.
 
@@ -186,7 +187,8 @@ def sample_model(
     with captions, or with class labels alone for ``condition="class"``. Labels are kept for
     prompt adherence.
     ``guidance_scale`` defaults to 2 for conditional models (as ``videofusion sample``), else 1.
-    ``scheduler`` (``pipeline.SCHEDULERS``) replaces the folder's own sampler.
+    ``scheduler`` (``pipeline.SCHEDULERS``) replaces the folder's own sampler;
+    ``signal_leak=False`` ignores the folder's data mean (``VideoFusionPipeline.__call__``).
     """
     from videofusion.data import MovingDigits
     from videofusion.pipeline import VideoFusionPipeline
@@ -242,12 +244,15 @@ def sample_model(
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           generator=torch.Generator().manual_seed(seed + 1 + start),
                           base_noise=torch.cat([b for b, _ in noise]),
-                          residual_noise=torch.cat([r for _, r in noise]), progress=False).frames
+                          residual_noise=torch.cat([r for _, r in noise]), progress=False,
+                          signal_leak=signal_leak).frames
             chunks.append(_to_uint8(_resize(frames, resolution)))
             bar.update(stop - start)
     sampling = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                 "scheduler": type(pipe.scheduler).__name__, "sample_size": size,
-                "channels": channels, "seed": seed}
+                "channels": channels, "seed": seed,
+                "signal_leak_mean": (None if pipe.signal_leak(signal_leak) is None
+                                     else pipe.config.signal_leak_mean)}
     return VideoSet(np.concatenate(chunks), labels, str(path), conditioning=conditioning,
                     sampling=sampling)
 
@@ -357,6 +362,7 @@ def evaluate(
     progress: bool = True,
     condition: str = "auto",
     scheduler: str | None = None,
+    signal_leak: bool = True,
 ) -> dict:
     """Compare generated videos with real ones; return (and with ``out`` write) the JSON report.
 
@@ -367,7 +373,8 @@ def evaluate(
     one per video (else labels come from class folders named 0-9 or captions "digit N").
     ``extractor``: an ``I3DFeatureExtractor`` to reuse. ``condition``: what a model conditioned
     on both class and text is sampled with (``"auto"`` = captions). ``scheduler``: sample a
-    model with this sampler instead of its folder's own.
+    model with this sampler instead of its folder's own; ``signal_leak=False`` starts it from
+    pure noise even if its folder holds the data mean.
     """
     from videofusion.data.transforms import parse_resolution
     from videofusion.metrics.i3d import MIN_FRAMES
@@ -394,7 +401,7 @@ def evaluate(
         if is_model_dir(fake):
             fake_set = sample_model(fake, num_videos, num_frames, size, seed, class_labels,
                                     num_inference_steps, guidance_scale, batch_size, device,
-                                    progress, condition, scheduler)
+                                    progress, condition, scheduler, signal_leak)
             channels = fake_set.sampling["channels"]
         else:
             fake_set = load_video_folder(fake, num_videos, num_frames, size or (32, 32), "fake",
@@ -530,6 +537,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="classifier-free guidance; default 2 for conditional models, else 1")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="model: sample with this scheduler (default: the folder's own)")
+    p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",
+                   help="model: start from pure noise, not from the noised mean of the train"
+                        "ing data that the folder may hold (docs/training.md, 'Signal leak')")
     p.add_argument("--batch-size", type=int, default=8, help="videos per sampling/I3D batch")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--condition", choices=("auto", "class", "text"), default="auto",
@@ -547,6 +557,7 @@ def run_eval(args: argparse.Namespace) -> int:
         class_labels=args.class_labels, out=args.out, batch_size=args.batch_size,
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
         device=args.device, condition=args.condition, scheduler=args.scheduler,
+        signal_leak=args.signal_leak,
     )
     print(format_table(report))
     for note in report["warnings"]:

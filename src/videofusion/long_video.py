@@ -85,6 +85,7 @@ def iter_long_video(
     num_videos: int = 1,
     eta: float = 0.0,
     progress: bool = True,
+    signal_leak: bool = True,
 ) -> Iterator[np.ndarray]:
     """Yield the frames of a long video clip by clip: numpy ``(batch, n, H, W, C)`` in [0, 1],
     ``n`` new frames per clip, ``num_frames`` in all.
@@ -125,7 +126,7 @@ def iter_long_video(
             model, pipeline.scheduler, shape, model.lambdas(length, lambda_),
             num_inference_steps=num_inference_steps, generator=generator, condition=condition,
             guidance_scale=guidance_scale, eta=eta, base_noise=base_noise, device=device,
-            dtype=dtype, before_step=seam,
+            dtype=dtype, before_step=seam, signal_leak=pipeline.signal_leak(signal_leak),
         )
         new = latents[:, :, 0 if known is None else overlap:]
         new = new[:, :, : num_frames - produced]

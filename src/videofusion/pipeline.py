@@ -58,12 +58,14 @@ class VideoFusionPipeline(DiffusionPipeline):
         sample_size: int = 32,
         default_lambda: float = 0.5,
         fps: int = 8,
+        signal_leak_mean: list[float] | None = None,
     ):
         super().__init__()
         self.register_modules(residual=residual, scheduler=scheduler, base=base, vae=vae,
                               text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_to_config(text_encoder_kind=text_encoder_kind, residual_input=residual_input,
-                                sample_size=sample_size, default_lambda=default_lambda, fps=fps)
+                                sample_size=sample_size, default_lambda=default_lambda, fps=fps,
+                                signal_leak_mean=signal_leak_mean)
         self._text_encoder: TextEncoder | None = None
 
     @property
@@ -86,6 +88,12 @@ class VideoFusionPipeline(DiffusionPipeline):
 
         self.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(self.scheduler.config)
         return self
+
+    def signal_leak(self, enabled: bool = True) -> torch.Tensor | None:
+        """The training data's per-channel mean that starts z_T (``sample_decomposed``), or
+        None: turned off, or a folder saved without it (sampled as spec §4 says)."""
+        mean = self.config.get("signal_leak_mean")
+        return None if not enabled or mean is None else torch.tensor(mean, dtype=torch.float32)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -176,6 +184,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         progress: bool = True,
         image=None,
+        signal_leak: bool = True,
     ) -> VideoFusionPipelineOutput | tuple:
         """Generate videos. ``num_videos`` per prompt/label (or in all, when unconditional).
 
@@ -185,7 +194,8 @@ class VideoFusionPipeline(DiffusionPipeline):
         of every video, the clip is generated around it (``sample_decomposed``'s ``key_frame``).
         It is a PIL image, numpy ``(H, W[, C])`` uint8 or float in [0, 1], a tensor ``(C, H, W)``
         or ``(batch, C, H, W)`` in [0, 1], or a list of those (one per video); it is resized to
-        the sample size.
+        the sample size. ``signal_leak=False`` starts from pure noise even if the folder holds
+        its training data's mean (``signal_leak_mean``; ``sample_decomposed`` says why).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -210,6 +220,7 @@ class VideoFusionPipeline(DiffusionPipeline):
             generator=generator, condition=condition, guidance_scale=guidance_scale, eta=eta,
             base_noise=base_noise, residual_noise=residual_noise, device=self.device,
             dtype=self.residual.dtype, progress=progress, key_frame=key_frame,
+            signal_leak=self.signal_leak(signal_leak),
         )
         frames = latents if output_type == "latent" else self.postprocess(self.decode(latents),
                                                                            output_type)

@@ -128,6 +128,7 @@ def sample_decomposed(
     progress: bool = False,
     before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     key_frame: torch.Tensor | None = None,
+    signal_leak: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Two-step decomposed sampling (spec §4). Returns z_0 ``(B, C, F, H, W)``.
 
@@ -153,6 +154,15 @@ def sample_decomposed(
     noised with the clip's base noise (``scheduler.add_noise``); the returned key frame is the
     image itself (schedulers whose last step stops short of abar = 1 would leave a trace of
     noise).
+
+    ``signal_leak`` ``(C,)``, the training data's per-channel mean in model space, starts from
+    z_T = sqrt(abar_T) mean + sqrt(1 - abar_T) eps instead of eps alone. Training never noises
+    a clip completely (sqrt(abar_T) = 0.068 on Stable Diffusion's schedule), so every z_T the
+    networks learned from holds a faint copy of its clip, and of its mean (a black background
+    on moving digits) that pure noise lacks; without it the generated frames sit on a tinted
+    background. This is the signal-leak bias of Everaert et al. (WACV 2024), corrected at
+    inference with the simplest leak model, the mean; it departs from spec §4 (``None``: pure
+    decomposed noise). The noise, and so every control of spec §5, is unchanged.
     """
     if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
         raise ValueError(
@@ -173,9 +183,16 @@ def sample_decomposed(
                              return_parts=True)
     fresh_noise = FreshNoise(lambdas, generator, base_noise, residual_noise)
     scheduler.set_timesteps(num_inference_steps, device=device)
-    z = parts.noise * scheduler.init_noise_sigma
+    first = scheduler.timesteps[:1].expand(shape[0])
+    if signal_leak is None:
+        z = parts.noise * scheduler.init_noise_sigma
+    else:
+        if tuple(signal_leak.shape) != (shape[1],):
+            raise ValueError(f"signal_leak must be one mean per channel, shape ({shape[1]},), "
+                             f"got {tuple(signal_leak.shape)}")
+        mean = signal_leak.to(device=device, dtype=dtype).view(1, -1, 1, 1, 1).expand(shape)
+        z = scheduler.add_noise(mean, parts.noise, first)
     if key_frame is not None:
-        first = scheduler.timesteps[:1].expand(shape[0])
         z[:, :, k] = scheduler.add_noise(key_frame, parts.base_noise, first)
     with torch.inference_mode():
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):

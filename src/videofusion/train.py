@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -569,7 +569,17 @@ class Trainer:
             vae=self.vae, **text,
             residual_input=config.residual_input, sample_size=config.resolution,
             default_lambda=0.0 if model.is_baseline else config.lambda_,
+            signal_leak_mean=self.signal_leak_mean,
         )
+
+    @cached_property
+    def signal_leak_mean(self) -> list[float]:
+        """Per-channel mean of the first clips of the training data in model space: what
+        z_T holds of the data besides noise (``sample_decomposed``'s ``signal_leak``)."""
+        clips = [self.dataset[i]["video"] for i in range(min(len(self.dataset), 32))]
+        with torch.no_grad():
+            video = self._encode(torch.stack(clips).to(self.device))  # (B, C, F, h, w)
+        return [round(float(m), 6) for m in video.double().mean(dim=(0, 2, 3, 4))]
 
     def _with_ema(self, work):
         """Run ``work()`` with the EMA weights swapped into the model."""
