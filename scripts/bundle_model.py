@@ -9,6 +9,11 @@ them back to fp32) under src/videofusion/assets/default_model/, and writes a mod
 with the exact command, the resolved config, the seed, the steps and the measured training time.
 The shipped scheduler is ancestral DDPM (``--scheduler``): at this small training budget
 deterministic DDIM (eta 0) leaves grainy backgrounds that the stochastic steps clean up.
+
+A run fine-tuned from the shipped model (``videofusion train --init-from
+src/videofusion/assets/default_model ...``) is bundled the same way: the card then counts the
+parent's training too, read from the parent's ``training_record.json``, which every bundled
+folder carries (steps, seconds, commands, its own parent).
 """
 
 from __future__ import annotations
@@ -41,22 +46,36 @@ def training_record(run: Path) -> dict:
     seconds = last.get("seconds")  # logs older than the field: the summary's total
     if seconds is None:
         seconds = json.loads((run / "train_summary.json").read_text())["wall_clock_seconds"]
-    return {"steps": last["step"], "image_steps": image_steps,
-            "joint_steps": last["step"] - image_steps, "seconds": seconds, "config": config}
+    record = {"steps": last["step"], "image_steps": image_steps,
+              "joint_steps": last["step"] - image_steps, "seconds": seconds,
+              "seed": config["seed"], "batch_size": config["batch_size"], "config": config}
+    if config.get("init_from"):
+        parent = Path(config["init_from"])
+        parent = parent if parent.is_absolute() else TARGET.parents[3] / parent
+        if not (parent / "training_record.json").is_file():
+            raise SystemExit(f"{run} was fine-tuned from {parent}, which has no "
+                             "training_record.json: its training cannot be counted")
+        record["parent"] = json.loads((parent / "training_record.json").read_text())
+    return record
 
 
-def model_card(record: dict, parameters: dict, config_name: str, sampler: str,
-               raw_weights: bool) -> str:
+def lineage(record: dict) -> list[dict]:
+    """The record's ancestors first, itself last."""
+    return (lineage(record["parent"]) if record.get("parent") else []) + [record]
+
+
+def model_card(record: dict, parameters: dict, sampler: str) -> str:
     config = record["config"]
-    hours = record["seconds"] / 3600
+    runs = lineage(record)
+    seconds = sum(r["seconds"] for r in runs)
     base = (f"base generator {parameters['base']:,} + residual generator "
             f"{parameters['residual']:,}")
-    steps = (f"{record['image_steps']:,} image steps (stage 1, base on single frames) + "
-             f"{record['joint_steps']:,} joint steps (stage 2), batch {config['batch_size']}, "
-             f"seed {config['seed']}")
-    export = " --raw-weights" if raw_weights else ""
+    steps = " then ".join(
+        f"{r['image_steps']:,} image steps (stage 1) + {r['joint_steps']:,} joint steps "
+        f"(stage 2), batch {r['batch_size']}, seed {r['seed']}" for r in runs)
     weights = ("the raw weights of the last step (exported with `--raw-weights`)"
-               if raw_weights else f"EMA, decay {config['ema_decay']}")
+               if record["raw_weights"] else f"EMA, decay {config['ema_decay']}")
+    commands = "\n".join(f"    {line}" for r in runs for line in r["commands"])
     return f"""# videofusion default model: moving digits, class + text conditioned
 
 VideoFusion (spec §1-§4) trained with the project's own trainer on the built-in moving digits
@@ -70,18 +89,19 @@ VideoFusion (spec §1-§4) trained with the project's own trainer on the built-i
 |---|---|
 | parameters | {base} |
 | training | {steps} |
-| training time | {record['seconds']:,.0f} s ({hours:.1f} h) on a shared 2-core CPU (no GPU), fp32 |
+| training time | {seconds:,.0f} s ({seconds / 3600:.1f} h) on a shared 2-core CPU (no GPU), fp32 |
 | weights | {weights} |
 | storage | fp16 safetensors (cast to fp32 when loaded) |
 | sampler | {sampler} (the scheduler in `scheduler/`; `videofusion sample --scheduler` overrides) |
 
-Retrain it (resumable; stop any time with Ctrl-C and continue with `--resume`):
+Retrain it (resumable; stop any time with Ctrl-C and continue with `--resume`; each
+`--init-from` run starts from the model the commands before it bundled):
 
-    videofusion train --config configs/{config_name} --stop-at-step {record['steps']}{export}
-    python scripts/bundle_model.py {config['output_dir']}{export}
+{commands}
 
-The run's resolved config, as saved at its last resume, is `training_config.yaml` beside this
-card. Its quality, measured with `videofusion eval`, is in the project README.
+The last run's resolved config, as saved at its last resume, is `training_config.yaml` beside
+this card; `training_record.json` has every run's steps, seconds and commands. Its quality,
+measured with `videofusion eval`, is in the project README.
 """
 
 
@@ -99,6 +119,16 @@ def main() -> None:
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
                          "--config ... --resume --stop-at-step N`")
     record = training_record(args.run)
+    export = " --raw-weights" if args.raw_weights else ""
+    flags = record["config"]
+    fine_tune = (f" --init-from {flags['init_from']} --base-pretrain-steps 0 --max-steps "
+                 f"{flags['max_steps']} --seed {flags['seed']} --output-dir {flags['output_dir']}"
+                 if flags.get("init_from") else "")
+    record["raw_weights"] = args.raw_weights
+    record["commands"] = [
+        f"videofusion train --config configs/{args.config_name}{fine_tune} "
+        f"--stop-at-step {record['steps']}{export}",
+        f"python scripts/bundle_model.py {flags['output_dir']}{export}"]
     pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
     pipe.use_scheduler(args.scheduler)
     parameters = {"base": sum(p.numel() for p in pipe.base.parameters()),
@@ -106,12 +136,14 @@ def main() -> None:
     with atomic_directory(TARGET) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         shutil.copy(args.run / "config.yaml", Path(tmp) / "training_config.yaml")
-        card = model_card(record, parameters, args.config_name, type(pipe.scheduler).__name__,
-                          args.raw_weights)
+        card = model_card(record, parameters, type(pipe.scheduler).__name__)
         (Path(tmp) / "README.md").write_text(card)
+        kept = {k: v for k, v in record.items() if k != "config"}
+        (Path(tmp) / "training_record.json").write_text(json.dumps(kept, indent=2) + "\n")
     size = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
-    print(f"wrote {TARGET} ({size / 2**20:.1f} MB, {record['steps']} steps, "
-          f"{record['seconds'] / 3600:.1f} h of training)")
+    seconds = sum(r["seconds"] for r in lineage(record))
+    print(f"wrote {TARGET} ({size / 2**20:.1f} MB, {len(lineage(record))} run(s), "
+          f"{seconds / 3600:.1f} h of training)")
 
 
 if __name__ == "__main__":
