@@ -48,6 +48,11 @@ def test_bundled_model_is_small_fp16_and_documented():
     assert "videofusion train --config configs/" in card and "training time" in card
     index = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
     assert index["text_encoder_kind"] == "minilm"
+    assert len(index["signal_leak_mean"]) == 3 and max(index["signal_leak_mean"]) < -0.8
+    record = json.loads((DEFAULT_MODEL_DIR / "training_record.json").read_text())
+    while record:  # every run of its lineage says how to reproduce it
+        assert record["commands"][0].startswith("videofusion train --config configs/")
+        record = record.get("parent")
 
 
 @bundled
