@@ -155,7 +155,7 @@ def eval_options(args, metrics: str | None = None) -> dict:
     return {"metrics": metrics, "num_videos": args.num_videos,
             "num_frames": args.recipe.frames, "seed": args.seed,
             "num_inference_steps": args.sample_steps, "guidance_scale": args.guidance,
-            "scheduler": args.scheduler}
+            "scheduler": args.scheduler, "signal_leak": args.signal_leak}
 
 
 def rescore(args, report_path: Path) -> dict:
@@ -249,6 +249,9 @@ def main() -> None:
                         help="evaluation sampler (DDPM: DDIM eta 0 leaves grainy backgrounds on "
                              "these models, docs/results.md)")
     parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--signal-leak", action="store_true",
+                        help="sample from the noised data mean the pipelines record (default: "
+                             "pure noise, spec §4, as every row measured before it existed)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--runs", type=Path, help="default runs/ablations/<config>/seed<N>")
     parser.add_argument("--data", help="'moving-digits' or a training folder of videos "

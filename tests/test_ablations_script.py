@@ -25,6 +25,9 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     assert vdm["train_flags"][:2] == ["--base-pretrain-steps", "0"]
     assert vf["train_summary"]["joint_steps"] == 2
     assert vf["report"]["protocol"]["sampling"]["scheduler"] == "DDPMScheduler"
+    # rows are sampled as spec §4 says (pure noise), although their pipelines hold a data mean
+    assert vf["report"]["protocol"]["sampling"]["signal_leak_mean"] is None
+    assert "signal_leak=False" in vf["eval_command"]
     assert (tmp_path / "runs" / "stage1" / "checkpoints").is_dir()
     # the row resumed from stage 1's checkpoint rather than pretraining again
     log = (tmp_path / "runs" / "vf_lambda_0.25.log").read_text()
