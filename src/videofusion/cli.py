@@ -209,8 +209,8 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
                    help="default: the model folder's own scheduler")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
     p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",
-                   help="start from pure noise, not from the noised mean of the training data t"
-                        "hat the folder may hold (docs/training.md, 'Signal leak')")
+                   help="start from pure noise, not from the noised mean of the training "
+                        "data that the folder may hold (docs/training.md, 'Signal leak')")
     p.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
                    help="share of the noise common to the clip; default: the trained value")
     p.add_argument("--guidance", type=float,

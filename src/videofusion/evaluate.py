@@ -538,8 +538,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="model: sample with this scheduler (default: the folder's own)")
     p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",
-                   help="model: start from pure noise, not from the noised mean of the train"
-                        "ing data that the folder may hold (docs/training.md, 'Signal leak')")
+                   help="model: start from pure noise, not from the noised mean of the "
+                        "training data that the folder may hold (docs/training.md, "
+                        "'Signal leak')")
     p.add_argument("--batch-size", type=int, default=8, help="videos per sampling/I3D batch")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--condition", choices=("auto", "class", "text"), default="auto",
