@@ -32,8 +32,9 @@ from videofusion.pipeline import VideoFusionPipeline
 TARGET = Path(__file__).resolve().parents[1] / "src" / "videofusion" / "assets" / "default_model"
 
 
-def training_record(run: Path) -> dict:
-    """Steps and wall-clock seconds of the run, from its per-step log."""
+def training_record(run: Path, config_name: str, raw_weights: bool) -> dict:
+    """Steps and wall-clock seconds of the run, from its per-step log; the commands that
+    reproduce it; its parent's record if it was fine-tuned (``init_from``)."""
     last = None
     with open(run / "metrics.jsonl") as handle:
         for line in handle:
@@ -46,9 +47,18 @@ def training_record(run: Path) -> dict:
     seconds = last.get("seconds")  # logs older than the field: the summary's total
     if seconds is None:
         seconds = json.loads((run / "train_summary.json").read_text())["wall_clock_seconds"]
+    export = " --raw-weights" if raw_weights else ""
+    fine_tune = (f" --init-from {config['init_from']} --base-pretrain-steps "
+                 f"{config['base_pretrain_steps']} --max-steps {config['max_steps']} --seed "
+                 f"{config['seed']} --output-dir {config['output_dir']}"
+                 if config.get("init_from") else "")
     record = {"steps": last["step"], "image_steps": image_steps,
               "joint_steps": last["step"] - image_steps, "seconds": seconds,
-              "seed": config["seed"], "batch_size": config["batch_size"], "config": config}
+              "seed": config["seed"], "batch_size": config["batch_size"],
+              "raw_weights": raw_weights, "config": config,
+              "commands": [f"videofusion train --config configs/{config_name}{fine_tune} "
+                           f"--stop-at-step {last['step']}{export}",
+                           f"python scripts/bundle_model.py {config['output_dir']}{export}"]}
     if config.get("init_from"):
         parent = Path(config["init_from"])
         parent = parent if parent.is_absolute() else TARGET.parents[3] / parent
@@ -64,10 +74,14 @@ def lineage(record: dict) -> list[dict]:
     return (lineage(record["parent"]) if record.get("parent") else []) + [record]
 
 
+def total_seconds(record: dict) -> float:
+    return sum(r["seconds"] for r in lineage(record))
+
+
 def model_card(record: dict, parameters: dict, sampler: str) -> str:
     config = record["config"]
     runs = lineage(record)
-    seconds = sum(r["seconds"] for r in runs)
+    seconds = total_seconds(record)
     base = (f"base generator {parameters['base']:,} + residual generator "
             f"{parameters['residual']:,}")
     steps = " then ".join(
@@ -118,17 +132,7 @@ def main() -> None:
     if not (args.run / "pipeline" / "model_index.json").is_file():
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
                          "--config ... --resume --stop-at-step N`")
-    record = training_record(args.run)
-    export = " --raw-weights" if args.raw_weights else ""
-    flags = record["config"]
-    fine_tune = (f" --init-from {flags['init_from']} --base-pretrain-steps 0 --max-steps "
-                 f"{flags['max_steps']} --seed {flags['seed']} --output-dir {flags['output_dir']}"
-                 if flags.get("init_from") else "")
-    record["raw_weights"] = args.raw_weights
-    record["commands"] = [
-        f"videofusion train --config configs/{args.config_name}{fine_tune} "
-        f"--stop-at-step {record['steps']}{export}",
-        f"python scripts/bundle_model.py {flags['output_dir']}{export}"]
+    record = training_record(args.run, args.config_name, args.raw_weights)
     pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
     pipe.use_scheduler(args.scheduler)
     parameters = {"base": sum(p.numel() for p in pipe.base.parameters()),
@@ -141,9 +145,8 @@ def main() -> None:
         kept = {k: v for k, v in record.items() if k != "config"}
         (Path(tmp) / "training_record.json").write_text(json.dumps(kept, indent=2) + "\n")
     size = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
-    seconds = sum(r["seconds"] for r in lineage(record))
     print(f"wrote {TARGET} ({size / 2**20:.1f} MB, {len(lineage(record))} run(s), "
-          f"{seconds / 3600:.1f} h of training)")
+          f"{total_seconds(record) / 3600:.1f} h of training)")
 
 
 if __name__ == "__main__":
