@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from videofusion.config import TrainConfig
 from videofusion.pipeline import VideoFusionPipeline
-from videofusion.train import GlobalBatchSampler, train
+from videofusion.train import GlobalBatchSampler, Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,6 +133,21 @@ def test_class_and_text_condition_trains_both_embeddings(tmp_path):
     assert pipe.base.config.num_class_embeds == 11
 
 
+@pytest.mark.parametrize("class_drop, label_odds", [(None, 0.1), (0.6, 0.6)])
+def test_class_drop_sets_the_labels_odds_and_leaves_the_captions_at_cond_drop(
+        class_drop, label_odds):
+    trainer = object.__new__(Trainer)  # only the config, the label count and an encoder needed
+    trainer.config = TrainConfig(condition="class+text", cond_drop=0.1, class_drop=class_drop)
+    trainer.num_classes, trainer.device = 10, torch.device("cpu")
+    trainer.captions = lambda prompts: prompts
+    n = 20_000
+    batch = {"class_label": torch.full((n,), 3), "caption": ["a red digit 3 moving left"] * n}
+    cond = trainer._condition(batch, torch.Generator().manual_seed(0))
+    null_labels = (cond["class_labels"] == 10).float().mean().item()
+    null_captions = sum(p == "" for p in cond["encoder_hidden_states"]) / n
+    assert abs(null_labels - label_odds) < 0.015 and abs(null_captions - 0.1) < 0.015
+
+
 def test_stage_one_draws_distinct_frames_per_clip_with_their_labels(tmp_path, monkeypatch):
     import videofusion.train as train_module
     from videofusion.objective import image_diffusion_loss
@@ -198,6 +213,8 @@ def test_config_precedence_yaml_then_flags(tmp_path):
     ({"nonsense": 1}, "unknown config key 'nonsense'"),
     ({"image_frames_per_clip": 17}, "image_frames_per_clip must be <= frames"),
     ({"snr_gamma": 0}, "snr_gamma must be > 0"),
+    ({"class_drop": 1.0, "condition": "class"}, "class_drop must lie in"),
+    ({"class_drop": 0.5, "condition": "text"}, "class_drop needs condition class"),
     ({"loss_weighting": "x0"}, "loss_weighting must be one of"),
     ({"base_channels": "8,x"}, "base_channels must be a list of integers"),
 ])

@@ -110,6 +110,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--ema-decay", type=float, help="0 turns EMA off")
     g.add_argument("--cond-drop", type=float,
                    help="odds of the null condition, for classifier-free guidance")
+    g.add_argument("--class-drop", type=float,
+                   help="class+text: odds of the null class label (default: --cond-drop)")
     g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
                    help="GPU only; CPU runs stay fp32")
     g.add_argument("--beta-schedule", choices=("linear", "scaled_linear"),

@@ -81,6 +81,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     ema_decay: float = 0.9999
     cond_drop: float = 0.1
+    # class+text: the class label's own odds (default cond_drop); a high value makes the model
+    # read the digit from the caption instead of leaning on the label it usually also gets
+    class_drop: float | None = None
     num_train_timesteps: int = 1000
     # the DDPM noise schedule; Stable Diffusion's is scaled_linear 0.00085 .. 0.012
     beta_schedule: str = "linear"
@@ -137,6 +140,10 @@ class TrainConfig:
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(0.0 <= self.cond_drop < 1.0, f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        need(self.class_drop is None or 0.0 <= self.class_drop < 1.0,
+             f"class_drop must lie in [0, 1), got {self.class_drop}")
+        need(self.class_drop is None or "class" in self.condition,
+             f"class_drop needs condition class or class+text, got {self.condition!r}")
         need(0.0 <= self.ema_decay < 1.0, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         need(self.snr_gamma > 0, f"snr_gamma must be > 0, got {self.snr_gamma}")
         need(self.image_frames_per_clip <= self.frames,
@@ -229,7 +236,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return [int(v) for v in value]
         except (TypeError, ValueError) as err:
             raise ValueError(f"{f.name} must be a list of integers, got {value!r}") from err
-    casters = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str}
+    casters = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str,
+               "float | None": float}
     caster = casters.get(kind)
     if kind == "bool":
         if not isinstance(value, bool):

@@ -472,10 +472,13 @@ class Trainer:
 
     def _condition(self, batch: dict, generator: torch.Generator) -> dict:
         """Labels and/or caption states, each dropped to its null value with ``cond_drop`` odds
-        (independently for ``class+text``, so the model also learns each one alone)."""
+        (labels: ``class_drop`` if set; independently for ``class+text``, so the model also
+        learns each one alone)."""
         condition, cond = self.config.condition, {}
         if "class" in condition:
-            drop = torch.rand(len(batch["caption"]), generator=generator) < self.config.cond_drop
+            class_drop = self.config.class_drop
+            odds = self.config.cond_drop if class_drop is None else class_drop
+            drop = torch.rand(len(batch["caption"]), generator=generator) < odds
             labels = torch.where(drop, self.num_classes, batch["class_label"].long())
             cond["class_labels"] = labels.to(self.device)
         if "text" in condition:
