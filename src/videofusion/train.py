@@ -273,7 +273,11 @@ class Trainer:
 
     def _init_from(self, model: VideoFusionModel, folder: Path) -> None:
         """Fine-tuning: copy a trained pipeline's weights into the networks the config builds,
-        so the run's config stays the one description of its model (a mismatch is an error)."""
+        so the run's config stays the one description of its model (a mismatch is an error).
+
+        One change of architecture is allowed: a ``paper`` model fine-tuned as
+        ``with_key_frame`` gets zero weights on the residual generator's new key-frame input
+        channels, so the run starts from exactly the parent's predictions."""
         from safetensors.torch import load_file
 
         if not (folder / "residual" / "config.json").is_file():
@@ -289,11 +293,20 @@ class Trainer:
             if trained.get(key) != getattr(config, key):
                 raise ValueError(f"--init-from: {folder} was trained with {key} "
                                  f"{trained.get(key)!r}, the config has {getattr(config, key)!r}")
+        index = json.loads((folder / "model_index.json").read_text())
+        parent_input = index.get("residual_input", "paper")
+        widen = parent_input == "paper" and config.residual_input == "with_key_frame"
+        if parent_input != config.residual_input and not widen:
+            raise ValueError(f"--init-from: {folder} was trained with residual_input "
+                             f"{parent_input!r}, the config has {config.residual_input!r}")
         networks = {"residual": model.residual}
         if model.base is not None:
             networks["base"] = model.base.unet
         for name, network in networks.items():
             state = load_file(folder / name / "diffusion_pytorch_model.safetensors")
+            if name == "residual" and widen and "conv_in.weight" in state:
+                weight = state["conv_in.weight"]  # (out, C, kh, kw) -> (out, 2C, kh, kw)
+                state["conv_in.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
             try:
                 network.load_state_dict(state)  # fp16 storage is cast to the model's fp32
             except RuntimeError:
