@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from videofusion.checkpoint import atomic_directory
+from videofusion.config import TrainConfig
 from videofusion.pipeline import VideoFusionPipeline
 
 TARGET = Path(__file__).resolve().parents[1] / "src" / "videofusion" / "assets" / "default_model"
@@ -48,15 +49,12 @@ def training_record(run: Path, config_name: str, raw_weights: bool) -> dict:
     if seconds is None:
         seconds = json.loads((run / "train_summary.json").read_text())["wall_clock_seconds"]
     export = " --raw-weights" if raw_weights else ""
-    fine_tune = (f" --init-from {config['init_from']} --base-pretrain-steps "
-                 f"{config['base_pretrain_steps']} --max-steps {config['max_steps']} --seed "
-                 f"{config['seed']} --output-dir {config['output_dir']}"
-                 if config.get("init_from") else "")
     record = {"steps": last["step"], "image_steps": image_steps,
               "joint_steps": last["step"] - image_steps, "seconds": seconds,
               "seed": config["seed"], "batch_size": config["batch_size"],
               "raw_weights": raw_weights, "config": config,
-              "commands": [f"videofusion train --config configs/{config_name}{fine_tune} "
+              "commands": [f"videofusion train --config configs/{config_name}"
+                           f"{changed_flags(config, config_name)} "
                            f"--stop-at-step {last['step']}{export}",
                            f"python scripts/bundle_model.py {config['output_dir']}{export}"]}
     if config.get("init_from"):
@@ -67,6 +65,24 @@ def training_record(run: Path, config_name: str, raw_weights: bool) -> dict:
                              "training_record.json: its training cannot be counted")
         record["parent"] = json.loads((parent / "training_record.json").read_text())
     return record
+
+
+def changed_flags(config: dict, config_name: str) -> str:
+    """The `videofusion train` flags that turn configs/CONFIG_NAME into the run's ``config``
+    (a fine-tune's --init-from, and whatever else the run changed), in the config's order."""
+    recipe = TrainConfig.from_yaml(TARGET.parents[3] / "configs" / config_name).to_dict()
+    flags = []
+    for key, value in config.items():
+        if value == recipe.get(key):
+            continue
+        name = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(name if value else f"--no-{key.replace('_', '-')}")
+        elif isinstance(value, list):
+            flags.append(f"{name} {','.join(str(v) for v in value)}")
+        else:
+            flags.append(f"{name} {value}")
+    return "".join(f" {flag}" for flag in flags)
 
 
 def lineage(record: dict) -> list[dict]:

@@ -1,6 +1,9 @@
 """The bundled default model: `videofusion sample` without --model-dir, and the shipped files."""
 
 import json
+import shlex
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from videofusion import cli
 from videofusion.assets import DEFAULT_MODEL_DIR
 from videofusion.pipeline import VideoFusionPipeline
 
+ROOT = Path(__file__).resolve().parents[1]
 bundled = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").is_file(),
                              reason="no default model bundled in this checkout")
 
@@ -69,3 +73,30 @@ def test_bundled_model_samples_by_class_and_by_caption_in_fp32():
     assert by_class.frames.shape == by_text.frames.shape == (1, 4, size, size, 3)
     assert np.isfinite(by_class.frames).all()
     assert not np.array_equal(by_class.frames, by_text.frames)
+
+
+def _resolve_train_command(command: str) -> dict:
+    """The config a `videofusion train ...` command line builds (run from the repository)."""
+    from videofusion.config import TrainConfig
+
+    args = cli.build_parser().parse_args(shlex.split(command)[1:])
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
+    return TrainConfig.resolve(args.config, flags).to_dict()
+
+
+def test_bundle_records_a_command_that_rebuilds_the_run_config(monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bundle_model import changed_flags
+
+    from videofusion.config import TrainConfig
+
+    monkeypatch.chdir(ROOT)
+    recipe = "moving_digits_bundled.yaml"
+    run = TrainConfig.from_yaml(ROOT / "configs" / recipe).replace({
+        "init_from": "src/videofusion/assets/default_model", "residual_input": "with_key_frame",
+        "class_drop": 0.5, "stop_gradient": False, "freeze_base": True,
+        "residual_channels": [8, 16, 32], "max_steps": 750, "output_dir": "runs/x"}).to_dict()
+    command = f"videofusion train --config configs/{recipe}{changed_flags(run, recipe)}"
+    assert _resolve_train_command(command) == run
+    unchanged = TrainConfig.from_yaml(ROOT / "configs" / recipe).to_dict()
+    assert changed_flags(unchanged, recipe) == ""
