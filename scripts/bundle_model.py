@@ -64,6 +64,9 @@ def training_record(run: Path, config_name: str, raw_weights: bool) -> dict:
             raise SystemExit(f"{run} was fine-tuned from {parent}, which has no "
                              "training_record.json: its training cannot be counted")
         record["parent"] = json.loads((parent / "training_record.json").read_text())
+        if record["parent"]["commands"] == record["commands"]:
+            raise SystemExit(f"{parent} already holds {run}: bundling it again would make the "
+                             "run its own parent (restore the parent's folder first)")
     return record
 
 
@@ -106,14 +109,17 @@ def model_card(record: dict, parameters: dict, sampler: str) -> str:
     weights = ("the raw weights of the last step (exported with `--raw-weights`)"
                if record["raw_weights"] else f"EMA, decay {config['ema_decay']}")
     commands = "\n".join(f"    {line}" for r in runs for line in r["commands"])
+    label_drop = config["cond_drop"] if config.get("class_drop") is None else config["class_drop"]
     return f"""# videofusion default model: moving digits, class + text conditioned
 
 VideoFusion (spec §1-§4) trained with the project's own trainer on the built-in moving digits
 (one handwritten digit per clip, 7 colours, constant velocity with bounces):
 {config['frames']} frames, {config['resolution']}x{config['resolution']}, colour, lambda =
 {config['lambda']}, conditioned on the digit class (10 classes) and on the caption ("a red digit
-3 moving down and to the left", MiniLM sentence encoder, offline), each dropped independently
-{config['cond_drop']:.0%} of the time, so either works alone and classifier-free guidance works.
+3 moving down and to the left", MiniLM sentence encoder, offline), dropped independently (the
+label {label_drop:.0%}, the caption {config['cond_drop']:.0%} of the time in the last run), so
+either works alone and classifier-free guidance works. Residual generator input:
+`{config['residual_input']}` (spec §2).
 
 | | |
 |---|---|
