@@ -78,13 +78,13 @@ def changed_flags(config: dict, config_name: str) -> str:
     for key, value in config.items():
         if value == recipe.get(key):
             continue
-        name = "--" + key.replace("_", "-")
+        name = key.replace("_", "-")
         if isinstance(value, bool):
-            flags.append(name if value else f"--no-{key.replace('_', '-')}")
+            flags.append(f"--{name}" if value else f"--no-{name}")
         elif isinstance(value, list):
-            flags.append(f"{name} {','.join(str(v) for v in value)}")
+            flags.append(f"--{name} {','.join(str(v) for v in value)}")
         else:
-            flags.append(f"{name} {value}")
+            flags.append(f"--{name} {value}")
     return "".join(f" {flag}" for flag in flags)
 
 
@@ -109,7 +109,7 @@ def model_card(record: dict, parameters: dict, sampler: str) -> str:
     weights = ("the raw weights of the last step (exported with `--raw-weights`)"
                if record["raw_weights"] else f"EMA, decay {config['ema_decay']}")
     commands = "\n".join(f"    {line}" for r in runs for line in r["commands"])
-    label_drop = config["cond_drop"] if config.get("class_drop") is None else config["class_drop"]
+    label_drop = TrainConfig().replace(config).label_drop
     return f"""# videofusion default model: moving digits, class + text conditioned
 
 VideoFusion (spec §1-§4) trained with the project's own trainer on the built-in moving digits

@@ -81,8 +81,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     ema_decay: float = 0.9999
     cond_drop: float = 0.1
-    # class+text: the class label's own odds (default cond_drop); a high value makes the model
-    # read the digit from the caption instead of leaning on the label it usually also gets
+    # class+text: the class label's own odds (default cond_drop); a high value leaves the
+    # caption alone in more of the steps
     class_drop: float | None = None
     num_train_timesteps: int = 1000
     # the DDPM noise schedule; Stable Diffusion's is scaled_linear 0.00085 .. 0.012
@@ -105,6 +105,11 @@ class TrainConfig:
     stop_at_step: int | None = None
     # the pipeline this invocation writes holds the raw weights, not the EMA (the run keeps it)
     raw_weights: bool = False
+
+    @property
+    def label_drop(self) -> float:
+        """The class label's classifier-free dropout odds: ``class_drop``, else ``cond_drop``."""
+        return self.cond_drop if self.class_drop is None else self.class_drop
 
     @property
     def total_steps(self) -> int:

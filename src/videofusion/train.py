@@ -489,9 +489,7 @@ class Trainer:
         learns each one alone)."""
         condition, cond = self.config.condition, {}
         if "class" in condition:
-            class_drop = self.config.class_drop
-            odds = self.config.cond_drop if class_drop is None else class_drop
-            drop = torch.rand(len(batch["caption"]), generator=generator) < odds
+            drop = torch.rand(len(batch["caption"]), generator=generator) < self.config.label_drop
             labels = torch.where(drop, self.num_classes, batch["class_label"].long())
             cond["class_labels"] = labels.to(self.device)
         if "text" in condition:
