@@ -67,7 +67,7 @@ def test_evaluate_two_folders_of_mp4s(tmp_path):
     assert report["num_skipped"] == {"real": 0, "fake": 1}
     assert report["skipped"]["fake"][0]["path"].endswith("broken.mp4")
     assert any("16-frame" in w for w in report["warnings"])
-    assert set(values) >= {"fvd", "kvd_x1000", "is_i3d_k400", "fvd_digits",
+    assert set(values) >= {"fvd", "kvd_x1000", "is_i3d_k400", "is_i3d_k400_real", "fvd_digits",
                            "content_consistency", "prompt_adherence", "motion_error",
                            "motion_error_real", "content_consistency_real"}
     assert all(v is None or np.isfinite(v) for v in values.values())

@@ -147,10 +147,16 @@ def test_metrics_from_features_reports_all_and_sizes():
     real, fake = _gaussian(30, 400, 0), _gaussian(20, 400, 1, shift=0.2)
     with pytest.warns(UserWarning, match="rank-deficient"):
         metrics = metrics_from_features(real, fake)
-    expected_keys = {"fvd", "kvd_x1000", "is_i3d_k400", "is_i3d_k400_std", "num_real", "num_fake"}
+    expected_keys = {"fvd", "kvd_x1000", "is_i3d_k400", "is_i3d_k400_std", "is_i3d_k400_real",
+                     "num_real", "num_fake"}
     assert set(metrics) == expected_keys
     assert metrics["num_real"] == 30 and metrics["num_fake"] == 20
     assert all(np.isfinite(v) for v in metrics.values())
+    # The real set's IS is the IS of the real features, not a copy of the fake one.
+    with pytest.warns(UserWarning, match="rank-deficient"):
+        swapped = metrics_from_features(fake, real)
+    assert metrics["is_i3d_k400_real"] == pytest.approx(swapped["is_i3d_k400"])
+    assert metrics["is_i3d_k400_real"] != pytest.approx(metrics["is_i3d_k400"])
 
 
 # --- preprocessing and input errors -------------------------------------------------------------

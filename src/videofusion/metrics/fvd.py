@@ -322,7 +322,8 @@ def classifier_inception_score(
 def metrics_from_features(
     real_features: np.ndarray, fake_features: np.ndarray, is_splits: int = 1
 ) -> dict[str, float | int]:
-    """FVD, KVD x1000 and IS (I3D-K400, on the fake set) from precomputed I3D logits."""
+    """FVD, KVD x1000 and IS (I3D-K400) of the fake set, and the real set's IS as its yardstick,
+    from precomputed I3D logits."""
     real = _as_features(real_features, "real_features")
     fake = _as_features(fake_features, "fake_features")
     if real.shape[1] != fake.shape[1]:
@@ -333,6 +334,7 @@ def metrics_from_features(
         "kvd_x1000": 1000.0 * kernel_distance(real, fake),
         "is_i3d_k400": is_mean,
         "is_i3d_k400_std": is_std,
+        "is_i3d_k400_real": inception_score(softmax(real, axis=1), is_splits)[0],
         "num_real": len(real),
         "num_fake": len(fake),
     }
@@ -375,8 +377,8 @@ def compute_video_metrics(
     is_splits: int = 1,
     progress: bool = True,
 ) -> dict[str, float | int]:
-    """All metrics in one I3D pass per set: ``fvd``, ``kvd_x1000``, ``is_i3d_k400`` (+ ``_std``),
-    ``num_real``, ``num_fake``, ``num_frames``."""
+    """All metrics in one I3D pass per set: ``fvd``, ``kvd_x1000``, ``is_i3d_k400`` (+ ``_std``,
+    ``_real``), ``num_real``, ``num_fake``, ``num_frames``."""
     real, fake, frames = _embed_pair(real_videos, fake_videos, extractor, batch_size, progress)
     return {**metrics_from_features(real, fake, is_splits), "num_frames": frames}
 
