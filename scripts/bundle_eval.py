@@ -1,6 +1,7 @@
 """Measure the bundled model and draw the README gallery.
 
-    python scripts/bundle_eval.py [--model-dir DIR] [--num-videos 128] [--scheduler ddpm]
+    python scripts/bundle_eval.py [--model-dir DIR] [--num-videos 128] [--scheduler ddpm] \
+        [--guidance G]
 
 Writes docs/results/bundled/ (``--results``, to measure a candidate before shipping it):
 - ``eval_class.json`` / ``eval_text.json``: `videofusion eval` against the moving-digits test
@@ -39,7 +40,7 @@ def evaluations(args) -> None:
                           metrics="fvd,kvd,is,content,motion,fvd_digits",
                           num_videos=args.num_videos, num_inference_steps=args.steps,
                           seed=args.seed, condition=condition, scheduler=args.scheduler,
-                          progress=True)
+                          guidance_scale=args.guidance, progress=True)
         report["seconds"] = round(time.perf_counter() - started, 1)
         (args.results / f"eval_{condition}.json").write_text(json.dumps(report, indent=2) + "\n")
         print(condition, json.dumps(report["metrics"], indent=1))
@@ -61,7 +62,7 @@ def image_to_video(args, pipe) -> None:
     out = []
     for image, label in zip(images, labels, strict=True):
         out.append(pipe(image=image, class_labels=[label], num_frames=frames,
-                        num_inference_steps=args.steps, guidance_scale=2.0,
+                        num_inference_steps=args.steps, guidance_scale=args.guidance,
                         generator=torch.Generator().manual_seed(args.seed), progress=False
                         ).frames[0])
     videos = np.stack(out)  # (n, frames, H, W, C) in [0, 1]
@@ -72,7 +73,7 @@ def image_to_video(args, pipe) -> None:
     def step_change(v: np.ndarray) -> float:  # mean |frame k+-1 - key frame|
         return float(np.abs(v[:, neighbours] - v[:, k:k + 1]).mean())
 
-    report = {"videos": n, "num_inference_steps": args.steps, "guidance_scale": 2.0,
+    report = {"videos": n, "num_inference_steps": args.steps, "guidance_scale": args.guidance,
               "key_frame_max_abs_error": float(np.abs(videos[:, k] - np.stack(images)).max()),
               "non_key_frames_showing_the_image_digit": float(
                   (others == np.array(labels)[:, None]).mean()),
@@ -92,16 +93,16 @@ def gallery(args, pipe) -> None:
     GALLERY.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(args.seed)
     videos = pipe(class_labels=list(range(10)), num_frames=16, num_inference_steps=args.steps,
-                  guidance_scale=2.0, generator=generator, progress=False).frames
+                  guidance_scale=args.guidance, generator=generator, progress=False).frames
     for label, video in enumerate(videos):
         write_gif(video, GALLERY / f"class_{label}.gif", scale=2)
     contact_sheet(videos, GALLERY / "classes.png", scale=2)
     videos = pipe(prompt=CAPTIONS, num_frames=16, num_inference_steps=args.steps,
-                  guidance_scale=2.0, generator=generator, progress=False).frames
+                  guidance_scale=args.guidance, generator=generator, progress=False).frames
     for i, video in enumerate(videos):
         write_gif(video, GALLERY / f"caption_{i}.gif", scale=2)
     grid = content_motion_grid(pipe, rows=3, cols=3, class_labels=5,
-                               num_inference_steps=args.steps, guidance_scale=2.0,
+                               num_inference_steps=args.steps, guidance_scale=args.guidance,
                                seed=args.seed, progress=False)
     print(grid.save(GALLERY, scale=2))
 
@@ -120,6 +121,9 @@ def main() -> None:
                         help="prompting of the eval part: class, text or class,text")
     parser.add_argument("--scheduler", choices=SCHEDULERS,
                         help="sampler of every part (default: the model folder's own)")
+    parser.add_argument("--guidance", type=float,
+                        help="guidance scale of every part (default: the folder's "
+                             "default_guidance)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help=f"where the JSON reports go (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--only", default="gallery,i2v,eval",
@@ -129,6 +133,8 @@ def main() -> None:
     parts = set(args.only.split(","))
     pipe = VideoFusionPipeline.from_pretrained(args.model_dir).use_scheduler(args.scheduler)
     pipe.set_progress_bar_config(disable=True)
+    if args.guidance is None:
+        args.guidance = pipe.default_guidance
     if "gallery" in parts:
         gallery(args, pipe)
     if "i2v" in parts:

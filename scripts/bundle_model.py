@@ -97,7 +97,7 @@ def total_seconds(record: dict) -> float:
     return sum(r["seconds"] for r in lineage(record))
 
 
-def model_card(record: dict, parameters: dict, sampler: str) -> str:
+def model_card(record: dict, parameters: dict, sampler: str, guidance: float) -> str:
     config = record["config"]
     runs = lineage(record)
     seconds = total_seconds(record)
@@ -129,6 +129,7 @@ either works alone and classifier-free guidance works. Residual generator input:
 | weights | {weights} |
 | storage | fp16 safetensors (cast to fp32 when loaded) |
 | sampler | {sampler} (the scheduler in `scheduler/`; `videofusion sample --scheduler` overrides) |
+| guidance | {guidance:g} by default (`default_guidance_scale`; `--guidance` overrides) |
 
 Retrain it (resumable; stop any time with Ctrl-C and continue with `--resume`; each
 `--init-from` run starts from the model the commands before it bundled):
@@ -150,6 +151,9 @@ def main() -> None:
                         help="RUN/pipeline holds raw (not EMA) weights: say so in the card")
     parser.add_argument("--scheduler", choices=("ddpm", "ddim"), default="ddpm",
                         help="the sampler shipped with the model (default ancestral DDPM)")
+    parser.add_argument("--guidance", type=float,
+                        help="the guidance scale measured best for this model: the default of "
+                             "`videofusion sample` / `eval` for it (unset: 2)")
     args = parser.parse_args()
     if not (args.run / "pipeline" / "model_index.json").is_file():
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
@@ -157,12 +161,15 @@ def main() -> None:
     record = training_record(args.run, args.config_name, args.raw_weights)
     pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
     pipe.use_scheduler(args.scheduler)
+    if args.guidance is not None:
+        pipe.register_to_config(default_guidance_scale=args.guidance)
     parameters = {"base": sum(p.numel() for p in pipe.base.parameters()),
                   "residual": sum(p.numel() for p in pipe.residual.parameters())}
     with atomic_directory(TARGET) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         shutil.copy(args.run / "config.yaml", Path(tmp) / "training_config.yaml")
-        card = model_card(record, parameters, type(pipe.scheduler).__name__)
+        card = model_card(record, parameters, type(pipe.scheduler).__name__,
+                          pipe.default_guidance)
         (Path(tmp) / "README.md").write_text(card)
         kept = {k: v for k, v in record.items() if k != "config"}
         (Path(tmp) / "training_record.json").write_text(json.dumps(kept, indent=2) + "\n")

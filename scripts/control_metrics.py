@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-group", type=int, default=4)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, help="default 2 for conditional models, else 1")
+    p.add_argument("--guidance", type=float, help="default: the model's own (default_guidance)")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="default: the model folder's own; with a stochastic sampler the "
                         "shared part is shared by every step's fresh noise too (FreshNoise)")
@@ -65,8 +65,7 @@ def sample_set(pipe, kind: str, args, generator: torch.Generator) -> np.ndarray:
     """GROUPS x PER_GROUP videos ``(groups * per_group, frames, H, W, C)``, group-major."""
     side = pipe.config.sample_size // pipe.vae_scale_factor
     channels = pipe.residual.config.out_channels
-    conditional = pipe.num_classes is not None or pipe.residual.config.cross_attention_dim
-    guidance = args.guidance if args.guidance is not None else (2.0 if conditional else 1.0)
+    guidance = args.guidance if args.guidance is not None else pipe.default_guidance
     out = []
     for _ in range(args.groups):
         noise = {}

@@ -23,10 +23,9 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     started = time.perf_counter()
     check(videofusion(["sample", "--class-label", "0", "3", "5", "7", "--num-videos", "1",
-                       "--steps", "25", "--guidance", "2", "--seed", "0",
-                       "--out", str(OUT / "by_class")]))
+                       "--steps", "25", "--seed", "0", "--out", str(OUT / "by_class")]))
     check(videofusion(["sample", "--prompt", CAPTION, "--num-videos", "2", "--steps", "25",
-                       "--guidance", "2", "--seed", "0", "--out", str(OUT / "by_caption")]))
+                       "--seed", "0", "--out", str(OUT / "by_caption")]))
     seconds = time.perf_counter() - started
     files = sorted(p for p in OUT.rglob("*") if p.suffix in (".mp4", ".gif", ".png"))
     print(f"demo: {len(files)} files in {seconds:.0f} s (model loading included):")

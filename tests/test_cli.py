@@ -46,6 +46,21 @@ def test_sample_writes_mp4_gif_and_contact_sheet(model_dir, tmp_path, capsys):
     assert sorted(Path(p).name for p in printed) == names
 
 
+def test_sample_guides_with_the_models_default_unless_told(model_dir, tmp_path, monkeypatch):
+    used = []
+    call = VideoFusionPipeline.__call__
+    monkeypatch.setattr(VideoFusionPipeline, "__call__", lambda self, *a, **kw: (
+        used.append(kw["guidance_scale"]), call(self, *a, **kw))[1])
+    recorded = tmp_path / "guided"
+    pipe = VideoFusionPipeline.from_pretrained(model_dir)
+    pipe.register_to_config(default_guidance_scale=3.0)
+    pipe.save_pretrained(recorded)
+    common = ["--class-label", "1", "--frames", "4", "--steps", "1", "--out", str(tmp_path / "o")]
+    for folder, extra in ((model_dir, []), (recorded, []), (recorded, ["--guidance", "1.5"])):
+        assert main(["sample", "--model-dir", str(folder), *common, *extra]) == 0
+    assert used == [2.0, 3.0, 1.5]
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "euler"])
 def test_fixed_base_and_residual_seeds_give_identical_videos(model_dir, tmp_path, scheduler):
     from videofusion.video_io import read_video
@@ -89,6 +104,7 @@ def test_info_lists_components_and_counts(model_dir, capsys):
     assert info["parameters"]["total"] == info["parameters"]["base"] + info["parameters"][
         "residual"] > 0
     assert info["condition"] == "class (10 classes)" and info["default_lambda"] == 0.4
+    assert info["default_guidance_scale"] is None
     assert main(["info", str(model_dir)]) == 0
     assert "parameters:" in capsys.readouterr().out
 

@@ -109,6 +109,13 @@ def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):
                     progress=False, device="cpu", scheduler="ddpm")
     assert ddpm["protocol"]["sampling"]["scheduler"] == "DDPMScheduler"
     assert ddpm["metrics"]["motion_error"] != pytest.approx(values["motion_error"])
+    # Without a guidance scale, the folder's recorded one is used.
+    pipe.register_to_config(default_guidance_scale=3.5)
+    pipe.save_pretrained(tmp_path / "model")
+    guided = evaluate("moving-digits", tmp_path / "model", metrics="motion", num_videos=3,
+                      num_frames=4, num_inference_steps=2, batch_size=3, progress=False,
+                      device="cpu")
+    assert guided["protocol"]["sampling"]["guidance_scale"] == 3.5
 
 
 def test_evaluate_text_conditioned_model_uses_test_split_captions(tmp_path):

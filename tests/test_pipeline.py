@@ -50,6 +50,17 @@ def test_signal_leak_mean_is_saved_used_by_default_and_can_be_turned_off(tmp_pat
     np.testing.assert_allclose(leaked, run(pipe, class_labels=[3]), atol=1e-5)
 
 
+def test_default_guidance_is_the_folders_own_else_2_for_conditioned_models(tmp_path):
+    pipe = class_pipeline()
+    assert pipe.default_guidance == 2.0
+    pipe.register_to_config(default_guidance_scale=3.0)
+    pipe.save_pretrained(tmp_path)
+    assert VideoFusionPipeline.from_pretrained(tmp_path).default_guidance == 3.0
+    unconditional = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDIMScheduler(),
+                                        sample_size=8, default_guidance_scale=3.0)
+    assert unconditional.default_guidance == 1.0  # nothing to guide by
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_use_scheduler_swaps_the_sampler_on_the_same_noise_schedule(name):
     pipe = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDIMScheduler(

@@ -216,7 +216,9 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
                    help="share of the noise common to the clip; default: the trained value")
     p.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale; default 2 for conditional models, else 1")
+                   help="classifier-free guidance scale; default: the model's own "
+                        "(default_guidance_scale in model_index.json), else 2 for conditional "
+                        "models, else 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-seed", type=int, help="one base noise for all videos (same content)")
     p.add_argument("--residual-seed", type=int,
@@ -280,8 +282,7 @@ def run_sample(args: argparse.Namespace) -> int:
     resolution = args.resolution or pipe.config.sample_size
     pipe.model.check_resolution(resolution // pipe.vae_scale_factor,
                                 resolution // pipe.vae_scale_factor)
-    conditional = pipe.num_classes is not None or pipe.residual.config.cross_attention_dim
-    guidance = args.guidance if args.guidance is not None else (2.0 if conditional else 1.0)
+    guidance = args.guidance if args.guidance is not None else pipe.default_guidance
     out = Path(args.out)
     fps = args.fps or pipe.config.fps
     scale = args.scale or max(1, 128 // resolution)
@@ -380,6 +381,7 @@ def model_info(folder: Path) -> dict:
         "parameters": {**parameters, "total": sum(parameters.values())},
         "condition": condition,
         "default_lambda": index.get("default_lambda"),
+        "default_guidance_scale": index.get("default_guidance_scale"),
         "sample_size": index.get("sample_size"),
         "residual_input": index.get("residual_input"),
         "fps": index.get("fps"),
@@ -410,6 +412,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"parameters:     {info['parameters']['total']:,}")
     print(f"conditioning:   {info['condition']}")
     print(f"lambda:         {info['default_lambda']}")
+    if info["default_guidance_scale"] is not None:
+        print(f"guidance:       {info['default_guidance_scale']} (the model's default)")
     print(f"sample size:    {info['sample_size']}x{info['sample_size']}")
     print(f"residual input: {info['residual_input']}")
     training = info["training"]

@@ -186,7 +186,8 @@ def sample_model(
     label); unconditional models are sampled plainly. A model conditioned on both is sampled
     with captions, or with class labels alone for ``condition="class"``. Labels are kept for
     prompt adherence.
-    ``guidance_scale`` defaults to 2 for conditional models (as ``videofusion sample``), else 1.
+    ``guidance_scale`` defaults to the pipeline's ``default_guidance`` (as ``videofusion
+    sample``), 1 when a conditioned model is sampled unconditionally.
     ``scheduler`` (``pipeline.SCHEDULERS``) replaces the folder's own sampler;
     ``signal_leak=False`` ignores the folder's data mean (``VideoFusionPipeline.__call__``).
     """
@@ -222,7 +223,7 @@ def sample_model(
         conditioning = "none"
         labels = [-1] * num_videos
     if guidance_scale is None:
-        guidance_scale = 1.0 if conditioning == "none" else 2.0
+        guidance_scale = 1.0 if conditioning == "none" else pipe.default_guidance
     generator = torch.Generator().manual_seed(seed)
     side = size // pipe.vae_scale_factor
     latent_channels = pipe.residual.config.out_channels
@@ -535,7 +536,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", dest="num_inference_steps", type=int, default=50,
                    help="sampling steps")
     p.add_argument("--guidance-scale", "--guidance", type=float,
-                   help="classifier-free guidance; default 2 for conditional models, else 1")
+                   help="classifier-free guidance; default: the model's own "
+                        "(default_guidance_scale), else 2 for conditional models, else 1")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="model: sample with this scheduler (default: the folder's own)")
     p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",

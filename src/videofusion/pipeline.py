@@ -59,13 +59,15 @@ class VideoFusionPipeline(DiffusionPipeline):
         default_lambda: float = 0.5,
         fps: int = 8,
         signal_leak_mean: list[float] | None = None,
+        default_guidance_scale: float | None = None,
     ):
         super().__init__()
         self.register_modules(residual=residual, scheduler=scheduler, base=base, vae=vae,
                               text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_to_config(text_encoder_kind=text_encoder_kind, residual_input=residual_input,
                                 sample_size=sample_size, default_lambda=default_lambda, fps=fps,
-                                signal_leak_mean=signal_leak_mean)
+                                signal_leak_mean=signal_leak_mean,
+                                default_guidance_scale=default_guidance_scale)
         self._text_encoder: TextEncoder | None = None
 
     @property
@@ -94,6 +96,16 @@ class VideoFusionPipeline(DiffusionPipeline):
         None: turned off, or a folder saved without it (sampled as spec §4 says)."""
         mean = self.config.get("signal_leak_mean")
         return None if not enabled or mean is None else torch.tensor(mean, dtype=torch.float32)
+
+    @property
+    def default_guidance(self) -> float:
+        """The guidance scale the CLI, evaluation and scripts use when none is given: the one
+        measured best for this folder (``default_guidance_scale``), else 2 for conditioned
+        models, else 1 (no guidance)."""
+        if self.num_classes is None and self.residual.config.cross_attention_dim is None:
+            return 1.0
+        recorded = self.config.get("default_guidance_scale")
+        return 2.0 if recorded is None else float(recorded)
 
     @property
     def vae_scale_factor(self) -> int:
