@@ -56,10 +56,13 @@ def main(argv=None) -> int:
         print(f"| {scheduler} | {n} | {g} | {m['content_consistency']:.3f} | "
               f"{m['prompt_adherence']:.3f} | {m['motion_error']:.4f} | {rows[-1]['seconds']} |",
               flush=True)
-    args.out.write_text(json.dumps({"model_dir": str(args.model_dir),
-                                    "condition": args.condition,
-                                    "num_videos": args.num_videos, "seed": args.seed,
-                                    "rows": rows}, indent=2) + "\n")
+        # Rewritten after every setting: a sweep stopped half-way keeps the rows it measured.
+        partial = args.out.with_name(args.out.name + ".tmp")
+        partial.write_text(json.dumps({"model_dir": str(args.model_dir),
+                                       "condition": args.condition,
+                                       "num_videos": args.num_videos, "seed": args.seed,
+                                       "rows": rows}, indent=2) + "\n")
+        partial.replace(args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -149,6 +149,19 @@ def test_sampling_sweep_script_samples_every_setting_with_the_same_seed(tmp_path
     rows = json.loads(out.read_text())["rows"]
     assert [(r["scheduler"], r["guidance"]) for r in rows] == [s[::2] for s in settings]
     assert all(0.0 <= r["content_consistency"] <= 1.0 for r in rows)
+
+    def stopped(*args, **kwargs):  # Ctrl-C during the third setting
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return spy(*args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(videofusion.evaluate, "evaluate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        script.main([str(tmp_path / "model"), "--guidance", "1,3", "--steps", "2",
+                     "--scheduler", "ddim,ddpm", "--num-videos", "2", "--out", str(out)])
+    assert [(r["scheduler"], r["guidance"]) for r in json.loads(out.read_text())["rows"]] == [
+        ("ddim", 1.0), ("ddim", 3.0)]
     with pytest.raises(SystemExit) as exit_info:
         script.main([str(tmp_path / "model"), "--guidance", "two"])
     assert exit_info.value.code == 2
