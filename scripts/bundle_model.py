@@ -33,7 +33,8 @@ from videofusion.pipeline import VideoFusionPipeline
 TARGET = Path(__file__).resolve().parents[1] / "src" / "videofusion" / "assets" / "default_model"
 
 
-def training_record(run: Path, config_name: str, raw_weights: bool) -> dict:
+def training_record(run: Path, config_name: str, raw_weights: bool,
+                    guidance: float | None = None) -> dict:
     """Steps and wall-clock seconds of the run, from its per-step log; the commands that
     reproduce it; its parent's record if it was fine-tuned (``init_from``)."""
     last = None
@@ -49,6 +50,7 @@ def training_record(run: Path, config_name: str, raw_weights: bool) -> dict:
     if seconds is None:
         seconds = json.loads((run / "train_summary.json").read_text())["wall_clock_seconds"]
     export = " --raw-weights" if raw_weights else ""
+    bundle = export + ("" if guidance is None else f" --guidance {guidance:g}")
     record = {"steps": last["step"], "image_steps": image_steps,
               "joint_steps": last["step"] - image_steps, "seconds": seconds,
               "seed": config["seed"], "batch_size": config["batch_size"],
@@ -56,7 +58,7 @@ def training_record(run: Path, config_name: str, raw_weights: bool) -> dict:
               "commands": [f"videofusion train --config configs/{config_name}"
                            f"{changed_flags(config, config_name)} "
                            f"--stop-at-step {last['step']}{export}",
-                           f"python scripts/bundle_model.py {config['output_dir']}{export}"]}
+                           f"python scripts/bundle_model.py {config['output_dir']}{bundle}"]}
     if config.get("init_from"):
         parent = Path(config["init_from"])
         parent = parent if parent.is_absolute() else TARGET.parents[3] / parent
@@ -64,7 +66,7 @@ def training_record(run: Path, config_name: str, raw_weights: bool) -> dict:
             raise SystemExit(f"{run} was fine-tuned from {parent}, which has no "
                              "training_record.json: its training cannot be counted")
         record["parent"] = json.loads((parent / "training_record.json").read_text())
-        if record["parent"]["commands"] == record["commands"]:
+        if record["parent"]["commands"][0] == record["commands"][0]:  # the same training
             raise SystemExit(f"{parent} already holds {run}: bundling it again would make the "
                              "run its own parent (restore the parent's folder first)")
     return record
@@ -158,7 +160,7 @@ def main() -> None:
     if not (args.run / "pipeline" / "model_index.json").is_file():
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
                          "--config ... --resume --stop-at-step N`")
-    record = training_record(args.run, args.config_name, args.raw_weights)
+    record = training_record(args.run, args.config_name, args.raw_weights, args.guidance)
     pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
     pipe.use_scheduler(args.scheduler)
     if args.guidance is not None:

@@ -100,3 +100,32 @@ def test_bundle_records_a_command_that_rebuilds_the_run_config(monkeypatch):
     assert _resolve_train_command(command) == run
     unchanged = TrainConfig.from_yaml(ROOT / "configs" / recipe).to_dict()
     assert changed_flags(unchanged, recipe) == ""
+
+
+def test_bundle_record_carries_guidance_and_refuses_a_run_bundled_already(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import yaml
+    from bundle_model import training_record
+
+    from videofusion.config import TrainConfig
+
+    recipe = "moving_digits_bundled.yaml"
+    parent, run = tmp_path / "parent", tmp_path / "run"
+    parent.mkdir()
+    run.mkdir()
+    config = TrainConfig.from_yaml(ROOT / "configs" / recipe).replace(
+        {"init_from": str(parent), "base_pretrain_steps": 0, "output_dir": "runs/x"}).to_dict()
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 20, "seconds": 9.0}) + "\n")
+    (parent / "training_record.json").write_text(json.dumps(
+        {"steps": 5, "seconds": 1.0, "commands": ["videofusion train --config configs/a.yaml"]}))
+    record = training_record(run, recipe, raw_weights=True, guidance=4.0)
+    assert record["commands"][1] == (
+        "python scripts/bundle_model.py runs/x --raw-weights --guidance 4")
+    assert record["joint_steps"] == 20 and record["parent"]["steps"] == 5
+    # Bundled into the parent's place, the run is its parent now: bundling it again, with
+    # another guidance or none, is refused.
+    (parent / "training_record.json").write_text(json.dumps(record))
+    for guidance in (None, 3.0):
+        with pytest.raises(SystemExit, match="own parent"):
+            training_record(run, recipe, raw_weights=True, guidance=guidance)
