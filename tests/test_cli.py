@@ -96,7 +96,7 @@ def test_sample_keeps_the_model_scheduler_unless_asked(tmp_path, monkeypatch):
     assert used == ["DDPMScheduler", "DDIMScheduler"]
 
 
-def test_info_lists_components_and_counts(model_dir, capsys):
+def test_info_lists_components_and_counts(model_dir, tmp_path, capsys):
     assert main(["info", str(model_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["components"] == {"base": "UNet2DModel", "residual": "SpaceTimeUNet",
@@ -105,6 +105,15 @@ def test_info_lists_components_and_counts(model_dir, capsys):
         "residual"] > 0
     assert info["condition"] == "class (10 classes)" and info["default_lambda"] == 0.4
     assert info["default_guidance_scale"] is None
+    # A folder's list-valued settings are not components.
+    leaky = tmp_path / "leaky"
+    pipe = VideoFusionPipeline.from_pretrained(model_dir)
+    pipe.register_to_config(signal_leak_mean=[-0.9, -0.9, -0.9], default_guidance_scale=3.0)
+    pipe.save_pretrained(leaky)
+    assert main(["info", str(leaky), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert set(info["components"]) == {"base", "residual", "scheduler"}
+    assert info["default_guidance_scale"] == 3.0
     assert main(["info", str(model_dir)]) == 0
     assert "parameters:" in capsys.readouterr().out
 

@@ -354,7 +354,9 @@ def model_info(folder: Path) -> dict:
     index = json.loads(index_file.read_text())
     components, parameters = {}, {}
     for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
+        # components are [library, class] pairs; other lists are settings (signal_leak_mean)
+        if name.startswith("_") or not (isinstance(spec, list) and len(spec) == 2
+                                        and isinstance(spec[1], str)):
             continue
         components[name] = spec[1]
         files = sorted((folder / name).glob("*.safetensors"))
