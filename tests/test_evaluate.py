@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from diffusers import DDIMScheduler
 from torch import nn
 
 from videofusion.data import MovingDigits
-from videofusion.evaluate import evaluate, format_table, parse_metrics
+from videofusion.evaluate import evaluate, format_table, load_moving_digits, parse_metrics
 from videofusion.metrics import I3DFeatureExtractor
 from videofusion.pipeline import VideoFusionPipeline
 from videofusion.video_io import write_mp4
@@ -67,7 +68,8 @@ def test_evaluate_two_folders_of_mp4s(tmp_path):
     assert report["num_skipped"] == {"real": 0, "fake": 1}
     assert report["skipped"]["fake"][0]["path"].endswith("broken.mp4")
     assert any("16-frame" in w for w in report["warnings"])
-    assert set(values) >= {"fvd", "kvd_x1000", "is_i3d_k400", "is_i3d_k400_real", "fvd_digits",
+    assert set(values) >= {"fvd", "fvd_bootstrap_std", "kvd_x1000", "is_i3d_k400",
+                           "is_i3d_k400_real", "fvd_digits", "fvd_digits_bootstrap_std",
                            "content_consistency", "prompt_adherence", "motion_error",
                            "motion_error_real", "content_consistency_real"}
     assert all(v is None or np.isfinite(v) for v in values.values())
@@ -80,6 +82,8 @@ def test_evaluate_two_folders_of_mp4s(tmp_path):
     table = format_table(report)
     for label in ("FVD (I3D-K400)", "KVD x1000", "IS (I3D-K400)", "FVD-digits", "motion error"):
         assert label in table
+    assert values["fvd_bootstrap_std"] > 0
+    assert f"{values['fvd']:.2f} ± {values['fvd_bootstrap_std']:.2f}" in table
 
 
 def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):
@@ -201,3 +205,29 @@ def test_cli_eval_writes_the_report_and_rejects_bad_input(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fake" in err[0]
+
+
+def test_later_test_clips_form_a_disjoint_second_real_set():
+    first = load_moving_digits(3, 10, (32, 32), progress=False)
+    later = load_moving_digits(2, 10, (32, 32), progress=False, start=3)
+    expected = digit_clips(2, 10, start=3)
+    assert later.class_labels == [label for _, label in expected]
+    assert np.abs(later.videos / 255.0 - np.stack([f for f, _ in expected])).max() < 1 / 255
+    assert not any((later.videos[0] == v).all() for v in first.videos)
+    assert later.description.endswith("clips 3-4)")
+
+
+def test_noise_floor_compares_the_real_set_with_disjoint_real_sets():
+    spec = importlib.util.spec_from_file_location(
+        "fvd_noise_floor", Path(__file__).parents[1] / "scripts" / "fvd_noise_floor.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    report = script.noise_floor(4, 2, num_frames=10, extractor=fake_extractor(), progress=False)
+    assert [r["set"] for r in report["sets"]] == [
+        "moving-digits (test split, clips 4-7)", "moving-digits (test split, clips 8-11)"]
+    for row in report["sets"]:
+        assert row["fvd"] > 0 and row["fvd_digits"] > 0  # a set compared with itself gives 0
+        assert all(np.isfinite(v) for k, v in row.items() if k != "set")
+    fvds = [r["fvd"] for r in report["sets"]]
+    assert report["summary"]["fvd"] == {"median": float(np.median(fvds)), "min": min(fvds),
+                                        "max": max(fvds)}

@@ -16,6 +16,7 @@ from videofusion.metrics import (
     compute_video_metrics,
     feature_statistics,
     frechet_distance,
+    frechet_distance_bootstrap_std,
     inception_score,
     kernel_distance,
     load_i3d_kinetics400,
@@ -74,6 +75,28 @@ def test_frechet_grows_monotonically_with_a_shift():
         for s in (0.0, 0.25, 0.5, 1.0, 2.0)
     ]
     assert all(a < b for a, b in zip(distances, distances[1:], strict=False))
+
+
+def test_bootstrap_std_estimates_the_spread_over_fresh_fake_sets():
+    dim, n = 4, 60
+    real = _gaussian(400, dim, 0)
+    mu, sigma = feature_statistics(real)
+
+    def fvd_of(fake):
+        return frechet_distance(mu, sigma, *feature_statistics(fake))
+
+    # The spread FVD really has when the generator is sampled again with the real set fixed.
+    true_std = np.std([fvd_of(_gaussian(n, dim, 100 + k, shift=0.5)) for k in range(300)])
+    estimates = [frechet_distance_bootstrap_std(real, _gaussian(n, dim, 1000 + k, shift=0.5))
+                 for k in range(10)]
+    assert 0.6 < np.median(estimates) / true_std < 1.6
+    # Ten times the videos: about a third of the spread.
+    many = frechet_distance_bootstrap_std(real, _gaussian(10 * n, dim, 7, shift=0.5))
+    assert many < 0.5 * np.median(estimates)
+    fake = _gaussian(n, dim, 3, shift=0.5)
+    assert frechet_distance_bootstrap_std(real, fake) == frechet_distance_bootstrap_std(real, fake)
+    with pytest.raises(ValueError, match="num_resamples"):
+        frechet_distance_bootstrap_std(real, fake, num_resamples=1)
 
 
 def test_feature_statistics_rejects_too_few_or_bad_videos():
@@ -147,8 +170,8 @@ def test_metrics_from_features_reports_all_and_sizes():
     real, fake = _gaussian(30, 400, 0), _gaussian(20, 400, 1, shift=0.2)
     with pytest.warns(UserWarning, match="rank-deficient"):
         metrics = metrics_from_features(real, fake)
-    expected_keys = {"fvd", "kvd_x1000", "is_i3d_k400", "is_i3d_k400_std", "is_i3d_k400_real",
-                     "num_real", "num_fake"}
+    expected_keys = {"fvd", "fvd_bootstrap_std", "kvd_x1000", "is_i3d_k400", "is_i3d_k400_std",
+                     "is_i3d_k400_real", "num_real", "num_fake"}
     assert set(metrics) == expected_keys
     assert metrics["num_real"] == 30 and metrics["num_fake"] == 20
     assert all(np.isfinite(v) for v in metrics.values())

@@ -92,20 +92,24 @@ def load_moving_digits(
     num_frames: int,
     resolution: tuple[int, int],
     progress: bool = True,
+    start: int = 0,
     **options,
 ) -> VideoSet:
-    """The first ``num_videos`` clips of the moving-digits TEST split (``options`` go to
-    ``MovingDigits``, e.g. ``channels``, ``source``), with their digit labels."""
+    """Clips ``start`` to ``start + num_videos`` of the moving-digits TEST split (``options`` go
+    to ``MovingDigits``, e.g. ``channels``, ``source``), with their digit labels. Evaluation
+    uses the first ones; later ones are a second real set, disjoint from the first."""
     from videofusion.data import MovingDigits
 
     ds = MovingDigits(split="test", num_frames=num_frames, resolution=resolution,
-                      length=max(num_videos, 1), **options)
+                      length=max(start + num_videos, 1), **options)
     videos, labels = [], []
-    for i in tqdm(range(num_videos), desc="moving-digits", unit="video", disable=not progress):
+    for i in tqdm(range(start, start + num_videos), desc="moving-digits", unit="video",
+                  disable=not progress):
         item = ds[i]
         videos.append((item["video"].permute(1, 2, 3, 0).numpy() + 1.0) / 2.0)
         labels.append(item["class_label"])
-    return VideoSet(_to_uint8(np.stack(videos)), labels, f"{MOVING_DIGITS} (test split)")
+    where = f", clips {start}-{start + num_videos - 1}" if start else ""
+    return VideoSet(_to_uint8(np.stack(videos)), labels, f"{MOVING_DIGITS} (test split{where})")
 
 
 def _folder_label(classes: list[str], label: int, caption: str) -> int:
@@ -300,6 +304,7 @@ def compute_metrics(
         if "fvd" in metrics:
             result["fvd"] = fvd.frechet_distance(
                 *fvd.feature_statistics(real_i3d), *fvd.feature_statistics(fake_i3d))
+            result["fvd_bootstrap_std"] = fvd.frechet_distance_bootstrap_std(real_i3d, fake_i3d)
         if "kvd" in metrics:
             result["kvd_x1000"] = 1000.0 * fvd.kernel_distance(real_i3d, fake_i3d)
         if "is" in metrics:
@@ -328,6 +333,8 @@ def compute_metrics(
         if "fvd_digits" in metrics:
             result["fvd_digits"] = digits.fvd_digits(passes["real"]["features"],
                                                      passes["fake"]["features"])
+            result["fvd_digits_bootstrap_std"] = fvd.frechet_distance_bootstrap_std(
+                passes["real"]["features"], passes["fake"]["features"])
     return result
 
 
@@ -496,8 +503,10 @@ def format_table(report: dict) -> str:
         if key not in values:
             continue
         value = cell(key, fmt)
-        if key == "is_i3d_k400":
-            value += f" ± {values['is_i3d_k400_std']:.3f}"
+        spread = {"is_i3d_k400": "is_i3d_k400_std", "fvd": "fvd_bootstrap_std",
+                  "fvd_digits": "fvd_digits_bootstrap_std"}.get(key)
+        if values.get(spread) is not None:
+            value += " ± " + fmt.format(values[spread])
         reference = cell(f"{key}_real", fmt) if has_real else ""
         lines.append(f"{label:<28}{value:>16}{reference:>12}")
     skipped = report["num_skipped"]

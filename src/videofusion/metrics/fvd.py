@@ -221,6 +221,33 @@ def frechet_distance(
     return max(float(distance), 0.0)
 
 
+def frechet_distance_bootstrap_std(
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    num_resamples: int = 100,
+    seed: int = 0,
+) -> float:
+    """Spread of the Fréchet distance over fake sets resampled with replacement.
+
+    Rows of an ablation table share one real set, so what separates them beyond chance is the
+    sampling noise of each fake set; this estimates it. Resamples repeat videos, which lowers
+    the covariance's rank, so their distances sit above the point estimate: use the spread, not
+    their mean.
+    """
+    real = _as_features(real_features, "real_features")
+    fake = _as_features(fake_features, "fake_features")
+    if num_resamples < 2:
+        raise ValueError(f"num_resamples: need at least 2, got {num_resamples}")
+    rng = np.random.default_rng(seed)
+    real_stats = (real.mean(axis=0), np.atleast_2d(np.cov(real, rowvar=False)))
+    distances = []
+    for _ in range(num_resamples):
+        sample = fake[rng.integers(0, len(fake), len(fake))]
+        distances.append(frechet_distance(
+            *real_stats, sample.mean(axis=0), np.atleast_2d(np.cov(sample, rowvar=False))))
+    return float(np.std(distances, ddof=1))
+
+
 def _polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     dim = x.shape[1]
     k_xx = (x @ x.T / dim + 1.0) ** 3
@@ -322,8 +349,8 @@ def classifier_inception_score(
 def metrics_from_features(
     real_features: np.ndarray, fake_features: np.ndarray, is_splits: int = 1
 ) -> dict[str, float | int]:
-    """FVD, KVD x1000 and IS (I3D-K400) of the fake set, and the real set's IS as its yardstick,
-    from precomputed I3D logits."""
+    """FVD (with its bootstrap spread), KVD x1000 and IS (I3D-K400) of the fake set, and the real
+    set's IS as its yardstick, from precomputed I3D logits."""
     real = _as_features(real_features, "real_features")
     fake = _as_features(fake_features, "fake_features")
     if real.shape[1] != fake.shape[1]:
@@ -331,6 +358,7 @@ def metrics_from_features(
     is_mean, is_std = inception_score(softmax(fake, axis=1), is_splits)
     return {
         "fvd": frechet_distance(*feature_statistics(real), *feature_statistics(fake)),
+        "fvd_bootstrap_std": frechet_distance_bootstrap_std(real, fake),
         "kvd_x1000": 1000.0 * kernel_distance(real, fake),
         "is_i3d_k400": is_mean,
         "is_i3d_k400_std": is_std,
