@@ -14,7 +14,8 @@ base from scratch) get the same stage-2 budget and nothing else.
     python scripts/ablations.py --report                              # rebuild the table only
 
 Runs go to ``runs/ablations/<config>/seed<N>/``, row reports and ``table.md`` to
-``docs/results/ablations/<config>/seed<N>/``. ``--steps``, ``--pretrain-steps``,
+``docs/results/ablations/<config>/seed<N>/``; once two seeds have rows, ``seeds.md`` beside
+those folders holds each row's mean over seeds. ``--steps``, ``--pretrain-steps``,
 ``--batch-size`` ... override the config for every row. Other data: ``--data FOLDER --real
 TEST_FOLDER`` runs the same rows on a video folder and evaluates FVD / KVD / IS against the
 held-out folder (the digit metrics need moving digits).
@@ -196,19 +197,32 @@ def _foreground(row: dict) -> bool:
     return "foreground" in row["report"]["protocol"].get("digit_metrics", "")
 
 
-def write_markdown(results: Path) -> Path:
+TABLE_KEYS = (("fvd", "FVD"), ("kvd_x1000", "KVD x1000"), ("is_i3d_k400", "IS (I3D-K400)"),
+              ("fvd_digits", "FVD-digits"), ("content_consistency", "content"),
+              ("prompt_adherence", "prompt adherence"), ("motion_error", "motion error"))
+
+
+def _rows(results: Path) -> list[dict]:
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
-    rows.sort(key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else 99)
-    keys = [("fvd", "FVD"), ("kvd_x1000", "KVD x1000"), ("is_i3d_k400", "IS (I3D-K400)"),
-            ("fvd_digits", "FVD-digits"), ("content_consistency", "content"),
-            ("prompt_adherence", "prompt adherence"), ("motion_error", "motion error")]
+    return sorted(rows, key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else 99)
+
+
+def _cell(metrics: dict, key: str) -> str:
+    """A metric to 3 decimals, with its bootstrap spread where the report has one."""
+    value = metrics.get(key)
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    spread = metrics.get(f"{key}_bootstrap_std")
+    return f"{value:.3f}" + (f" ± {spread:.1f}" if isinstance(spread, (int, float)) else "")
+
+
+def write_markdown(results: Path) -> Path:
     lines = ["| row | question | stage-2 steps x batch | stage-1 steps | "
-             + " | ".join(label for _, label in keys) + " | digit metrics input |",
-             "|---" * (5 + len(keys)) + "|"]
-    for row in rows:
+             + " | ".join(label for _, label in TABLE_KEYS) + " | digit metrics input |",
+             "|---" * (5 + len(TABLE_KEYS)) + "|"]
+    for row in _rows(results):
         metrics = _flatten(row["report"])
-        cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), (int, float)) else "n/a"
-                 for k, _ in keys]
+        cells = [_cell(metrics, k) for k, _ in TABLE_KEYS]
         lines.append(f"| {row['name']} | {row['question']} | {row['steps']} x "
                      f"{row['batch_size']} | {row['pretrain_steps']} | " + " | ".join(cells)
                      + f" | {'foreground' if _foreground(row) else 'old'} |")
@@ -216,6 +230,33 @@ def write_markdown(results: Path) -> Path:
     table = results / "table.md"
     table.write_text("\n".join(lines) + "\n")
     return table
+
+
+def write_seed_summary(results: Path) -> Path | None:
+    """``seeds.md`` beside the ``seed<N>`` folders: each row's mean over the seeds that measured
+    it, the per-seed values in brackets (None while fewer than two seeds exist)."""
+    seeds = sorted((p for p in results.parent.glob("seed*") if p.is_dir() and list(p.glob(
+        "*.json"))), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30)
+    if len(seeds) < 2:
+        return None
+    measured: dict[str, dict[str, dict]] = {}
+    for folder in seeds:
+        for row in _rows(folder):
+            measured.setdefault(row["name"], {})[folder.name] = _flatten(row["report"])
+    lines = ["| row | seeds | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
+             "|---" * (2 + len(TABLE_KEYS)) + "|"]
+    for name in sorted(measured, key=lambda n: list(ROWS).index(n) if n in ROWS else 99):
+        per_seed = measured[name]
+        cells = []
+        for key, _ in TABLE_KEYS:
+            values = [m[key] for m in per_seed.values() if isinstance(m.get(key), (int, float))]
+            cells.append("n/a" if not values else f"{sum(values) / len(values):.3f}" + (
+                " (" + ", ".join(f"{v:.3f}" for v in values) + ")" if len(values) > 1 else ""))
+        lines.append(f"| {name} | {', '.join(s[4:] for s in per_seed)} | "
+                     + " | ".join(cells) + " |")
+    summary = results.parent / "seeds.md"
+    summary.write_text("\n".join(lines) + "\n")
+    return summary
 
 
 def _flatten(report: dict) -> dict:
@@ -286,6 +327,9 @@ def main() -> None:
             for row in pool.map(lambda n: run_row(args, n), names):
                 print(f"{row['name']}: done", flush=True)
     print(f"wrote {write_markdown(args.results)}")
+    summary = write_seed_summary(args.results)
+    if summary is not None:
+        print(f"wrote {summary}")
 
 
 if __name__ == "__main__":

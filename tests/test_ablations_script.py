@@ -60,3 +60,37 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     bad = subprocess.run([*cmd[:2], "--rows", "nope", "--results", str(tmp_path / "r2")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown rows ['nope']" in bad.stderr
+
+
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablations", ROOT / "scripts" / "ablations.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _row(name, fvd, spread=None):
+    metrics = {"fvd": fvd, "content_consistency": 0.5}
+    if spread is not None:
+        metrics["fvd_bootstrap_std"] = spread
+    return {"name": name, "question": "RQ1", "steps": 10, "batch_size": 2, "pretrain_steps": 0,
+            "report": {"protocol": {"digit_metrics": "... foreground ..."}, "metrics": metrics}}
+
+
+def test_table_shows_the_fvd_spread_and_seeds_md_averages_over_seeds(tmp_path):
+    script = _load_script()
+    seed0, seed1 = tmp_path / "seed0", tmp_path / "seed1"
+    seed0.mkdir()
+    (seed0 / "vdm.json").write_text(json.dumps(_row("vdm", 100.0, spread=12.34)))
+    (seed0 / "vf_lambda_0.5.json").write_text(json.dumps(_row("vf_lambda_0.5", 80.0)))
+    table = script.write_markdown(seed0).read_text()
+    assert "| vdm | RQ1 | 10 x 2 | 0 | 100.000 ± 12.3 | n/a |" in table
+    assert "| vf_lambda_0.5 | RQ1 | 10 x 2 | 0 | 80.000 | n/a |" in table
+    assert script.write_seed_summary(seed0) is None  # one seed: nothing to average
+    seed1.mkdir()
+    (seed1 / "vdm.json").write_text(json.dumps(_row("vdm", 120.0)))
+    lines = script.write_seed_summary(seed1).read_text().splitlines()
+    assert lines[2].startswith("| vdm | 0, 1 | 110.000 (100.000, 120.000) | n/a |")
+    assert lines[3].startswith("| vf_lambda_0.5 | 0 | 80.000 | n/a |")
