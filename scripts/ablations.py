@@ -22,9 +22,10 @@ held-out folder (the digit metrics need moving digits).
 
 Re-running continues where it stopped: finished rows are skipped, unfinished ones resume from
 their latest checkpoint; a larger ``--steps`` extends every row (stage 2 runs to the new total).
-Finished rows whose digit metrics predate the foreground input (docs/metrics.md) are re-scored:
-the same videos are sampled again and only content, adherence and motion are replaced; a row
-whose pipeline is gone keeps its old numbers, marked 'old' in the table.
+Finished rows whose digit metrics predate the foreground input (docs/metrics.md), or whose FVDs
+have no bootstrap spread, are re-scored: the same videos are sampled again and only those
+metrics are replaced; a row whose pipeline is gone keeps its old numbers (digit metrics from the
+old input are marked 'old' in the table).
 """
 
 from __future__ import annotations
@@ -159,35 +160,50 @@ def eval_options(args, metrics: str | None = None) -> dict:
             "scheduler": args.scheduler, "signal_leak": args.signal_leak}
 
 
+def _stale(row: dict) -> dict[str, str]:
+    """Metrics of a finished row to measure again, and why: digit metrics from the classifier's
+    old input (before it saw the foreground, docs/metrics.md), distances without a spread."""
+    measured = set(row["report"]["protocol"]["metrics"])
+    stale = {}
+    if not _foreground(row):
+        stale.update(dict.fromkeys({"content", "motion"} & measured,
+                                   "digit classifier and tracker now see the foreground"))
+    for metric in ("fvd", "fvd_digits"):
+        if metric in measured and f"{metric}_bootstrap_std" not in row["report"]["metrics"]:
+            stale[metric] = "reports now carry the bootstrap spread of the Fréchet distances"
+    return stale
+
+
 def rescore(args, report_path: Path) -> dict:
-    """A finished row whose content / adherence / motion numbers came from the classifier's old
-    input (before it saw the foreground, docs/metrics.md): sample the same videos again (same
-    seeds) and replace those numbers only, keeping the old ones under ``rescored``."""
+    """Measure a finished row's stale metrics (:func:`_stale`) again on the same videos (same
+    seeds) and replace those numbers only, keeping the old ones in ``rescores``."""
     from videofusion.evaluate import evaluate
 
     row = json.loads(report_path.read_text())
     protocol = row["report"]["protocol"]
-    scored = {"content", "motion"} & set(protocol["metrics"])
-    if not scored or _foreground(row):
+    stale = _stale(row)
+    if not stale:
         return row
     pipeline = args.runs / row["name"] / "pipeline"
     if not pipeline.is_dir():
-        print(f"{row['name']}: its digit metrics predate the foreground input and {pipeline} "
-              "is gone, so they stay as they are ('old' in the table)", flush=True)
+        print(f"{row['name']}: {pipeline} is gone, so {', '.join(sorted(stale))} stay as they "
+              "are (digit metrics from the old input are marked 'old' in the table)", flush=True)
         return row
     started = time.perf_counter()
-    options = eval_options(args, metrics=",".join(sorted(scored)))
+    options = eval_options(args, metrics=",".join(sorted(stale)))
     if protocol["sampling"]["num_inference_steps"] != options["num_inference_steps"] or \
             protocol["seed"] != options["seed"]:
         raise SystemExit(f"{row['name']}: evaluated with other sampling settings; re-score it "
                          "with the same --sample-steps / --seed")
     report = evaluate(real=args.real, fake=pipeline, progress=False, **options)
     old = row["report"]["metrics"]
-    row["rescored"] = {"reason": "digit classifier and tracker now see the foreground",
-                       "seconds": time.perf_counter() - started,
-                       "previous": {k: old[k] for k in report["metrics"] if k in old}}
+    row.setdefault("rescores", []).append({
+        "reasons": sorted(set(stale.values())), "metrics": sorted(stale),
+        "seconds": time.perf_counter() - started,
+        "previous": {k: old[k] for k in report["metrics"] if k in old}})
     old.update(report["metrics"])
-    protocol["digit_metrics"] = report["protocol"]["digit_metrics"]
+    if "digit_metrics" in report["protocol"]:
+        protocol["digit_metrics"] = report["protocol"]["digit_metrics"]
     report_path.write_text(json.dumps(row, indent=2, default=str))
     return row
 

@@ -15,7 +15,7 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
            "--config", str(ROOT / "configs" / "moving_digits_tiny.yaml"),
            "--rows", "vdm,vf_lambda_0.25", "--steps", "2", "--pretrain-steps", "2",
            "--batch-size", "2", "--checkpoint-every", "1", "--num-videos", "2",
-           "--metrics", "motion", "--sample-steps", "2",
+           "--metrics", "motion,fvd_digits", "--sample-steps", "2",
            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run(cmd, check=True, capture_output=True, env=env)
@@ -46,9 +46,21 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     path.write_text(json.dumps(stale))
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     fresh = json.loads(path.read_text())
-    assert fresh["rescored"]["previous"]["motion_error"] == 99.0
+    assert fresh["rescores"][-1]["metrics"] == ["motion"]
+    assert fresh["rescores"][-1]["previous"]["motion_error"] == 99.0
     assert fresh["report"]["metrics"]["motion_error"] == vf["report"]["metrics"]["motion_error"]
     assert "foreground" in fresh["report"]["protocol"]["digit_metrics"]
+    # a row measured before FVDs had a spread gets it, from the same videos
+    spreadless = json.loads(path.read_text())
+    del spreadless["report"]["metrics"]["fvd_digits_bootstrap_std"]
+    path.write_text(json.dumps(spreadless))
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    fresh = json.loads(path.read_text())
+    assert fresh["rescores"][-1]["metrics"] == ["fvd_digits"]
+    assert fresh["report"]["metrics"]["fvd_digits_bootstrap_std"] > 0
+    assert fresh["report"]["metrics"]["fvd_digits"] == vf["report"]["metrics"]["fvd_digits"]
+    stale = fresh
+    stale["report"]["protocol"]["digit_metrics"] = "videofusion.metrics.digits: before"
     # ... unless its pipeline is gone: then it keeps its numbers, marked as the old input
     path.write_text(json.dumps(stale))
     shutil.rmtree(tmp_path / "runs" / "vf_lambda_0.25" / "pipeline")
