@@ -52,6 +52,8 @@ ROWS = {
                       {"lambda": 0.5, "pretrained": True}),
     "vf_lambda_0.25": ("RQ3", "VideoFusion, lambda 0.25", {"lambda": 0.25, "pretrained": True}),
     "vf_lambda_0.75": ("RQ3", "VideoFusion, lambda 0.75", {"lambda": 0.75, "pretrained": True}),
+    "vf_lambda_0.9": ("RQ3", "VideoFusion, lambda 0.9 (past the paper's sweep: where FVD turns)",
+                      {"lambda": 0.9, "pretrained": True}),
     "vf_base_scratch": ("RQ2", "VideoFusion, base trained from scratch (no stage 1)",
                         {"lambda": 0.5, "base-from-scratch": True}),
     "vf_frozen_base": ("RQ4", "VideoFusion, pretrained base frozen in stage 2",
