@@ -220,9 +220,14 @@ TABLE_KEYS = (("fvd", "FVD"), ("kvd_x1000", "KVD x1000"), ("is_i3d_k400", "IS (I
               ("prompt_adherence", "prompt adherence"), ("motion_error", "motion error"))
 
 
+def _order(name: str) -> int:
+    """Rows in the order of :data:`ROWS`, unknown ones last."""
+    return list(ROWS).index(name) if name in ROWS else len(ROWS)
+
+
 def _rows(results: Path) -> list[dict]:
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
-    return sorted(rows, key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else 99)
+    return sorted(rows, key=lambda r: _order(r["name"]))
 
 
 def _cell(metrics: dict, key: str) -> str:
@@ -263,7 +268,7 @@ def write_seed_summary(results: Path) -> Path | None:
             measured.setdefault(row["name"], {})[folder.name] = _flatten(row["report"])
     lines = ["| row | seeds | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
              "|---" * (2 + len(TABLE_KEYS)) + "|"]
-    for name in sorted(measured, key=lambda n: list(ROWS).index(n) if n in ROWS else 99):
+    for name in sorted(measured, key=_order):
         per_seed = measured[name]
         cells = []
         for key, _ in TABLE_KEYS:

@@ -43,6 +43,10 @@ _TABLE = (
     ("motion error (frame side)", "motion_error", True, "{:.4f}"),
 )
 
+# Metric key -> the key of its spread, printed as "value ± spread".
+_SPREADS = {"is_i3d_k400": "is_i3d_k400_std", "fvd": "fvd_bootstrap_std",
+            "fvd_digits": "fvd_digits_bootstrap_std"}
+
 
 @dataclass
 class VideoSet:
@@ -503,8 +507,7 @@ def format_table(report: dict) -> str:
         if key not in values:
             continue
         value = cell(key, fmt)
-        spread = {"is_i3d_k400": "is_i3d_k400_std", "fvd": "fvd_bootstrap_std",
-                  "fvd_digits": "fvd_digits_bootstrap_std"}.get(key)
+        spread = _SPREADS.get(key)
         if values.get(spread) is not None:
             value += " ± " + fmt.format(values[spread])
         reference = cell(f"{key}_real", fmt) if has_real else ""

@@ -180,6 +180,10 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             "Fréchet distance is biased; report the number of videos with it",
             stacklevel=2,
         )
+    return _statistics(x)
+
+
+def _statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
@@ -239,12 +243,10 @@ def frechet_distance_bootstrap_std(
     if num_resamples < 2:
         raise ValueError(f"num_resamples: need at least 2, got {num_resamples}")
     rng = np.random.default_rng(seed)
-    real_stats = (real.mean(axis=0), np.atleast_2d(np.cov(real, rowvar=False)))
-    distances = []
-    for _ in range(num_resamples):
-        sample = fake[rng.integers(0, len(fake), len(fake))]
-        distances.append(frechet_distance(
-            *real_stats, sample.mean(axis=0), np.atleast_2d(np.cov(sample, rowvar=False))))
+    real_stats = _statistics(real)  # unwarned: the caller's FVD has warned already
+    distances = [frechet_distance(*real_stats,
+                                  *_statistics(fake[rng.integers(0, len(fake), len(fake))]))
+                 for _ in range(num_resamples)]
     return float(np.std(distances, ddof=1))
 
 
