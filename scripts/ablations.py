@@ -31,6 +31,7 @@ old input are marked 'old' in the table).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -107,6 +108,19 @@ def stage_one(args) -> Path:
     return out
 
 
+def stage_one_record(args) -> dict:
+    """What identifies the shared stage 1 a row started from: its last logged loss and a hash of
+    the exported base weights. Stage 1 is re-made when its folder is lost; equal hashes say two
+    rows started stage 2 from the same weights, different ones that training noise lies between."""
+    out = args.runs / "stage1"
+    digest = hashlib.sha256()
+    for weights in sorted((out / "pipeline" / "base").glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    summary = json.loads((out / "train_summary.json").read_text())
+    return {"steps": summary["steps"], "final_loss": summary["final_loss"],
+            "base_sha256": digest.hexdigest()}
+
+
 def row_flags(args, spec: dict) -> list[str]:
     pretrain = args.recipe.base_pretrain_steps if spec.get("pretrained") else 0
     flags = ["--base-pretrain-steps", str(pretrain)]
@@ -143,6 +157,7 @@ def run_row(args, name: str) -> dict:
            "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
                          else args.config),
            "train_flags": row_flags(args, spec), "train_summary": summary,
+           "stage1": stage_one_record(args) if spec.get("pretrained") else None,
            "eval_seconds": time.perf_counter() - started, "data": args.recipe.data,
            "eval_command": f"evaluate(real={str(args.real)!r}, fake='{out.name}/pipeline', "
                            + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")",

@@ -1,5 +1,6 @@
 """scripts/ablations.py end to end at a tiny size: shared stage 1, rows' flags, reports, table."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,11 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     assert vf["report"]["protocol"]["sampling"]["signal_leak_mean"] is None
     assert "signal_leak=False" in vf["eval_command"]
     assert (tmp_path / "runs" / "stage1" / "checkpoints").is_dir()
+    # the pretrained row names the stage 1 it started from by a hash of its base weights
+    assert vdm["stage1"] is None and vf["stage1"]["steps"] == 2
+    base = tmp_path / "runs" / "stage1" / "pipeline" / "base"
+    weights = b"".join(p.read_bytes() for p in sorted(base.glob("*.safetensors")))
+    assert vf["stage1"]["base_sha256"] == hashlib.sha256(weights).hexdigest()
     # the row resumed from stage 1's checkpoint rather than pretraining again
     log = (tmp_path / "runs" / "vf_lambda_0.25.log").read_text()
     assert "resumed from" in log and "--lambda 0.25" in log
