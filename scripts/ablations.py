@@ -225,6 +225,15 @@ def rescore(args, report_path: Path) -> dict:
     return row
 
 
+def _stage_one(row: dict) -> str:
+    """Which stage 1 a row started from: rows with equal hash prefixes share their weights."""
+    if not row["pretrain_steps"]:
+        return "-"
+    if row.get("stage1") is None:
+        return "not recorded"
+    return row["stage1"]["base_sha256"][:8]
+
+
 def _foreground(row: dict) -> bool:
     """Whether the row's digit metrics saw each frame's foreground (docs/metrics.md)."""
     return "foreground" in row["report"]["protocol"].get("digit_metrics", "")
@@ -256,14 +265,15 @@ def _cell(metrics: dict, key: str) -> str:
 
 def write_markdown(results: Path) -> Path:
     lines = ["| row | question | stage-2 steps x batch | stage-1 steps | "
-             + " | ".join(label for _, label in TABLE_KEYS) + " | digit metrics input |",
-             "|---" * (5 + len(TABLE_KEYS)) + "|"]
+             + " | ".join(label for _, label in TABLE_KEYS)
+             + " | digit metrics input | stage-1 weights |",
+             "|---" * (6 + len(TABLE_KEYS)) + "|"]
     for row in _rows(results):
         metrics = _flatten(row["report"])
         cells = [_cell(metrics, k) for k, _ in TABLE_KEYS]
         lines.append(f"| {row['name']} | {row['question']} | {row['steps']} x "
                      f"{row['batch_size']} | {row['pretrain_steps']} | " + " | ".join(cells)
-                     + f" | {'foreground' if _foreground(row) else 'old'} |")
+                     + f" | {'foreground' if _foreground(row) else 'old'} | {_stage_one(row)} |")
     results.mkdir(parents=True, exist_ok=True)
     table = results / "table.md"
     table.write_text("\n".join(lines) + "\n")

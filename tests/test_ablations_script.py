@@ -103,7 +103,17 @@ def test_table_shows_the_fvd_spread_and_seeds_md_averages_over_seeds(tmp_path):
     seed0.mkdir()
     (seed0 / "vdm.json").write_text(json.dumps(_row("vdm", 100.0, spread=12.34)))
     (seed0 / "vf_lambda_0.5.json").write_text(json.dumps(_row("vf_lambda_0.5", 80.0)))
+    shared = _row("vf_frozen_base", 90.0) | {"pretrain_steps": 5, "stage1": {
+        "steps": 5, "final_loss": 0.1, "base_sha256": "b01d9ae93a4bb6f0"}}
+    (seed0 / "vf_frozen_base.json").write_text(json.dumps(shared))
+    unhashed = _row("vf_lambda_0.75", 70.0) | {"pretrain_steps": 5}
+    (seed0 / "vf_lambda_0.75.json").write_text(json.dumps(unhashed))
     table = script.write_markdown(seed0).read_text()
+    # which stage 1 a pretrained row started from; unknown for rows measured before the hash
+    lines = table.splitlines()
+    assert lines[2].startswith("| vdm |") and lines[2].endswith("| foreground | - |")
+    assert lines[4].startswith("| vf_lambda_0.75 |") and lines[4].endswith("| not recorded |")
+    assert lines[5].startswith("| vf_frozen_base |") and lines[5].endswith("| b01d9ae9 |")
     assert "| vdm | RQ1 | 10 x 2 | 0 | 100.000 ± 12.3 | n/a |" in table
     assert "| vf_lambda_0.5 | RQ1 | 10 x 2 | 0 | 80.000 | n/a |" in table
     assert script.write_seed_summary(seed0) is None  # one seed: nothing to average
