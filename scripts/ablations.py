@@ -13,6 +13,9 @@ base from scratch) get the same stage-2 budget and nothing else.
     python scripts/ablations.py --seed 1                              # another seed, own folders
     python scripts/ablations.py --report                              # rebuild the table only
 
+Each training run gets OMP_NUM_THREADS threads if set, else the cores divided among the rows
+that train side by side (stage 1, which runs first and alone, gets them all).
+
 Runs go to ``runs/ablations/<config>/seed<N>/``, row reports and ``table.md`` to
 ``docs/results/ablations/<config>/seed<N>/``; once two seeds have rows, ``seeds.md`` beside
 those folders holds each row's mean over seeds. ``--steps``, ``--pretrain-steps``,
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,13 +89,20 @@ def recipe(args):
     return TrainConfig.resolve(args.config, flags)
 
 
-def train(args, out: Path, flags: list[str], log) -> None:
+def threads(jobs: int) -> str:
+    """Threads per training run: OMP_NUM_THREADS where the caller set it, else the cores shared
+    among the runs side by side (stage 1 runs alone, so it gets them all)."""
+    return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+
+
+def train(args, out: Path, flags: list[str], log, jobs: int) -> None:
     common = [f"--{key}={value}" for key, value in overrides(args).items()]
     cmd = [sys.executable, "-m", "videofusion.cli", "train", "--config", str(args.config),
            "--output-dir", str(out), "--resume", "--seed", str(args.seed), *common, *flags]
-    log.write(f"$ {' '.join(cmd)}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": threads(jobs)}
+    log.write(f"$ OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {' '.join(cmd)}\n")
     log.flush()
-    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def stage_one(args) -> Path:
@@ -104,7 +115,7 @@ def stage_one(args) -> Path:
         return out
     with open(args.runs / "stage1.log", "a") as log:
         train(args, out, ["--lambda", "0.5", "--base-pretrain-steps", str(steps),
-                          "--stop-at-step", str(steps)], log)
+                          "--stop-at-step", str(steps)], log, jobs=1)
     return out
 
 
@@ -144,7 +155,7 @@ def run_row(args, name: str) -> dict:
     if spec.get("pretrained") and not (out / "checkpoints").is_dir():
         shutil.copytree(args.runs / "stage1", out)
     with open(args.runs / f"{name}.log", "a") as log:
-        train(args, out, row_flags(args, spec), log)
+        train(args, out, row_flags(args, spec), log, jobs=min(args.jobs, len(args.names)))
     from videofusion.evaluate import evaluate
 
     started = time.perf_counter()
@@ -364,7 +375,7 @@ def main() -> None:
             parser.error("--real TEST_FOLDER is required with a folder --data")
         args.real = "moving-digits"
     if not args.report:
-        names = [n for n in args.rows.split(",") if n]
+        names = args.names = [n for n in args.rows.split(",") if n]
         unknown = sorted(set(names) - set(ROWS))
         if unknown:
             parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")

@@ -18,7 +18,7 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
            "--batch-size", "2", "--checkpoint-every", "1", "--num-videos", "2",
            "--metrics", "motion,fvd_digits", "--sample-steps", "2",
            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     vdm = json.loads((tmp_path / "results" / "vdm.json").read_text())
     vf = json.loads((tmp_path / "results" / "vf_lambda_0.25.json").read_text())
@@ -38,6 +38,7 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     # the row resumed from stage 1's checkpoint rather than pretraining again
     log = (tmp_path / "runs" / "vf_lambda_0.25.log").read_text()
     assert "resumed from" in log and "--lambda 0.25" in log
+    assert log.startswith("$ OMP_NUM_THREADS=1 ")  # the caller's setting wins
     table = (tmp_path / "results" / "table.md").read_text()
     assert "| vdm | RQ1 | 2 x 2 | 0 |" in table and "| vf_lambda_0.25 | RQ3 | 2 x 2 | 2 |" in table
     # a second driver finds stage 1 and the row finished: it launches no training at all
@@ -122,3 +123,12 @@ def test_table_shows_the_fvd_spread_and_seeds_md_averages_over_seeds(tmp_path):
     lines = script.write_seed_summary(seed1).read_text().splitlines()
     assert lines[2].startswith("| vdm | 0, 1 | 110.000 (100.000, 120.000) | n/a |")
     assert lines[3].startswith("| vf_lambda_0.5 | 0 | 80.000 | n/a |")
+
+
+def test_training_runs_share_the_cores_unless_the_caller_set_the_threads(monkeypatch):
+    script = _load_script()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [script.threads(jobs) for jobs in (1, 3, 8, 16)] == ["8", "2", "1", "1"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert script.threads(1) == "3"
