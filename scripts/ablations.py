@@ -255,6 +255,10 @@ TABLE_KEYS = (("fvd", "FVD"), ("kvd_x1000", "KVD x1000"), ("is_i3d_k400", "IS (I
               ("prompt_adherence", "prompt adherence"), ("motion_error", "motion error"))
 
 
+# the digit metrics that changed with the classifier's foreground input (docs/metrics.md)
+OLD_INPUT_KEYS = ("content_consistency", "prompt_adherence", "motion_error")
+
+
 def _order(name: str) -> int:
     """Rows in the order of :data:`ROWS`, unknown ones last."""
     return list(ROWS).index(name) if name in ROWS else len(ROWS)
@@ -293,15 +297,22 @@ def write_markdown(results: Path) -> Path:
 
 def write_seed_summary(results: Path) -> Path | None:
     """``seeds.md`` beside the ``seed<N>`` folders: each row's mean over the seeds that measured
-    it, the per-seed values in brackets (None while fewer than two seeds exist)."""
+    it, the per-seed values in brackets (None while fewer than two seeds exist). Digit metrics
+    from the classifier's old input are left out of the means, and the note under the table
+    names whose."""
     seeds = sorted((p for p in results.parent.glob("seed*") if p.is_dir() and list(p.glob(
         "*.json"))), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30)
     if len(seeds) < 2:
         return None
     measured: dict[str, dict[str, dict]] = {}
+    left_out = []
     for folder in seeds:
         for row in _rows(folder):
-            measured.setdefault(row["name"], {})[folder.name] = _flatten(row["report"])
+            metrics = _flatten(row["report"])
+            if not _foreground(row) and any(k in metrics for k in OLD_INPUT_KEYS):
+                metrics = {k: v for k, v in metrics.items() if k not in OLD_INPUT_KEYS}
+                left_out.append(f"{row['name']} at {folder.name}")
+            measured.setdefault(row["name"], {})[folder.name] = metrics
     lines = ["| row | seeds | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
              "|---" * (2 + len(TABLE_KEYS)) + "|"]
     for name in sorted(measured, key=_order):
@@ -313,6 +324,10 @@ def write_seed_summary(results: Path) -> Path | None:
                 " (" + ", ".join(f"{v:.3f}" for v in values) + ")" if len(values) > 1 else ""))
         lines.append(f"| {name} | {', '.join(s[4:] for s in per_seed)} | "
                      + " | ".join(cells) + " |")
+    if left_out:
+        lines += ["", "Content, adherence and motion measured on the digit classifier's old input "
+                  "are not comparable with later ones (docs/metrics.md) and are left out: "
+                  + ", ".join(left_out) + "."]
     summary = results.parent / "seeds.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary

@@ -90,12 +90,12 @@ def _load_script():
     return script
 
 
-def _row(name, fvd, spread=None):
-    metrics = {"fvd": fvd, "content_consistency": 0.5}
+def _row(name, fvd, spread=None, content=0.5, digit_input="... foreground ..."):
+    metrics = {"fvd": fvd, "content_consistency": content}
     if spread is not None:
         metrics["fvd_bootstrap_std"] = spread
     return {"name": name, "question": "RQ1", "steps": 10, "batch_size": 2, "pretrain_steps": 0,
-            "report": {"protocol": {"digit_metrics": "... foreground ..."}, "metrics": metrics}}
+            "report": {"protocol": {"digit_metrics": digit_input}, "metrics": metrics}}
 
 
 def test_table_shows_the_fvd_spread_and_seeds_md_averages_over_seeds(tmp_path):
@@ -123,6 +123,21 @@ def test_table_shows_the_fvd_spread_and_seeds_md_averages_over_seeds(tmp_path):
     lines = script.write_seed_summary(seed1).read_text().splitlines()
     assert lines[2].startswith("| vdm | 0, 1 | 110.000 (100.000, 120.000) | n/a |")
     assert lines[3].startswith("| vf_lambda_0.5 | 0 | 80.000 | n/a |")
+    assert "| 0.500 (0.500, 0.500) |" in lines[2]  # content averaged over both seeds
+
+
+def test_seeds_md_leaves_out_digit_metrics_from_the_old_classifier_input(tmp_path):
+    script = _load_script()
+    for seed, content, digit_input in ((0, 0.0, "max over channels"), (1, 0.4, "foreground")):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        row = _row("vdm", 100.0 + seed, content=content, digit_input=digit_input)
+        (folder / "vdm.json").write_text(json.dumps(row))
+    lines = script.write_seed_summary(tmp_path / "seed1").read_text().splitlines()
+    # FVD averages over both seeds; content only over the seed measured on the foreground
+    assert lines[2].startswith("| vdm | 0, 1 | 100.500 (100.000, 101.000) |")
+    assert "| 0.400 |" in lines[2] and "0.200" not in lines[2]
+    assert lines[-1].endswith("are left out: vdm at seed0.")
 
 
 def test_training_runs_share_the_cores_unless_the_caller_set_the_threads(monkeypatch):
