@@ -255,6 +255,15 @@ TABLE_KEYS = (("fvd", "FVD"), ("kvd_x1000", "KVD x1000"), ("is_i3d_k400", "IS (I
               ("prompt_adherence", "prompt adherence"), ("motion_error", "motion error"))
 
 
+# the paper's claims as (question, row, reference row): seeds.md shows each row minus its reference
+COMPARISONS = (("RQ1", "vf_lambda_0.5", "vdm"), ("RQ2", "vf_base_scratch", "vf_lambda_0.5"),
+               ("RQ3", "vf_lambda_0.25", "vf_lambda_0.5"),
+               ("RQ3", "vf_lambda_0.75", "vf_lambda_0.5"),
+               ("RQ3", "vf_lambda_0.9", "vf_lambda_0.5"),
+               ("RQ4", "vf_frozen_base", "vf_lambda_0.5"),
+               ("RQ4", "vf_no_stop_gradient", "vf_lambda_0.5"))
+DIFFERENCE_KEYS = (("fvd", "FVD"), ("fvd_digits", "FVD-digits"),
+                   ("content_consistency", "content"), ("prompt_adherence", "prompt adherence"))
 # the digit metrics that changed with the classifier's foreground input (docs/metrics.md)
 OLD_INPUT_KEYS = ("content_consistency", "prompt_adherence", "motion_error")
 
@@ -297,14 +306,15 @@ def write_markdown(results: Path) -> Path:
 
 def write_seed_summary(results: Path) -> Path | None:
     """``seeds.md`` beside the ``seed<N>`` folders: each row's mean over the seeds that measured
-    it, the per-seed values in brackets (None while fewer than two seeds exist). Digit metrics
-    from the classifier's old input are left out of the means, and the note under the table
-    names whose."""
+    it, the per-seed values in brackets (None while fewer than two seeds exist), then each of
+    :data:`COMPARISONS` seed by seed, so that a reader sees whether a conclusion holds on every
+    seed. Digit metrics from the classifier's old input are left out, and a note names whose."""
     seeds = sorted((p for p in results.parent.glob("seed*") if p.is_dir() and list(p.glob(
         "*.json"))), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30)
     if len(seeds) < 2:
         return None
     measured: dict[str, dict[str, dict]] = {}
+    rows: dict[str, dict[str, dict]] = {}
     left_out = []
     for folder in seeds:
         for row in _rows(folder):
@@ -313,6 +323,7 @@ def write_seed_summary(results: Path) -> Path | None:
                 metrics = {k: v for k, v in metrics.items() if k not in OLD_INPUT_KEYS}
                 left_out.append(f"{row['name']} at {folder.name}")
             measured.setdefault(row["name"], {})[folder.name] = metrics
+            rows.setdefault(row["name"], {})[folder.name] = row
     lines = ["| row | seeds | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
              "|---" * (2 + len(TABLE_KEYS)) + "|"]
     for name in sorted(measured, key=_order):
@@ -324,6 +335,23 @@ def write_seed_summary(results: Path) -> Path | None:
                 " (" + ", ".join(f"{v:.3f}" for v in values) + ")" if len(values) > 1 else ""))
         lines.append(f"| {name} | {', '.join(s[4:] for s in per_seed)} | "
                      + " | ".join(cells) + " |")
+    differences = []
+    for question, name, reference in COMPARISONS:
+        for seed in [s.name for s in seeds if s.name in rows.get(name, {})
+                     and s.name in rows.get(reference, {})]:
+            a, b = measured[name][seed], measured[reference][seed]
+            cells = [_difference(a, b, key) for key, _ in DIFFERENCE_KEYS]
+            differences.append(f"| {question} | {name} - {reference} | {seed[4:]} | "
+                               + " | ".join(cells) + " | "
+                               + _same_stage_one(rows[name][seed], rows[reference][seed]) + " |")
+    if differences:
+        lines += ["", "Each comparison the paper makes, seed by seed: the row minus its "
+                  "reference, in brackets in combined bootstrap spreads (sqrt(s1^2 + s2^2)) "
+                  "where both rows have one. 'same stage 1' compares the hashes of the stage-1 "
+                  "weights.", "",
+                  "| question | row - reference | seed | " + " | ".join(
+                      label for _, label in DIFFERENCE_KEYS) + " | same stage 1 |",
+                  "|---" * (4 + len(DIFFERENCE_KEYS)) + "|", *differences]
     if left_out:
         lines += ["", "Content, adherence and motion measured on the digit classifier's old input "
                   "are not comparable with later ones (docs/metrics.md) and are left out: "
@@ -331,6 +359,28 @@ def write_seed_summary(results: Path) -> Path | None:
     summary = results.parent / "seeds.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary
+
+
+def _difference(metrics: dict, reference: dict, key: str) -> str:
+    """``metrics[key] - reference[key]``, and how many combined bootstrap spreads that is."""
+    a, b = metrics.get(key), reference.get(key)
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return "n/a"
+    cell = f"{a - b:+.3f}"
+    spreads = [m.get(f"{key}_bootstrap_std") for m in (metrics, reference)]
+    if all(isinstance(s, (int, float)) for s in spreads):
+        cell += f" ({(a - b) / (spreads[0] ** 2 + spreads[1] ** 2) ** 0.5:+.1f})"
+    return cell
+
+
+def _same_stage_one(row: dict, reference: dict) -> str:
+    """'yes' / 'no' when both rows recorded their stage-1 weights, else what is known."""
+    marks = [_stage_one(row), _stage_one(reference)]
+    if "-" in marks:
+        return "-"
+    if "not recorded" in marks:
+        return "not recorded"
+    return "yes" if marks[0] == marks[1] else "no"
 
 
 def _flatten(report: dict) -> dict:

@@ -140,6 +140,31 @@ def test_seeds_md_leaves_out_digit_metrics_from_the_old_classifier_input(tmp_pat
     assert lines[-1].endswith("are left out: vdm at seed0.")
 
 
+def test_seeds_md_compares_each_row_with_its_reference_seed_by_seed(tmp_path):
+    script = _load_script()
+
+    def pretrained(name, fvd, spread, sha):
+        return _row(name, fvd, spread=spread) | {"pretrain_steps": 5, "stage1": {
+            "steps": 5, "final_loss": 0.1, "base_sha256": sha}}
+
+    for seed, frozen_sha in ((0, "aaaa0000"), (1, "bbbb1111")):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        rows = [_row("vdm", 100.0, spread=3.0),
+                pretrained("vf_lambda_0.5", 80.0 + seed, 4.0, "bbbb1111"),
+                pretrained("vf_frozen_base", 90.0, 4.0, frozen_sha)]
+        for row in rows:
+            (folder / f"{row['name']}.json").write_text(json.dumps(row))
+    lines = script.write_seed_summary(tmp_path / "seed0").read_text().splitlines()
+    # FVD: 80 - 100 = -20, over sqrt(4^2 + 3^2) = 5 spreads; content is equal
+    assert "| RQ1 | vf_lambda_0.5 - vdm | 0 | -20.000 (-4.0) | n/a | +0.000 | n/a | - |" in lines
+    assert "| RQ1 | vf_lambda_0.5 - vdm | 1 | -19.000 (-3.8) | n/a | +0.000 | n/a | - |" in lines
+    frozen = [line for line in lines if line.startswith("| RQ4 | vf_frozen_base")]
+    assert frozen[0].startswith("| RQ4 | vf_frozen_base - vf_lambda_0.5 | 0 | +10.000 (+1.8) |")
+    assert [line.rsplit("|", 2)[1].strip() for line in frozen] == ["no", "yes"]
+    assert not any(line.startswith("| RQ3") for line in lines)  # no lambda-0.25/0.75 rows
+
+
 def test_training_runs_share_the_cores_unless_the_caller_set_the_threads(monkeypatch):
     script = _load_script()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
