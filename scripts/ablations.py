@@ -14,7 +14,9 @@ base from scratch) get the same stage-2 budget and nothing else.
     python scripts/ablations.py --report                              # rebuild the table only
 
 Each training run gets OMP_NUM_THREADS threads if set, else the cores divided among the rows
-that train side by side (stage 1, which runs first and alone, gets them all).
+that train side by side (stage 1, which runs first and alone, gets them all). Start no other
+job beside a stage 1 on all cores: a second run on one core slowed it six-fold here (3.7 s
+against 0.62 s per step on 2 cores), far more than sharing the cores would explain.
 
 Runs go to ``runs/ablations/<config>/seed<N>/``, row reports and ``table.md`` to
 ``docs/results/ablations/<config>/seed<N>/``; once two seeds have rows, ``seeds.md`` beside
