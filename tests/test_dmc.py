@@ -56,9 +56,14 @@ def test_same_seed_same_pixels_other_seed_other_pixels(dmc, rendered, tmp_path):
     dmc.render_dmc(DOMAINS, out=tmp_path / "same", seed=3, **SETTINGS)
     dmc.render_dmc(["cheetah"], out=tmp_path / "other", seed=4, **SETTINGS)
     first, same = clips(out), clips(tmp_path / "same")
+    # Not bit-exact: Mesa's headless rendering here now and then shades a re-render of the same
+    # state a few levels apart (seen in 1 of 2-4 runs beside test_cli: most pixels +-1, max 20
+    # of 255), while another seed moves the clip by a mean of 6 (max 160-222).
     for name in DOMAINS:
-        np.testing.assert_array_equal(first[name], same[name])
-    assert not np.array_equal(first["cheetah"], clips(tmp_path / "other")["cheetah"])
+        difference = np.abs(first[name].astype(int) - same[name].astype(int))
+        assert difference.mean() < 2.5 and difference.max() <= 60, (name, difference.mean())
+    other = np.abs(first["cheetah"].astype(int) - clips(tmp_path / "other")["cheetah"].astype(int))
+    assert other.mean() > 4, other.mean()
 
 
 def test_rerun_skips_existing_clips_and_renders_only_missing_ones(dmc, rendered, tmp_path):
