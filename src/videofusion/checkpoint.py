@@ -1,27 +1,54 @@
-"""Atomic, resumable training checkpoints.
+"""Atomic, resumable training checkpoints that never run code from the run folder.
 
 A checkpoint is a folder ``checkpoints/step-000123`` written by ``accelerate``'s ``save_state``
-(model as safetensors, optimizer, RNG states of every process, registered objects such as the EMA
-and LR schedule) plus ``trainer_state.json`` (global step, samples seen, elapsed time). It is first
-written under a hidden temporary name and then renamed with ``os.replace``, which is atomic: a run
-killed mid-write leaves only a ``.tmp-*`` folder, which is ignored and later removed, never a
-broken ``step-*`` folder. The data position needs no state of its own: the trainer's batches are
-a pure function of (seed, global step), see ``videofusion.train.GlobalBatchSampler``.
+(model as safetensors, optimizer and RNG states of every process) plus the trainer's own files,
+written by the ``write`` callback of ``save_checkpoint`` as safetensors and JSON (the EMA, the LR
+schedule) and ``trainer_state.json`` (global step, samples seen, elapsed time). Nothing is
+registered with ``register_for_checkpointing``: accelerate unpickles those objects with
+``weights_only=False``, so a planted pickle would run code on ``--resume``.
+
+Before anything is loaded, ``verify_checkpoint`` reads every file: accelerate's own pickles
+(``ALLOWED_PICKLES``) only through torch's ``weights_only=True`` unpickler, every other pickle is
+refused (``UnsafeCheckpoint``); truncated or unreadable files raise ``CorruptCheckpoint``, and
+``resume_checkpoint`` then falls back to the checkpoint before.
+
+A checkpoint is first written under a hidden temporary name and then renamed with ``os.replace``,
+which is atomic: a run killed mid-write leaves only a ``.tmp-*`` folder, which is ignored and
+later removed, never a broken ``step-*`` folder. The data position needs no state of its own: the
+trainer's batches are a pure function of (seed, global step), see
+``videofusion.train.GlobalBatchSampler``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import pickle
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
 TMP_PREFIX = ".tmp-"
+# The pickles accelerate's save_state writes; read only with weights_only=True (plain tensors,
+# numbers and numpy RNG arrays). Any other pickle in a checkpoint is refused.
+ALLOWED_PICKLES = re.compile(
+    r"^((optimizer|scheduler)(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt)$")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file that could run code when loaded; never loaded, never skipped."""
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that is truncated or unreadable; an older checkpoint may stand in."""
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -99,11 +126,13 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def save_checkpoint(accelerator, root: str | Path, step: int, state: dict,
-                    keep: int | None = None) -> Path:
+                    keep: int | None = None,
+                    write: Callable[[Path], None] | None = None) -> Path:
     """Save the accelerator's state (all processes call this) as checkpoint ``step``.
 
-    Every process writes its RNG state into the same temporary folder, the main process adds
-    ``trainer_state.json`` and renames it; then only the newest ``keep`` checkpoints remain.
+    Every process writes its RNG state into the same temporary folder, the main process calls
+    ``write(folder)`` (the trainer's own safetensors/JSON files), adds ``trainer_state.json`` and
+    renames it; then only the newest ``keep`` checkpoints remain.
     """
     root = Path(root)
     target = step_dir(root, step)
@@ -116,6 +145,8 @@ def save_checkpoint(accelerator, root: str | Path, step: int, state: dict,
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if write is not None:
+            write(tmp)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
         _swap_in(tmp, target)
         if keep is not None:
@@ -125,10 +156,78 @@ def save_checkpoint(accelerator, root: str | Path, step: int, state: dict,
     return target
 
 
-def load_checkpoint(accelerator, checkpoint: str | Path) -> dict:
-    """Restore the accelerator's state from ``checkpoint``; return its trainer state."""
-    accelerator.load_state(str(checkpoint))
+def load_checkpoint(accelerator, checkpoint: str | Path, verified: bool = False) -> dict:
+    """Restore the accelerator's state from ``checkpoint`` once every file of it has been
+    verified (``verify_checkpoint``, unless the caller just did); return its trainer state."""
+    if not verified:
+        verify_checkpoint(checkpoint)
+    try:
+        accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise CorruptCheckpoint(f"checkpoint {checkpoint} cannot be loaded: "
+                                f"{type(err).__name__}: {err}") from err
     return read_state(checkpoint)
+
+
+def resume_checkpoint(root: str | Path, load: Callable[[Path], dict]) -> tuple[Path, dict] | None:
+    """``load`` the newest loadable checkpoint under ``root``; ``(folder, state)``, or None.
+
+    A corrupt newest checkpoint falls back to the one before with a warning; an unsafe one
+    (``UnsafeCheckpoint``) stops, and so does a run whose every checkpoint is corrupt."""
+    found = list_checkpoints(root)
+    first_error = None
+    for _, folder in reversed(found):
+        try:
+            return folder, load(folder)
+        except CorruptCheckpoint as err:
+            logger.warning("%s; trying the checkpoint before it", err)
+            first_error = first_error or err
+    if first_error is not None:
+        raise CorruptCheckpoint(f"no checkpoint under {root} can be loaded: {first_error}")
+    return None
+
+
+def verify_checkpoint(checkpoint: str | Path) -> dict:
+    """Read every file of ``checkpoint`` the safe way, before any of it is loaded; return its
+    trainer state.
+
+    Raises ``UnsafeCheckpoint`` for a pickle accelerate never writes or one that holds more than
+    tensors, ``CorruptCheckpoint`` for a truncated or unreadable file; both name the file."""
+    from accelerate.utils import load as weights_only_load
+    from safetensors import safe_open
+
+    folder = Path(checkpoint)
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorruptCheckpoint(f"checkpoint file {folder / STATE_FILE} is unreadable "
+                                f"({type(err).__name__}: {err})") from err
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            if path.name.endswith(PICKLE_SUFFIXES):
+                if not ALLOWED_PICKLES.match(path.name) or path.parent != folder:
+                    raise UnsafeCheckpoint(
+                        f"checkpoint file {path} is a pickle that videofusion never writes "
+                        "and never loads (it could run code); refusing this checkpoint")
+                weights_only_load(path, map_location="cpu")  # weights_only=True
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except pickle.UnpicklingError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+            raise UnsafeCheckpoint(f"checkpoint file {path} holds more than tensors and was not "
+                                   f"loaded ({reason}); refusing this checkpoint") from None
+        except (UnsafeCheckpoint, CorruptCheckpoint):
+            raise
+        except Exception as err:  # torch, safetensors and json raise many types on bad bytes
+            raise CorruptCheckpoint(f"checkpoint file {path} is unreadable "
+                                    f"({type(err).__name__}: {err})") from err
+    return state
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -15,10 +15,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .assets import DEFAULT_MODEL_DIR
+from .safety import (
+    RunStopped,
+    check_output_dir,
+    check_safetensors,
+    check_size,
+    finite_float,
+    float_range,
+    format_bytes,
+    int_range,
+)
 
 PROG = "videofusion"
 # pipeline.SCHEDULERS, spelled here so that --help does not import torch
 SCHEDULERS = ("ddim", "ddpm", "dpm", "euler")
+SEED = int_range(0, 2 ** 63 - 1)  # what torch.Generator.manual_seed takes
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -65,7 +76,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--vae-slice", type=int, help="frames per VAE encode call (memory bound)")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=("videofusion", "vdm"))
-    g.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
+    g.add_argument("--lambda", dest="lambda_", type=finite_float, metavar="LAMBDA",
                    help="share of each frame's noise common to the clip (spec §1), in [0, 1]")
     g.add_argument("--condition", choices=("none", "class", "text", "class+text"),
                    help="class+text: both, each dropped independently (either alone at sampling)")
@@ -85,7 +96,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="stage 1: frames per clip in the image batch (default 1)")
     g.add_argument("--loss-weighting", choices=("epsilon", "min-snr", "v"),
                    help="weighting over timesteps, both stages (default epsilon: spec §3)")
-    g.add_argument("--snr-gamma", type=float,
+    g.add_argument("--snr-gamma", type=finite_float,
                    help="the cap of min-snr and v weighting (default 5)")
     g.add_argument("--base-from", help="stage 1 instead: a pretrained diffusers image UNet folder")
     g.add_argument("--init-from",
@@ -101,23 +112,23 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help="clips per process per micro-step")
     g.add_argument("--gradient-accumulation-steps", type=int)
-    g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=finite_float)
+    g.add_argument("--weight-decay", type=finite_float)
     g.add_argument("--lr-scheduler", choices=("constant", "constant_with_warmup", "linear",
                                               "cosine"))
     g.add_argument("--lr-warmup-steps", type=int)
-    g.add_argument("--max-grad-norm", type=float)
-    g.add_argument("--ema-decay", type=float, help="0 turns EMA off")
-    g.add_argument("--cond-drop", type=float,
+    g.add_argument("--max-grad-norm", type=finite_float)
+    g.add_argument("--ema-decay", type=finite_float, help="0 turns EMA off")
+    g.add_argument("--cond-drop", type=finite_float,
                    help="odds of the null condition, for classifier-free guidance")
-    g.add_argument("--class-drop", type=float,
+    g.add_argument("--class-drop", type=finite_float,
                    help="class+text: odds of the null class label (default: --cond-drop)")
     g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
                    help="GPU only; CPU runs stay fp32")
     g.add_argument("--beta-schedule", choices=("linear", "scaled_linear"),
                    help="DDPM noise schedule (Stable Diffusion: scaled_linear 0.00085 .. 0.012)")
-    g.add_argument("--beta-start", type=float)
-    g.add_argument("--beta-end", type=float)
+    g.add_argument("--beta-start", type=finite_float)
+    g.add_argument("--beta-end", type=finite_float)
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("outputs")
     g.add_argument("--output-dir")
@@ -126,10 +137,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--sample-every", type=int)
     g.add_argument("--sample-num", type=int)
     g.add_argument("--sample-steps", type=int)
-    g.add_argument("--sample-guidance", type=float)
+    g.add_argument("--sample-guidance", type=finite_float)
     g.add_argument("--log-every", type=int)
     g.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in OUTPUT/checkpoints")
+                   help="continue from the latest checkpoint in OUTPUT/checkpoints (settings "
+                        "that change the model, data or objective may not change)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUTPUT; it is deleted once this run has written "
+                        "its first checkpoint")
+    g.add_argument("--max-nonfinite-steps", type=int,
+                   help="stop after this many steps in a row with a non-finite loss or "
+                        "gradient norm, each skipped (default 5)")
     g.add_argument("--stop-at-step", type=int,
                    help="checkpoint and exit at this global step (continue with --resume)")
     g.add_argument("--raw-weights", action="store_true",
@@ -166,13 +184,13 @@ def add_train_vae_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=16, help="frames per step")
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float_range(0, low_open=True), default=5e-4)
     p.add_argument("--latent-channels", type=int, default=4)
     p.add_argument("--block-channels", type=_widths, default=[32, 64],
                    help="encoder/decoder widths; the VAE halves the side once per extra width "
                         "(default 32,64: factor 2)")
     p.add_argument("--channels", type=int, default=3, help="image channels, 1 or 3")
-    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--kl-weight", type=float_range(0), default=1e-6)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
@@ -202,26 +220,28 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
                     "same base noise (same content) or the same residual noise (same motion).")
     p.add_argument("--model-dir", help="a VideoFusionPipeline folder (e.g. OUTPUT/pipeline)")
     p.add_argument("--prompt", help="text prompt (text-conditioned models)")
-    p.add_argument("--class-label", type=int, nargs="+", help="class label(s) (class models)")
-    p.add_argument("--num-videos", type=int, default=4, help="videos per prompt or label")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--resolution", type=int, help="default: the model's sample size")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps")
+    p.add_argument("--class-label", type=int_range(0), nargs="+",
+                   help="class label(s) (class models)")
+    p.add_argument("--num-videos", type=int_range(1), default=4, help="videos per prompt or label")
+    p.add_argument("--frames", type=int_range(2), default=16)
+    p.add_argument("--resolution", type=int_range(8), help="default: the model's sample size")
+    p.add_argument("--steps", type=int_range(1, 10_000), default=50, help="denoising steps")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="default: the model folder's own scheduler")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
+    p.add_argument("--eta", type=float_range(0, 1), default=0.0,
+                   help="DDIM stochasticity, in [0, 1]")
     p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",
                    help="start from pure noise, not from the noised mean of the training "
                         "data that the folder may hold (docs/training.md, 'Signal leak')")
-    p.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA",
+    p.add_argument("--lambda", dest="lambda_", type=float_range(0, 1), metavar="LAMBDA",
                    help="share of the noise common to the clip; default: the trained value")
-    p.add_argument("--guidance", type=float,
+    p.add_argument("--guidance", type=float_range(0),
                    help="classifier-free guidance scale; default: the model's own "
                         "(default_guidance_scale in model_index.json), else 2 for conditional "
                         "models, else 1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-seed", type=int, help="one base noise for all videos (same content)")
-    p.add_argument("--residual-seed", type=int,
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--base-seed", type=SEED, help="one base noise for all videos (same content)")
+    p.add_argument("--residual-seed", type=SEED,
                    help="one residual noise for all videos (same motion)")
     p.add_argument("--image", metavar="PATH",
                    help="image-to-video: this image is the key frame (frame FRAMES // 2) of "
@@ -229,8 +249,9 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--control-grid", type=_grid, metavar="R,C",
                    help="an R x C grid instead: rows share the base noise (content), columns "
                         "the residual noise (motion); writes control_grid.png and .gif")
-    p.add_argument("--fps", type=int, help="default: the model's fps")
-    p.add_argument("--scale", type=int, help="pixel enlargement of the files; default to 128 px")
+    p.add_argument("--fps", type=int_range(1, 240), help="default: the model's fps")
+    p.add_argument("--scale", type=int_range(1, 64),
+                   help="pixel enlargement of the files; default to 128 px")
     p.add_argument("--out", default="samples", help="output folder")
     p.set_defaults(handler=run_sample)
     return p
@@ -253,26 +274,27 @@ def load_pipeline(model_dir: str | None):
     from .pipeline import VideoFusionPipeline
 
     diffusers_logging.disable_progress_bar()  # keep stderr for the sampling bar and errors
+    check_safetensors(folder)
     return VideoFusionPipeline.from_pretrained(folder)
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    if args.frames < 2:
-        raise ValueError(f"--frames must be >= 2, got {args.frames}")
-    if args.lambda_ is not None and not 0.0 <= args.lambda_ <= 1.0:
-        raise ValueError(f"--lambda must lie in [0, 1], got {args.lambda_}")
-    for name in ("num_videos", "steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.control_grid and (args.image or args.base_seed is not None
                               or args.residual_seed is not None):
         raise ValueError("--control-grid draws its own base and residual noise: it takes no "
                          "--image, --base-seed or --residual-seed")
+    videos = (args.control_grid[0] * args.control_grid[1] if args.control_grid else
+              len(args.class_label or [0]) * args.num_videos)
+    check_video_size(videos, args.frames, args.resolution or 0)
     image = None
     if args.image is not None:
         from .pipeline import read_image
 
         image = read_image(args.image)
+    files = (("control_grid.png", "control_grid.gif") if args.control_grid else
+             ("contact_sheet.png", *(f"video_{i:03d}.{ext}" for i in range(videos)
+                                     for ext in ("mp4", "gif"))))
+    check_output_dir(args.out, "--out", files)
     pipe = load_pipeline(args.model_dir)
     import torch
 
@@ -280,6 +302,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
     pipe.use_scheduler(args.scheduler)
     resolution = args.resolution or pipe.config.sample_size
+    check_video_size(videos, args.frames, resolution)
     pipe.model.check_resolution(resolution // pipe.vae_scale_factor,
                                 resolution // pipe.vae_scale_factor)
     guidance = args.guidance if args.guidance is not None else pipe.default_guidance
@@ -322,6 +345,22 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_video_size(videos: int, frames: int, resolution: int) -> None:
+    """Refuse, before any work, videos above the CLI's bounds or this machine's memory, saying
+    what their frames alone would need (fp32 RGB; the model needs several times more)."""
+    from .config import MAX_BATCH, MAX_FRAMES, MAX_RESOLUTION
+
+    what = f"{videos} videos of {frames} frames" + (f" at {resolution} px" if resolution else "")
+    need = 4 * 3 * videos * frames * max(resolution, 8) ** 2
+    for option, value, limit in (("--frames", frames, MAX_FRAMES),
+                                 ("--resolution", resolution, MAX_RESOLUTION),
+                                 ("--num-videos x labels", videos, MAX_BATCH)):
+        if value > limit:
+            raise ValueError(f"{option} must be <= {limit}, got {value} ({what} would need "
+                             f"{format_bytes(need)} for the frames alone)")
+    check_size(what, need // 4)
+
+
 def shared_noise(shape: tuple[int, ...], batch: int, seed: int):
     """One draw of ``shape`` from ``seed``, the same for every video of the batch."""
     import torch
@@ -352,6 +391,7 @@ def model_info(folder: Path) -> dict:
     if not index_file.is_file():
         raise ValueError(f"{folder} is not a VideoFusionPipeline folder (no model_index.json)")
     index = json.loads(index_file.read_text())
+    check_safetensors(folder)
     components, parameters = {}, {}
     for name, spec in index.items():
         # components are [library, class] pairs; other lists are settings (signal_leak_mean)
@@ -449,7 +489,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--camera", default="0", help="camera id or name (default: 0, side/fixed)")
     r.add_argument("--policy", default="auto", choices=("auto", "random", "gait"),
                    help="scripted actions; auto = gait for legged bodies, else smoothed random")
-    r.add_argument("--frame-interval", type=float, default=0.04,
+    r.add_argument("--frame-interval", type=float_range(0, low_open=True), default=0.04,
                    help="simulated seconds between frames (default: %(default)s)")
     r.add_argument("--fps", type=int, default=8, help="mp4 frame rate (default: %(default)s)")
     r.set_defaults(handler=run_render_dmc)
@@ -498,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{PROG}: error: {_one_line(err)}\n")
+    except RunStopped as err:
+        parser.exit(1, f"{PROG}: error: {_one_line(err)}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"{PROG}: interrupted\n")
 

@@ -8,6 +8,7 @@ the checkpoints so that a run can be resumed or reproduced from its folder alone
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ BETA_SCHEDULES = ("linear", "scaled_linear")
 LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings of one invocation, not of the run: never saved, never read back on resume.
-RUNTIME_FIELDS = ("resume", "stop_at_step", "raw_weights")
+RUNTIME_FIELDS = ("resume", "stop_at_step", "raw_weights", "overwrite")
+# Settings that may change when a run is resumed: how long, how often, how visibly and with how
+# much memory it runs, never the model, the data or the objective (docs/training.md, "Safety").
+# ema_decay may change only from 0, which turns the EMA on.
+RESUMABLE = ("max_steps", "output_dir", "num_workers", "vae_slice", "gradient_checkpointing",
+             "mixed_precision", "checkpoint_every", "checkpoints_total_limit", "sample_every",
+             "sample_num", "sample_steps", "sample_guidance", "log_every", "max_nonfinite_steps")
+# Upper bounds that keep a typo from asking the allocator for terabytes.
+MAX_FRAMES, MAX_RESOLUTION, MAX_BATCH = 1024, 4096, 4096
 # YAML keys that are Python keywords.
 ALIASES = {"lambda": "lambda_"}
 
@@ -100,11 +109,16 @@ class TrainConfig:
     sample_steps: int = 25
     sample_guidance: float = 1.0
     log_every: int = 10
+    # NaN guard: a step with a non-finite loss or gradient norm is skipped; this many in a row
+    # stop the run without saving, so that the last good checkpoints stay
+    max_nonfinite_steps: int = 5
     # this invocation only
     resume: bool = False
     stop_at_step: int | None = None
     # the pipeline this invocation writes holds the raw weights, not the EMA (the run keeps it)
     raw_weights: bool = False
+    # a run already in output_dir is replaced (set aside until this run's first checkpoint)
+    overwrite: bool = False
 
     @property
     def label_drop(self) -> float:
@@ -122,8 +136,18 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            need(not isinstance(value, float) or math.isfinite(value),
+                 f"{f.name} must be a finite number, got {value}")
         need(self.frames >= 2, f"frames must be >= 2, got {self.frames}")
         need(self.resolution >= 8, f"resolution must be >= 8, got {self.resolution}")
+        for name, value, limit in (("frames", self.frames, MAX_FRAMES),
+                                   ("resolution", self.resolution, MAX_RESOLUTION),
+                                   ("batch_size", self.batch_size, MAX_BATCH)):
+            size = 4 * self.batch_size * self.channels * self.frames * self.resolution ** 2
+            need(value <= limit, f"{name} must be <= {limit}, got {value} (one batch of clips "
+                 f"alone would need {size / 1e9:,.1f} GB)")
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         need(0.0 <= self.lambda_ <= 1.0, f"lambda must lie in [0, 1], got {self.lambda_}")
         for name, value, choices in (
@@ -139,11 +163,20 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
                      "checkpoints_total_limit", "sample_every", "sample_num", "sample_steps",
                      "log_every", "num_train_timesteps", "layers_per_block", "vae_slice",
-                     "image_frames_per_clip"):
+                     "image_frames_per_clip", "max_nonfinite_steps"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("base_pretrain_steps", "lr_warmup_steps", "num_workers"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            need(0 <= getattr(self, name) < 1,
+                 f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        need(self.adam_epsilon > 0, f"adam_epsilon must be > 0, got {self.adam_epsilon}")
+        need(self.sample_guidance >= 0,
+             f"sample_guidance must be >= 0, got {self.sample_guidance}")
+        need(not (self.resume and self.overwrite),
+             "--resume continues the run in output_dir, --overwrite replaces it: pass one")
         need(0.0 <= self.cond_drop < 1.0, f"cond_drop must lie in [0, 1), got {self.cond_drop}")
         need(self.class_drop is None or 0.0 <= self.class_drop < 1.0,
              f"class_drop must lie in [0, 1), got {self.class_drop}")
@@ -180,6 +213,18 @@ class TrainConfig:
             need(self.stop_at_step >= 1, f"stop_at_step must be >= 1, got {self.stop_at_step}")
         return self
 
+    def resume_changes(self, saved: TrainConfig) -> list[str]:
+        """``"name old -> new"`` for every setting that differs from the ``saved`` run's and
+        may not change on resume (``RESUMABLE``)."""
+        changes = []
+        for f in fields(self):
+            old, new = getattr(saved, f.name), getattr(self, f.name)
+            if f.name in RUNTIME_FIELDS or f.name in RESUMABLE or old == new or (
+                    f.name == "ema_decay" and old == 0):
+                continue
+            changes.append(f"{f.name} {old!r} -> {new!r}")
+        return changes
+
     def to_dict(self) -> dict[str, Any]:
         """The run's settings as saved to ``config.yaml`` (runtime fields left out)."""
         out = {}
@@ -211,7 +256,10 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML ({' '.join(str(err).split())})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path} must hold a mapping of settings")
         return (base or cls()).replace(loaded)

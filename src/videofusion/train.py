@@ -36,8 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from . import checkpoint
-from .config import TrainConfig
+from . import checkpoint, safety
+from .config import RESUMABLE, TrainConfig
 from .data import build_dataset
 from .models.base import BaseGenerator
 from .models.factory import build_model, count_parameters
@@ -46,6 +46,13 @@ from .noise import key_frame_index
 from .objective import diffusion_loss, image_diffusion_loss
 
 logger = logging.getLogger(__name__)
+
+EMA_FILE = "ema.safetensors"
+TRAINING_STATE_FILE = "training_state.json"
+
+
+class TrainingDiverged(safety.RunStopped):
+    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
 def shard_seed(seed: int, step: int, shard: int, stream: int) -> int:
@@ -157,22 +164,47 @@ class CaptionEncoder:
 
 
 class TrainingState:
-    """What a resumed run needs besides model, optimizer and RNG: EMA weights and the LR
-    schedule of the current stage (saved by accelerate as a registered custom object)."""
+    """What a resumed run needs besides model, optimizer and RNG: the EMA weights
+    (``ema.safetensors``), the EMA counters, the LR schedule of the current stage and the count
+    of skipped non-finite steps (``training_state.json``). Written and read here, never pickled,
+    so that a checkpoint holds no code (see ``videofusion.checkpoint``)."""
 
     def __init__(self, ema: EMAModel | None, lr_scheduler):
         self.ema, self.lr_scheduler = ema, lr_scheduler
         self.ema_missing = False  # EMA on now, but the checkpoint was saved without one
+        self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
 
-    def state_dict(self) -> dict:
-        return {"ema": None if self.ema is None else self.ema.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict()}
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
 
-    def load_state_dict(self, state: dict) -> None:
-        self.ema_missing = self.ema is not None and state["ema"] is None
-        if self.ema is not None and not self.ema_missing:
-            self.ema.load_state_dict(state["ema"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        meta = {"lr_scheduler": self.lr_scheduler.state_dict(),
+                "nonfinite_steps": self.nonfinite_steps, "ema": None}
+        if self.ema is not None:
+            ema = dict(self.ema.state_dict())
+            shadow = ema.pop("shadow_params")
+            save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(shadow)},
+                      str(folder / EMA_FILE))
+            meta["ema"] = ema
+        (folder / TRAINING_STATE_FILE).write_text(json.dumps(meta, indent=2))
+
+    def load(self, folder: Path, device: torch.device) -> None:
+        from safetensors.torch import load_file
+
+        path = folder / TRAINING_STATE_FILE
+        try:
+            meta = json.loads(path.read_text())
+            self.ema_missing = self.ema is not None and meta["ema"] is None
+            if self.ema is not None and not self.ema_missing:
+                tensors = load_file(str(folder / EMA_FILE), device=str(device))
+                shadow = [tensors[str(i)] for i in range(len(tensors))]
+                if [s.shape for s in shadow] != [s.shape for s in self.ema.shadow_params]:
+                    raise ValueError(f"{folder / EMA_FILE} does not match the model")
+                self.ema.load_state_dict({**meta["ema"], "shadow_params": shadow})
+            self.lr_scheduler.load_state_dict(meta["lr_scheduler"])
+            self.nonfinite_steps = int(meta["nonfinite_steps"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise checkpoint.CorruptCheckpoint(
+                f"checkpoint {folder}: bad trainer state ({type(err).__name__}: {err})") from err
 
 
 def train(config: TrainConfig) -> Path:
@@ -183,7 +215,11 @@ def train(config: TrainConfig) -> Path:
     continues it. Stopping at the step of the last checkpoint exports a killed run's weights
     without training further.
     """
-    return Trainer(config.validate()).run()
+    trainer = Trainer(config.validate())
+    try:
+        return trainer.run()
+    finally:
+        trainer.lock.release()
 
 
 class Trainer:
@@ -204,6 +240,48 @@ class Trainer:
             mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(self.output),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
+        self.lock = self._guard_output()
+        try:
+            self._setup()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _guard_output(self) -> safety.RunLock:
+        """The checks before any work (docs/training.md, "Safety"): a changed config on
+        ``resume`` and a run in the way are refused; then the folder's lock is taken (main
+        process), and ``overwrite`` sets the old run aside."""
+        config, accelerator = self.config, self.accelerator
+        saved = self.output / "config.yaml"
+        if config.resume and saved.is_file():
+            changes = config.resume_changes(TrainConfig.from_yaml(saved))
+            if changes:
+                raise ValueError(f"resume: {saved} was trained with other settings ("
+                                 f"{'; '.join(changes)}); only {', '.join(RESUMABLE)} may "
+                                 "change on resume: train into a new --output-dir instead")
+        found = safety.holds_run(self.output)
+        if found and not config.resume and not config.overwrite:
+            raise ValueError(f"output_dir: {self.output} holds a run ({', '.join(found)}): "
+                             "continue it with --resume, or replace it with --overwrite")
+        lock, error = safety.RunLock(self.output), ""
+        if accelerator.is_main_process:
+            try:
+                lock.acquire()
+            except ValueError as err:
+                error = str(err)
+        failed = accelerator.gather(torch.tensor([float(bool(error))],
+                                                 device=accelerator.device))
+        if failed.any():
+            raise ValueError(error or f"output_dir: {self.output} is in use by another run")
+        if config.overwrite and found and accelerator.is_main_process:
+            aside = safety.set_aside(self.output)
+            self._print(f"--overwrite: the old run waits in {aside} until this run's first "
+                        "checkpoint, then it is deleted")
+        accelerator.wait_for_everyone()
+        return lock
+
+    def _setup(self) -> None:
+        config = self.config
         set_seed(config.seed)
         self.device = self.accelerator.device
         self.vae = self._load_vae()
@@ -332,15 +410,6 @@ class Trainer:
     def run(self) -> Path:
         config, accelerator = self.config, self.accelerator
         start_step, elapsed_before = 0, 0.0
-        latest = checkpoint.latest_checkpoint(self.checkpoints) if config.resume else None
-        if config.resume and latest is None:
-            self._print(f"no checkpoint in {self.checkpoints}: starting fresh")
-        if latest is not None:
-            start_step = checkpoint.read_state(latest)["step"]
-        if accelerator.is_main_process:
-            checkpoint.remove_stale(self.checkpoints)
-            config.save(self.output / "config.yaml")
-
         module = TrainingModule(self.model)
         optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -349,14 +418,23 @@ class Trainer:
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.ema = (EMAModel(self.model.parameters(), decay=config.ema_decay, use_ema_warmup=True,
                              power=3 / 4) if config.ema_decay > 0 else None)
-        self.state = TrainingState(self.ema, self._lr_scheduler(self._stage(start_step)))
-        accelerator.register_for_checkpointing(self.state)
-        if latest is not None:
-            elapsed_before = checkpoint.load_checkpoint(accelerator, latest)["elapsed_seconds"]
+        self.state = TrainingState(self.ema, self._lr_scheduler("image" if
+                                                                config.base_pretrain_steps
+                                                                else "joint"))
+        resumed = checkpoint.resume_checkpoint(self.checkpoints, self._load) \
+            if config.resume else None
+        if config.resume and resumed is None:
+            self._print(f"no checkpoint in {self.checkpoints}: starting fresh")
+        if resumed is not None:
+            latest, saved = resumed
+            start_step, elapsed_before = saved["step"], saved["elapsed_seconds"]
             self._print(f"resumed from {latest} at step {start_step}")
             if self.state.ema_missing:
                 self.ema.shadow_params = [p.detach().clone() for p in self.model.parameters()]
                 self._print("the checkpoint holds no EMA: the EMA starts from its weights")
+        if accelerator.is_main_process:  # only now: every check has passed
+            checkpoint.remove_stale(self.checkpoints)
+            config.save(self.output / "config.yaml")
         accelerator.init_trackers("tensorboard")
         self._trim_log(start_step)
 
@@ -369,10 +447,23 @@ class Trainer:
         started = time.perf_counter()
         step = start_step
         batches = iter(loader)
+        streak = 0  # optimizer steps skipped in a row
         while step < end_step:
             stage = self._stage(step)
             metrics = self._optimizer_step(batches, step, stage)
             step += 1
+            streak = streak + 1 if "skipped" in metrics else 0
+            if streak:
+                self.state.nonfinite_steps += 1
+                self._print(f"step {step}: non-finite loss or gradient norm, update skipped "
+                            f"({streak} in a row, at most {config.max_nonfinite_steps})")
+            if streak >= config.max_nonfinite_steps:
+                progress.close()  # the error starts a line of its own
+                last = checkpoint.latest_checkpoint(self.checkpoints)
+                raise TrainingDiverged(
+                    f"training stopped at step {step}: the loss or gradient norm was not finite "
+                    f"for {streak} steps in a row (max_nonfinite_steps); nothing was saved, "
+                    f"the last good checkpoint is {last}")
             if step == config.base_pretrain_steps:
                 # before any checkpoint of this step, so that resuming here finds stage 2's
                 self.state.lr_scheduler = self._lr_scheduler("joint")
@@ -380,7 +471,8 @@ class Trainer:
             progress.set_postfix(stage=stage, loss=f"{metrics['loss']:.4f}")
             self._log(step, stage, {**metrics, "seconds": round(
                 elapsed_before + time.perf_counter() - started, 3)})
-            if step % config.checkpoint_every == 0 or step == end_step:
+            # a skipped step changed no weight: its checkpoint would only rotate out good ones
+            if (step % config.checkpoint_every == 0 or step == end_step) and not streak:
                 self._checkpoint(step, elapsed_before + time.perf_counter() - started)
             if stage == "joint" and (step % config.sample_every == 0 or
                                      step == config.total_steps):
@@ -401,6 +493,17 @@ class Trainer:
 
     def _stage(self, step: int) -> str:
         return "image" if step < self.config.base_pretrain_steps else "joint"
+
+    def _load(self, folder: Path) -> dict:
+        """Restore everything from checkpoint ``folder`` (see ``checkpoint.resume_checkpoint``);
+        its ``trainer_state.json``."""
+        saved = checkpoint.verify_checkpoint(folder)
+        # the schedule first: building it sets the optimizer's LR, which the checkpoint restores
+        state = TrainingState(self.ema, self._lr_scheduler(self._stage(saved["step"])))
+        checkpoint.load_checkpoint(self.accelerator, folder, verified=True)
+        state.load(folder, self.device)
+        self.state = state
+        return saved
 
     def _lr_scheduler(self, stage: str):
         """A fresh warm-up for each stage: the residual generator starts untrained in stage 2."""
@@ -424,25 +527,32 @@ class Trainer:
     def _optimizer_step(self, batches, step: int, stage: str) -> dict[str, float]:
         config, accelerator = self.config, self.accelerator
         totals = torch.zeros(3, device=self.device)  # loss, key-frame loss, non-key loss
+        finite = True
         for micro in range(config.gradient_accumulation_steps):
             batch = next(batches)
             shard = micro * accelerator.num_processes + accelerator.process_index
             with accelerator.accumulate(self.module):
                 losses = self._loss(batch, step, shard, stage)
                 accelerator.backward(losses[0])
+                totals += losses.detach() / config.gradient_accumulation_steps
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(self.module.parameters(), config.max_grad_norm)
-                self.optimizer.step()
+                    norm = accelerator.clip_grad_norm_(self.module.parameters(),
+                                                       config.max_grad_norm)
+                    # NaN guard: summed over processes, so that all of them skip alike
+                    check = torch.stack([totals.sum(), torch.as_tensor(norm).to(totals)])
+                    finite = bool(torch.isfinite(accelerator.reduce(check, "sum")).all())
+                if finite:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            totals += losses.detach() / config.gradient_accumulation_steps
-        if not accelerator.optimizer_step_was_skipped:
+        if finite and not accelerator.optimizer_step_was_skipped:
             self.state.lr_scheduler.step()
-        if self.ema is not None:
+        if finite and self.ema is not None:
             self.ema.step(self.model.parameters())
         totals = accelerator.reduce(totals, reduction="mean")
         return {"loss": totals[0].item(), "key_frame_loss": totals[1].item(),
                 "non_key_frame_loss": totals[2].item(),
-                "lr": self.state.lr_scheduler.get_last_lr()[0]}
+                "lr": self.state.lr_scheduler.get_last_lr()[0],
+                **({} if finite else {"skipped": True})}
 
     def _loss(self, batch: dict, step: int, shard: int, stage: str) -> torch.Tensor:
         """``[loss, key-frame loss, non-key-frame loss]`` of one shard (the last two are the
@@ -509,9 +619,8 @@ class Trainer:
         path = self.output / "metrics.jsonl"
         if not self.accelerator.is_main_process or not path.is_file():
             return
-        lines = [line for line in path.read_text().splitlines()
-                 if line and json.loads(line)["step"] <= start_step]
-        checkpoint.atomic_write_text(path, "".join(line + "\n" for line in lines))
+        records = [r for r in _read_log(path) if r["step"] <= start_step]
+        checkpoint.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
     def _log(self, step: int, stage: str, metrics: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
@@ -531,7 +640,7 @@ class Trainer:
         path = self.output / "metrics.jsonl"
         if not path.is_file():
             return
-        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        records = _read_log(path)
         fig, ax = plt.subplots(figsize=(7, 4))
         for stage, label in (("image", "stage 1: image loss"), ("joint", "stage 2: video loss")):
             points = [(r["step"], r["loss"]) for r in records if r["stage"] == stage]
@@ -562,8 +671,10 @@ class Trainer:
              "parameter_checksums": checksums,
              "samples_seen": step * self.config.batch_size * self.accelerator.num_processes
              * self.config.gradient_accumulation_steps},
-            keep=self.config.checkpoints_total_limit,
+            keep=self.config.checkpoints_total_limit, write=self.state.save,
         )
+        if self.config.overwrite and self.accelerator.is_main_process:
+            safety.drop_set_aside(self.output)  # the new run now has a checkpoint of its own
 
     def _pipeline(self):
         from .pipeline import VideoFusionPipeline
@@ -656,8 +767,7 @@ class Trainer:
         this_run = elapsed - elapsed_before
         # the log may be missing: a checkpoint copied into a new folder and exported there
         log = self.output / "metrics.jsonl"
-        records = ([json.loads(line) for line in log.read_text().splitlines() if line]
-                   if log.is_file() else [])
+        records = _read_log(log) if log.is_file() else []
         summary = {
             "steps": step,
             "base_pretrain_steps": config.base_pretrain_steps,
@@ -682,10 +792,27 @@ class Trainer:
                            "residual": count_parameters(self.model.residual),
                            "total": count_parameters(self.model)},
             "final_loss": records[-1]["loss"] if records else math.nan,
+            # optimizer steps of the whole run skipped for a non-finite loss or gradient norm
+            "nonfinite_steps_skipped": self.state.nonfinite_steps,
+            # training videos that could not be read (video folders; see their warnings)
+            "skipped_files": int(getattr(self.dataset, "num_skipped", 0)),
             "pipeline": str(pipeline_dir),
         }
         checkpoint.atomic_write_text(self.output / "train_summary.json",
                                      json.dumps(summary, indent=2) + "\n")
+
+
+def _read_log(path: Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; a line cut short by a kill mid-write is left out."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
 
 
 def _smooth(values, window: int = 25) -> np.ndarray:
