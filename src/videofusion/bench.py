@@ -707,6 +707,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from .safety import check_output_file
+
     options = {k: v for k, v in vars(args).items()
                if k not in ("command", "handler", "quick", "out", "markdown", "profile")}
     if getattr(args, "device", "cpu") == "cuda":
@@ -724,8 +726,9 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"{kind}, one DDIM step at {job['resolution']}x{job['resolution']}, "
                   f"{config.frames} frames, {config.threads} threads:\n{table}")
         return 0
-    out = Path(args.out)
-    markdown = Path(args.markdown) if getattr(args, "markdown", None) else out.with_suffix(".md")
+    out = check_output_file(args.out, "--out")
+    markdown = check_output_file(args.markdown, "--markdown") if getattr(
+        args, "markdown", None) else check_output_file(out.with_suffix(".md"), "--out")
     report = run_benchmark(config, out, markdown, log=lambda m: print(m, file=sys.stderr))
     print(markdown_report(report), end="")
     print(f"wrote {out} and {markdown}")

@@ -202,6 +202,7 @@ def add_train_vae_parser(subparsers) -> argparse.ArgumentParser:
 def run_train_vae(args: argparse.Namespace) -> int:
     from .vae import VAETrainConfig, train_vae
 
+    check_output_dir(args.out, "--out")
     config = VAETrainConfig(
         data=args.data, out=args.out, resolution=args.resolution, image_channels=args.channels,
         latent_channels=args.latent_channels, block_out_channels=args.block_channels,
@@ -499,6 +500,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
 def run_render_dmc(args: argparse.Namespace) -> int:
     from .data.dmc import DmcUnavailable, render_dmc
 
+    check_output_dir(args.out, "--out")
     try:
         summary = render_dmc(
             [d for d in args.domains.split(",") if d.strip()], clips=args.clips,

@@ -168,6 +168,7 @@ class TrainConfig:
         for name in ("base_pretrain_steps", "lr_warmup_steps", "num_workers"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(0 <= self.seed < 2 ** 32, f"seed must lie in [0, 2**32), got {self.seed}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("adam_beta1", "adam_beta2"):
             need(0 <= getattr(self, name) < 1,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .cli import SCHEDULERS
+from .safety import check_output_file, check_safetensors, float_range, int_range
 
 METRICS = ("fvd", "kvd", "is", "content", "motion", "fvd_digits")
 I3D_METRICS = frozenset({"fvd", "kvd", "is"})
@@ -406,6 +407,14 @@ def evaluate(
         raise FileNotFoundError(f"fake: no folder of videos or model folder at {fake!r}")
     if str(real) != MOVING_DIGITS and not Path(real).is_dir():
         raise FileNotFoundError(f"real: neither {MOVING_DIGITS!r} nor a folder: {real}")
+    from .data.video_folder import scan
+
+    if str(real) != MOVING_DIGITS and not any(scan(Path(real))):
+        raise ValueError(f"real: no videos or frame folders in {real}")
+    if is_model_dir(fake):
+        check_safetensors(fake)
+    if out is not None:
+        check_output_file(out, "out")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     size = parse_resolution(resolution) if resolution is not None else None
     notes: list[str] = []
@@ -537,17 +546,17 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="a folder of videos, or a model folder (with model_index.json) to sample")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help=f"comma-separated subset of {','.join(METRICS)}")
-    p.add_argument("--num-videos", type=int, default=256, help="videos per set")
-    p.add_argument("--num-frames", "--frames", type=int, default=PROTOCOL_FRAMES,
+    p.add_argument("--num-videos", type=int_range(1), default=256, help="videos per set")
+    p.add_argument("--num-frames", "--frames", type=int_range(1), default=PROTOCOL_FRAMES,
                    help="frames per clip")
-    p.add_argument("--resolution", type=int,
+    p.add_argument("--resolution", type=int_range(8),
                    help="clip side in pixels (default: the model's sample size, else 32)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=int_range(0, 2 ** 63 - 1), default=0, help="sampling seed")
     p.add_argument("--class-labels", type=_labels,
                    help="model: labels to cycle through; folder: one per video")
-    p.add_argument("--steps", dest="num_inference_steps", type=int, default=50,
+    p.add_argument("--steps", dest="num_inference_steps", type=int_range(1, 10_000), default=50,
                    help="sampling steps")
-    p.add_argument("--guidance-scale", "--guidance", type=float,
+    p.add_argument("--guidance-scale", "--guidance", type=float_range(0),
                    help="classifier-free guidance; default: the model's own "
                         "(default_guidance_scale), else 2 for conditional models, else 1")
     p.add_argument("--scheduler", choices=SCHEDULERS,
@@ -556,7 +565,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="model: start from pure noise, not from the noised mean of the "
                         "training data that the folder may hold (docs/training.md, "
                         "'Signal leak')")
-    p.add_argument("--batch-size", type=int, default=8, help="videos per sampling/I3D batch")
+    p.add_argument("--batch-size", type=int_range(1), default=8,
+                   help="videos per sampling/I3D batch")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--condition", choices=("auto", "class", "text"), default="auto",
                    help="a model conditioned on class and text: sample with captions (auto, "

@@ -127,7 +127,11 @@ def _number(kind, text: str, low=None, high=None, low_open=False):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    if low is not None and (value <= low if low_open else value < low):
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if low is not None and high is not None and (too_low or value > high):
+        raise argparse.ArgumentTypeError(
+            f"must lie in {'(' if low_open else '['}{low}, {high}], got {text!r}")
+    if too_low:
         raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text!r}")
     if high is not None and value > high:
         raise argparse.ArgumentTypeError(f"must be <= {high}, got {text!r}")
@@ -205,6 +209,16 @@ def check_output_dir(path: str | Path, option: str, files: tuple[str, ...] = ())
     for name in files:
         if (path / name).is_dir():
             raise ValueError(f"{option}: {path / name} is a folder, a file is to be written there")
+    return path
+
+
+def check_output_file(path: str | Path, option: str) -> Path:
+    """Refuse an output file path that is a folder or whose folder cannot be created, before
+    the work that would write it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option}: {path} is a folder, a file is to be written there")
+    check_output_dir(path.parent if str(path.parent) else ".", option)
     return path
 
 

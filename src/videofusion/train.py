@@ -215,7 +215,8 @@ def train(config: TrainConfig) -> Path:
     continues it. Stopping at the step of the last checkpoint exports a killed run's weights
     without training further.
     """
-    trainer = Trainer(config.validate())
+    safety.check_output_dir(config.validate().output_dir, "output_dir")
+    trainer = Trainer(config)
     try:
         return trainer.run()
     finally:
