@@ -286,3 +286,21 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_good_checkpoints(
     weights = load_file(out / "checkpoints" / "step-000002" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert not (out / ".videofusion.lock").exists()
+
+
+def test_a_truncated_video_in_the_training_folder_is_skipped_and_counted(tmp_path, capsys):
+    import numpy as np
+
+    from videofusion.video_io import write_mp4
+
+    data = tmp_path / "videos"
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_mp4(rng.random((8, 16, 16, 3)), data / f"clip_{i}.mp4")
+    broken = data / "clip_1.mp4"
+    broken.write_bytes(broken.read_bytes()[:300])  # a download cut short
+    out = tmp_path / "run"
+    code, err = run_cli([*FLAGS, "--data", data, "--output-dir", out, "--max-steps", "1"],
+                        capsys)
+    assert code == 0, err
+    assert json.loads((out / "train_summary.json").read_text())["skipped_files"] == 1
