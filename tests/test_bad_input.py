@@ -175,3 +175,47 @@ def test_the_table_covers_every_command_and_forty_cases():
     assert len(CASES) >= 40
     commands = {argv[0] for argv, _ in CASES}
     assert commands == {"train", "train-vae", "sample", "info", "eval", "bench", "data"}
+
+
+def number_options():
+    """(command argv, option, kind) for every option of every command that takes a number."""
+    import argparse
+
+    from videofusion.cli import build_parser
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, [*prefix, name])
+            elif action.option_strings and action.type is not None:
+                kind = getattr(action.type, "__name__", "")
+                if kind in ("int", "float", "finite_float"):
+                    yield prefix, action.option_strings[-1], "float" if "float" in kind else kind
+
+    return list(walk(build_parser(), []))
+
+
+BASES = {"train": TRAIN, "sample": SAMPLE, "eval": EVAL, "bench": BENCH,
+         "data render-dmc": DMC, "train-vae": VAE}
+FUZZ = [(" ".join(command), option, value)
+        for command, option, kind in number_options()
+        for value in (("x", "nan", "inf", "-inf", "1e400") if kind == "float" else
+                      ("x", "1.5", "nan", "1e3"))]
+
+
+@pytest.mark.parametrize("command, option, value", FUZZ)
+def test_every_number_option_refuses_non_numbers_and_non_finite_values(
+        command, option, value, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, model=tmp_path, corrupt=tmp_path) for a in BASES[command]]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, f"{option}={value}"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert option in lines[0], lines[0]
+
+
+def test_the_fuzz_reaches_every_command_with_numbers():
+    assert {command for command, _, _ in FUZZ} == set(BASES)
+    assert len({(c, o) for c, o, _ in FUZZ}) >= 60
