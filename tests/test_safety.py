@@ -106,6 +106,7 @@ def test_a_payload_in_any_pickle_file_of_a_checkpoint_never_runs(run, tmp_path, 
         code, err = run_cli([*FLAGS, "--output-dir", run, "--resume"], capsys)
         line = one_line_error(err)
         assert code == 2 and not marker.exists(), (name, err)
+        assert err.strip().splitlines() == [line]  # nothing else on stderr
         assert str(pristine) in line and "refusing this checkpoint" in line, line
         if backup is None:
             pristine.unlink()

@@ -28,6 +28,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -212,22 +213,35 @@ def verify_checkpoint(checkpoint: str | Path) -> dict:
                     raise UnsafeCheckpoint(
                         f"checkpoint file {path} is a pickle that videofusion never writes "
                         "and never loads (it could run code); refusing this checkpoint")
-                weights_only_load(path, map_location="cpu")  # weights_only=True
+                with warnings.catch_warnings():  # e.g. "pickle protocol 4": stderr stays one line
+                    warnings.simplefilter("ignore")
+                    weights_only_load(path, map_location="cpu")  # weights_only=True
             elif path.suffix == ".safetensors":
                 with safe_open(str(path), framework="pt") as handle:
                     handle.keys()
             elif path.suffix == ".json":
                 json.loads(path.read_text())
         except pickle.UnpicklingError as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
             raise UnsafeCheckpoint(f"checkpoint file {path} holds more than tensors and was not "
-                                   f"loaded ({reason}); refusing this checkpoint") from None
+                                   f"loaded ({_cause(err)}); refusing this checkpoint") from None
         except (UnsafeCheckpoint, CorruptCheckpoint):
             raise
         except Exception as err:  # torch, safetensors and json raise many types on bad bytes
             raise CorruptCheckpoint(f"checkpoint file {path} is unreadable "
                                     f"({type(err).__name__}: {err})") from err
     return state
+
+
+def _cause(err: Exception) -> str:
+    """The cause in torch's page-long weights-only error, which also suggests
+    ``weights_only=False``: e.g. ``unsupported GLOBAL posix.system``."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation",
+                   "(1)", "(2)")
+    for line in str(err).splitlines():
+        line = line.replace("WeightsUnpickler error:", "").strip()
+        if line and not line.startswith(boilerplate):
+            return line.split(" was not an allowed")[0].split(" whose module")[0]
+    return "not plain tensors"
 
 
 def _fsync_tree(folder: Path) -> None:
