@@ -156,6 +156,9 @@ def run_row(args, name: str) -> dict:
         return rescore(args, report_path)
     if spec.get("pretrained") and not (out / "checkpoints").is_dir():
         shutil.copytree(args.runs / "stage1", out)
+        # a deliberate branch: the row resumes stage 1 with its own settings, which --resume
+        # refuses against a saved config.yaml (docs/training.md, "Safety")
+        (out / "config.yaml").unlink()
     with open(args.runs / f"{name}.log", "a") as log:
         train(args, out, row_flags(args, spec), log, jobs=min(args.jobs, len(args.names)))
     from videofusion.evaluate import evaluate

@@ -7,7 +7,8 @@
   the new run's first checkpoint.
 - ``finite_float`` and friends: argparse types that refuse ``nan``/``inf`` and out-of-range
   numbers at parse time; ``check_size`` refuses tensors that could never be allocated.
-- ``check_output_dir``: an output folder that cannot be written is refused before the work.
+- ``check_output_dir`` / ``check_output_file``: output paths that cannot be written are refused
+  before the work.
 """
 
 from __future__ import annotations
@@ -194,18 +195,17 @@ def check_size(what: str, elements: int, copies: int = 1) -> None:
 
 
 def check_output_dir(path: str | Path, option: str, files: tuple[str, ...] = ()) -> Path:
-    """Create ``path`` (a folder) now, so that a file in its place or an unwritable parent is
-    refused before the work; ``files`` that exist there as folders are refused too."""
+    """Refuse, before the work, an output folder that cannot be made: a file in its place or in
+    the place of a parent, an unwritable parent, or ``files`` to write that exist as folders.
+    Nothing is created."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option}: {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"{option}: cannot create the folder {path} "
-                         f"({err.strerror or err})") from None
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"{option}: the folder {path} is not writable")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{option}: {existing} is a file, so {path} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option}: the folder {existing} is not writable")
     for name in files:
         if (path / name).is_dir():
             raise ValueError(f"{option}: {path / name} is a folder, a file is to be written there")

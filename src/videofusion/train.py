@@ -251,7 +251,7 @@ class Trainer:
     def _guard_output(self) -> safety.RunLock:
         """The checks before any work (docs/training.md, "Safety"): a changed config on
         ``resume`` and a run in the way are refused; then the folder's lock is taken (main
-        process), and ``overwrite`` sets the old run aside."""
+        process). ``overwrite`` sets the old run aside later, in ``run``, once all is built."""
         config, accelerator = self.config, self.accelerator
         saved = self.output / "config.yaml"
         if config.resume and saved.is_file():
@@ -274,11 +274,6 @@ class Trainer:
                                                  device=accelerator.device))
         if failed.any():
             raise ValueError(error or f"output_dir: {self.output} is in use by another run")
-        if config.overwrite and found and accelerator.is_main_process:
-            aside = safety.set_aside(self.output)
-            self._print(f"--overwrite: the old run waits in {aside} until this run's first "
-                        "checkpoint, then it is deleted")
-        accelerator.wait_for_everyone()
         return lock
 
     def _setup(self) -> None:
@@ -419,9 +414,7 @@ class Trainer:
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.ema = (EMAModel(self.model.parameters(), decay=config.ema_decay, use_ema_warmup=True,
                              power=3 / 4) if config.ema_decay > 0 else None)
-        self.state = TrainingState(self.ema, self._lr_scheduler("image" if
-                                                                config.base_pretrain_steps
-                                                                else "joint"))
+        self.state = TrainingState(self.ema, self._lr_scheduler(self._stage(0)))
         resumed = checkpoint.resume_checkpoint(self.checkpoints, self._load) \
             if config.resume else None
         if config.resume and resumed is None:
@@ -434,6 +427,10 @@ class Trainer:
                 self.ema.shadow_params = [p.detach().clone() for p in self.model.parameters()]
                 self._print("the checkpoint holds no EMA: the EMA starts from its weights")
         if accelerator.is_main_process:  # only now: every check has passed
+            if config.overwrite and safety.holds_run(self.output):
+                aside = safety.set_aside(self.output)
+                self._print(f"--overwrite: the old run waits in {aside} until this run's first "
+                            "checkpoint, then it is deleted")
             checkpoint.remove_stale(self.checkpoints)
             config.save(self.output / "config.yaml")
         accelerator.init_trackers("tensorboard")
