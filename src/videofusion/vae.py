@@ -197,9 +197,12 @@ def train_vae(config: VAETrainConfig) -> Path:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate)
     module, optimizer = accelerator.prepare(vae, optimizer)
     start, elapsed_before = 0, 0.0
-    latest = checkpoint.latest_checkpoint(checkpoints) if config.resume else None
-    if latest is not None:
-        state = checkpoint.load_checkpoint(accelerator, latest)
+    # the newest checkpoint that loads (a corrupt one falls back, an unsafe one stops)
+    resumed = checkpoint.resume_checkpoint(
+        checkpoints, lambda folder: checkpoint.load_checkpoint(accelerator, folder)) \
+        if config.resume else None
+    if resumed is not None:
+        latest, state = resumed
         start, elapsed_before = state["step"], state["elapsed_seconds"]
         tqdm.write(f"videofusion: resumed from {latest} at step {start}")
     elif config.resume:
