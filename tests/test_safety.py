@@ -305,3 +305,42 @@ def test_a_truncated_video_in_the_training_folder_is_skipped_and_counted(tmp_pat
                         capsys)
     assert code == 0, err
     assert json.loads((out / "train_summary.json").read_text())["skipped_files"] == 1
+
+
+def test_an_old_pickled_trainer_state_is_refused_then_converted_without_unpickling_code(
+        run, tmp_path, capsys):
+    """Checkpoints of older versions held the EMA and LR schedule as custom_checkpoint_0.pkl;
+    scripts/migrate_checkpoints.py converts them with the weights-only unpickler."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location(
+        "migrate_checkpoints", Path(__file__).parent.parent / "scripts" / "migrate_checkpoints.py")
+    migrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migrate)
+    folder = run / "checkpoints" / "step-000002"
+    ema = load_file(folder / "ema.safetensors")
+    meta = json.loads((folder / "training_state.json").read_text())
+    old_state = {"ema": {**meta["ema"], "shadow_params": [ema[str(i)] for i in range(len(ema))]},
+                 "lr_scheduler": meta["lr_scheduler"]}
+    torch.save(old_state, folder / "custom_checkpoint_0.pkl")  # what accelerate wrote
+    (folder / "ema.safetensors").unlink()
+    (folder / "training_state.json").unlink()
+    code, err = run_cli([*FLAGS, "--output-dir", run, "--resume"], capsys)
+    assert code == 2 and "migrate_checkpoints.py" in one_line_error(err)
+
+    assert migrate.main([str(run)]) == 0
+    assert not (folder / "custom_checkpoint_0.pkl").exists()
+    converted = load_file(folder / "ema.safetensors")
+    assert all(torch.equal(ema[k], converted[k]) for k in ema)
+    assert json.loads((folder / "training_state.json").read_text()) == {**meta,
+                                                                         "nonfinite_steps": 0}
+    code, err = run_cli([*FLAGS, "--output-dir", run, "--resume", "--max-steps", "3"], capsys)
+    assert code == 0, err
+
+    marker = tmp_path / "pwned"  # a planted payload is refused, not run
+    (folder / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(SystemExit):
+        migrate.main([str(run)])
+    assert not marker.exists()

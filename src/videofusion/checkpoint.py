@@ -210,9 +210,12 @@ def verify_checkpoint(checkpoint: str | Path) -> dict:
         try:
             if path.name.endswith(PICKLE_SUFFIXES):
                 if not ALLOWED_PICKLES.match(path.name) or path.parent != folder:
+                    older = (" (older videofusion wrote its trainer state so: convert it with "
+                             "python scripts/migrate_checkpoints.py RUN_DIR)"
+                             if path.name == "custom_checkpoint_0.pkl" else "")
                     raise UnsafeCheckpoint(
                         f"checkpoint file {path} is a pickle that videofusion never writes "
-                        "and never loads (it could run code); refusing this checkpoint")
+                        f"and never loads (it could run code); refusing this checkpoint{older}")
                 with warnings.catch_warnings():  # e.g. "pickle protocol 4": stderr stays one line
                     warnings.simplefilter("ignore")
                     weights_only_load(path, map_location="cpu")  # weights_only=True
