@@ -358,7 +358,8 @@ def check_video_size(videos: int, frames: int, resolution: int) -> None:
                                  ("--num-videos x labels", videos, MAX_BATCH)):
         if value > limit:
             raise ValueError(f"{option} must be <= {limit}, got {value} ({what} would need "
-                             f"{format_bytes(need)} for the frames alone)")
+                             f"{'' if resolution else 'at least '}{format_bytes(need)} for the "
+                             "frames alone)")
     check_size(what, need // 4)
 
 

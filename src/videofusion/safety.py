@@ -190,7 +190,7 @@ def check_size(what: str, elements: int, copies: int = 1) -> None:
     need = 4 * elements * copies
     have = memory_limit()
     if need > have:
-        raise ValueError(f"{what} would need {format_bytes(need)} for its tensors alone; "
+        raise ValueError(f"{what} would need {format_bytes(need)} in fp32 tensors alone; "
                          f"this machine has {format_bytes(have)}")
 
 
