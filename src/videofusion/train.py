@@ -536,10 +536,14 @@ class Trainer:
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(self.module.parameters(),
                                                        config.max_grad_norm)
-                    # NaN guard: summed over processes, so that all of them skip alike
-                    check = torch.stack([totals.sum(), torch.as_tensor(norm).to(totals)])
+                    # NaN guard, summed over processes so that all of them skip alike. With
+                    # fp16 the gradient norm is the GradScaler's business: it skips overflowing
+                    # steps itself (and must see each step to lower its scale).
+                    check = totals.sum()[None]
+                    if norm is not None and accelerator.scaler is None:
+                        check = torch.cat([check, torch.as_tensor(norm).to(totals)[None]])
                     finite = bool(torch.isfinite(accelerator.reduce(check, "sum")).all())
-                if finite:
+                if finite or accelerator.scaler is not None:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         if finite and not accelerator.optimizer_step_was_skipped:
