@@ -344,3 +344,17 @@ def test_an_old_pickled_trainer_state_is_refused_then_converted_without_unpickli
     with pytest.raises(SystemExit):
         migrate.main([str(run)])
     assert not marker.exists()
+
+
+def test_a_lock_being_written_counts_as_live_and_an_old_empty_one_as_stale(tmp_path):
+    from videofusion.safety import RunLock
+
+    lock = tmp_path / ".videofusion.lock"
+    lock.write_text("")  # another run between its O_EXCL create and its record
+    with pytest.raises(ValueError, match="in use by another run"):
+        RunLock(tmp_path).acquire()
+    os.utime(lock, (0, 0))  # the writer died long ago
+    held = RunLock(tmp_path).acquire()
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    held.release()
+    assert not lock.exists()

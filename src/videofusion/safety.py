@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 LOCK_FILE = ".videofusion.lock"
@@ -48,7 +49,9 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
-                if owner is not None and _alive(owner):
+                if owner is None and self._age() < 10:  # a run that has just created it
+                    owner = {"pid": "?", "host": "?"}
+                if owner is not None and (owner["pid"] == "?" or _alive(owner)):
                     raise ValueError(
                         f"output_dir: {self.path.parent} is in use by another run (pid "
                         f"{owner.get('pid')} on {owner.get('host')}, lock file {self.path}); "
@@ -68,6 +71,12 @@ class RunLock:
         except (OSError, ValueError):
             return None  # unreadable: a writer killed before it wrote the record
         return owner if isinstance(owner, dict) else None
+
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except OSError:
+            return 0.0
 
     def release(self) -> None:
         if self.held:
