@@ -66,8 +66,9 @@ class VideoFusionModel(nn.Module):
         if in_channels is not None and residual_input in KEY_FRAME_CHANNEL_INPUTS:
             if in_channels != 2 * out_channels:
                 raise ValueError(
-                    f"residual_input={residual_input!r} needs a residual generator with twice as many "
-                    f"input channels as output channels, got {in_channels} and {out_channels}"
+                    f"residual_input={residual_input!r} needs a residual generator with twice "
+                    f"as many input channels as output channels, got {in_channels} and "
+                    f"{out_channels}"
                 )
 
     @property
