@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .assets import DEFAULT_MODEL_DIR
+from .config import RESIDUAL_INPUTS
 from .safety import (
     RunStopped,
     check_output_dir,
@@ -80,8 +81,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="share of each frame's noise common to the clip (spec §1), in [0, 1]")
     g.add_argument("--condition", choices=("none", "class", "text", "class+text"),
                    help="class+text: both, each dropped independently (either alone at sampling)")
-    g.add_argument("--residual-input", choices=("paper", "with_key_frame",
-                                                 "key_frame_difference"))
+    g.add_argument("--residual-input", choices=RESIDUAL_INPUTS)
     g.add_argument("--base-channels", type=_widths, help="e.g. 32,64,64")
     g.add_argument("--residual-channels", type=_widths, help="e.g. 16,32,64")
     g.add_argument("--layers-per-block", type=int)

@@ -17,7 +17,7 @@ import yaml
 
 MODEL_KINDS = ("videofusion", "vdm")
 CONDITIONS = ("none", "class", "text", "class+text")
-RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference")
+RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference", "key_frame_estimate")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 BETA_SCHEDULES = ("linear", "scaled_linear")
 LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v")

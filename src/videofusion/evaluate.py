@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .cli import SCHEDULERS
 from .safety import check_output_file, check_safetensors, float_range, int_range
 
-METRICS = ("fvd", "kvd", "is", "content", "motion", "fvd_digits")
+METRICS = ("fvd", "kvd", "is", "content", "motion", "fvd_digits", "coherence")
 I3D_METRICS = frozenset({"fvd", "kvd", "is"})
 SET_METRICS = frozenset({"fvd", "kvd", "fvd_digits"})  # need a covariance: >= 2 videos per set
 MOVING_DIGITS = "moving-digits"
@@ -42,6 +42,12 @@ _TABLE = (
     ("content consistency", "content_consistency", True, "{:.4f}"),
     ("prompt adherence", "prompt_adherence", True, "{:.4f}"),
     ("motion error (frame side)", "motion_error", True, "{:.4f}"),
+    ("key-frame seam", "key_frame_seam", True, "{:.3f}"),
+    ("flicker", "flicker", True, "{:.4f}"),
+    ("colour deviation", "colour_deviation", True, "{:.4f}"),
+    ("palette colours covered", "palette_coverage", True, "{:d}"),
+    ("mean speed (frame side)", "mean_speed", True, "{:.4f}"),
+    ("jerk (frame side)", "jerk", True, "{:.4f}"),
 )
 
 # Metric key -> the key of its spread, printed as "value ± spread".
@@ -340,6 +346,13 @@ def compute_metrics(
                                                      passes["fake"]["features"])
             result["fvd_digits_bootstrap_std"] = fvd.frechet_distance_bootstrap_std(
                 passes["real"]["features"], passes["fake"]["features"])
+    if "coherence" in metrics:
+        from videofusion.metrics.coherence import coherence_metrics
+
+        digits_data = real.description.startswith(MOVING_DIGITS)
+        result.update(coherence_metrics(fake.videos, digits=digits_data))
+        result.update({f"{k}_real": v for k, v in
+                       coherence_metrics(real.videos, digits=digits_data).items()})
     return result
 
 
@@ -489,6 +502,12 @@ def _report(real: VideoSet, fake: VideoSet, metrics: tuple[str, ...], values: di
                                      "classifier and tracker see each frame's foreground "
                                      "(channels minus their median); motion error in frame "
                                      "sides")
+    if "coherence" in metrics:
+        protocol["coherence"] = ("videofusion.metrics.coherence: key-frame seam (key frame's "
+                                 "deviation from its neighbours' mean over the other inner "
+                                 "frames'), flicker on 4x4 frames; on moving digits also colour "
+                                 "deviation from the clip median, palette colours covered, "
+                                 "tracked speed and jerk in frame sides")
     return {
         "protocol": protocol,
         "metrics": values,

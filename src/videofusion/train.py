@@ -41,7 +41,7 @@ from .config import RESUMABLE, TrainConfig
 from .data import build_dataset
 from .models.base import BaseGenerator
 from .models.factory import build_model, count_parameters
-from .models.videofusion import VideoFusionModel
+from .models.videofusion import KEY_FRAME_CHANNEL_INPUTS, VideoFusionModel
 from .noise import key_frame_index
 from .objective import diffusion_loss, image_diffusion_loss
 
@@ -349,9 +349,10 @@ class Trainer:
         """Fine-tuning: copy a trained pipeline's weights into the networks the config builds,
         so the run's config stays the one description of its model (a mismatch is an error).
 
-        One change of architecture is allowed: a ``paper`` model fine-tuned as
-        ``with_key_frame`` gets zero weights on the residual generator's new key-frame input
-        channels, so the run starts from exactly the parent's predictions."""
+        Two changes of residual input are allowed: a ``paper`` model fine-tuned with a key-frame
+        input (``with_key_frame``, ``key_frame_estimate``) gets zero weights on the residual
+        generator's new input channels, so the run starts from exactly the parent's
+        predictions; and one key-frame input may replace the other (same shapes, weights kept)."""
         from safetensors.torch import load_file
 
         if not (folder / "residual" / "config.json").is_file():
@@ -369,8 +370,10 @@ class Trainer:
                                  f"{trained.get(key)!r}, the config has {getattr(config, key)!r}")
         index = json.loads((folder / "model_index.json").read_text())
         parent_input = index.get("residual_input", "paper")
-        widen = parent_input == "paper" and config.residual_input == "with_key_frame"
-        if parent_input != config.residual_input and not widen:
+        key_inputs = KEY_FRAME_CHANNEL_INPUTS
+        widen = parent_input == "paper" and config.residual_input in key_inputs
+        swap = parent_input in key_inputs and config.residual_input in key_inputs
+        if parent_input != config.residual_input and not (widen or swap):
             raise ValueError(f"--init-from: {folder} was trained with residual_input "
                              f"{parent_input!r}, the config has {config.residual_input!r}")
         networks = {"residual": model.residual}

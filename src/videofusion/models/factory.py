@@ -12,7 +12,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
 from .residual import SpaceTimeUNet
-from .videofusion import VideoFusionModel
+from .videofusion import KEY_FRAME_CHANNEL_INPUTS, VideoFusionModel
 
 CONDITIONS = ("none", "class", "text", "class+text")
 
@@ -95,7 +95,7 @@ def build_model(
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     cond = {"num_classes": num_classes if "class" in condition else None,
             "cross_attention_dim": text_dim if "text" in condition else None}
-    in_channels = 2 * channels if residual_input == "with_key_frame" else channels
+    in_channels = 2 * channels if residual_input in KEY_FRAME_CHANNEL_INPUTS else channels
     residual = build_residual(channels, residual_channels, layers_per_block,
                               in_channels=in_channels, **cond)
     base = build_base_unet(sample_size, channels, base_channels, layers_per_block, **cond)

@@ -22,10 +22,12 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
+from ..config import RESIDUAL_INPUTS
 from ..noise import combine_noise, key_frame_index, make_lambdas, per_frame
 from .base import BaseGenerator
 
-RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference")
+# Residual inputs that carry a second image of the key frame on C extra input channels.
+KEY_FRAME_CHANNEL_INPUTS = ("with_key_frame", "key_frame_estimate")
 
 
 class NoisePrediction(NamedTuple):
@@ -39,7 +41,12 @@ class VideoFusionModel(nn.Module):
 
     ``residual_input`` picks what R_psi sees (spec §2): ``"paper"`` the frame with the estimated
     base noise removed; ``"with_key_frame"`` that plus the noisy key frame on extra channels;
-    ``"key_frame_difference"`` ``z_t^i - sqrt(lambda^i) z_t^k``.
+    ``"key_frame_difference"`` ``z_t^i - sqrt(lambda^i) z_t^k``; ``"key_frame_estimate"`` z'
+    plus the base generator's current clean estimate of the key frame,
+    ``xhat0^k = (z_t^k - sqrt(1 - abar_t) bhat) / sqrt(abar_t)`` clamped to the data range, on
+    extra channels. The last two are beyond the paper: with ``"key_frame_estimate"`` the
+    residual generator sees, at every noise level, the content the key frame is heading to, so
+    the other frames can follow it instead of guessing their own (the key-frame seam).
     """
 
     def __init__(self, residual: nn.Module, base: nn.Module | None = None,
@@ -56,11 +63,12 @@ class VideoFusionModel(nn.Module):
         self.residual_input = residual_input
         in_channels = getattr(getattr(residual, "config", None), "in_channels", None)
         out_channels = getattr(getattr(residual, "config", None), "out_channels", None)
-        if in_channels is not None and residual_input == "with_key_frame":
+        if in_channels is not None and residual_input in KEY_FRAME_CHANNEL_INPUTS:
             if in_channels != 2 * out_channels:
                 raise ValueError(
-                    "residual_input='with_key_frame' needs a residual generator with twice as many "
-                    f"input channels as output channels, got {in_channels} and {out_channels}"
+                    f"residual_input={residual_input!r} needs a residual generator with twice "
+                    f"as many input channels as output channels, got {in_channels} and "
+                    f"{out_channels}"
                 )
 
     @property
@@ -146,7 +154,11 @@ class VideoFusionModel(nn.Module):
             return z_t - s.sqrt() * key
         sigma = (1 - alpha_bar.to(z_t)).sqrt().view(-1, 1, 1, 1, 1)
         z_res = z_t - s.sqrt() * sigma * base.unsqueeze(2)  # (B, C, F, H, W)
-        if self.residual_input == "with_key_frame":
-            key = z_t[:, :, key_frame_index(z_t.shape[2])].unsqueeze(2).expand_as(z_t)
+        if self.residual_input in KEY_FRAME_CHANNEL_INPUTS:
+            key = z_t[:, :, key_frame_index(z_t.shape[2])]  # (B, C, H, W)
+            if self.residual_input == "key_frame_estimate":
+                a = alpha_bar.to(z_t).view(-1, 1, 1, 1)
+                key = ((key - (1 - a).sqrt() * base) / a.sqrt()).clamp(-1, 1)
+            key = key.unsqueeze(2).expand_as(z_t)
             z_res = torch.cat([z_res, key], dim=1)  # (B, 2C, F, H, W)
         return z_res

@@ -1,0 +1,167 @@
+"""Temporal coherence: whether a clip's frames belong together, compared with real clips.
+
+Distribution distances (FVD) and per-frame classifiers (content consistency) can stay good while
+a clip visibly falls apart in time: a key frame of another colour than its neighbours, a colour
+that drifts, a digit that jumps. These metrics look at exactly that.
+
+For any video (pixels in [0, 1], frames ``(batch, frames, H, W, channels)``):
+
+* **key-frame seam**: how much the key frame ``k = frames // 2`` differs from the mean of its two
+  neighbours, divided by the same quantity averaged over the other inner frames
+  (:func:`seam_ratio`). In VideoFusion the key frame is drawn by the base generator alone and
+  every other frame through the residual generator, so a disagreement between the two networks
+  shows here first. Real clips: about 1 (no frame is special). The same ratio at the frames
+  where consecutive clips of a long video meet is the long-video seam.
+* **flicker**: the mean frame-to-frame change of the low-frequency appearance (frames averaged
+  down to ``FLICKER_SIZE`` x ``FLICKER_SIZE``), read against the real clips' value: slow,
+  smooth motion changes it little, colour or brightness jumps change it a lot.
+
+For moving digits (one digit on a dark background):
+
+* **colour constancy**: the digit's colour per frame (mean RGB of its brightest pixels, the
+  background median removed), as the mean absolute deviation from the clip's median colour;
+  real clips: 0.
+* **palette coverage**: the data's colour nearest to each clip's median digit colour; how many
+  of the seven colours a set of clips covers.
+* **motion smoothness**: the digit's tracked position (:func:`~videofusion.metrics.digits.
+  track_positions`), its mean speed and mean jerk (norm of the second difference), both in frame
+  sides per frame. A static clip has no jerk, so jerk is read together with the speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from videofusion.data.moving_digits import PALETTE
+from videofusion.metrics.digits import track_positions, unit_frames
+
+FLICKER_SIZE = 4
+# A pixel belongs to the digit's bright core if its foreground is at least this share of the
+# frame's brightest; frames whose brightest foreground is below DIGIT_MIN show no digit.
+CORE_SHARE = 0.5
+DIGIT_MIN = 0.2
+
+
+def _frames(videos) -> torch.Tensor:
+    """``(batch, frames, channels, H, W)`` float64 in [0, 1]."""
+    return unit_frames(videos).double()
+
+
+def frame_deviations(videos) -> np.ndarray:
+    """``(batch, frames - 2)``: mean |x_i - (x_{i-1} + x_{i+1}) / 2| of each inner frame i."""
+    x = _frames(videos)
+    if x.shape[1] < 3:
+        raise ValueError(f"videos: coherence metrics need at least 3 frames, got {x.shape[1]}")
+    middle = (x[:, :-2] + x[:, 2:]) / 2
+    return (x[:, 1:-1] - middle).abs().mean(dim=(2, 3, 4)).numpy()
+
+
+def seam_ratio(videos, frames: Sequence[int]) -> float:
+    """Mean deviation at ``frames`` (inner frame indices) over that of the other inner frames.
+
+    Averaged over the whole set before dividing, so near-static clips do not blow it up.
+    """
+    deviations = frame_deviations(videos)  # (B, F - 2), column j is frame j + 1
+    num_frames = deviations.shape[1] + 2
+    chosen = sorted({int(f) for f in frames})
+    if not chosen or chosen[0] < 1 or chosen[-1] > num_frames - 2:
+        raise ValueError(f"frames: inner frame indices 1..{num_frames - 2} expected, got {frames}")
+    mask = np.zeros(num_frames - 2, dtype=bool)
+    mask[[f - 1 for f in chosen]] = True
+    if mask.all():
+        raise ValueError("frames: at least one inner frame must be left to compare with")
+    other = deviations[:, ~mask].mean()
+    return float(deviations[:, mask].mean() / max(other, 1e-12))
+
+
+def key_frame_seam(videos) -> float:
+    """:func:`seam_ratio` at the key frame ``frames // 2``."""
+    num_frames = _num_frames(videos)
+    return seam_ratio(videos, [num_frames // 2])
+
+
+def _num_frames(videos) -> int:
+    return int(videos.shape[1] if isinstance(videos, np.ndarray) else videos.shape[2])
+
+
+def flicker(videos) -> float:
+    """Mean |L_{i+1} - L_i| of the frames averaged down to ``FLICKER_SIZE`` squared."""
+    x = _frames(videos)
+    b, f, c, h, w = x.shape
+    low = F.adaptive_avg_pool2d(x.flatten(0, 1), FLICKER_SIZE).view(b, f, c, -1)
+    return float((low[:, 1:] - low[:, :-1]).abs().mean())
+
+
+def digit_colours(videos) -> np.ndarray:
+    """``(batch, frames, 3)``: mean colour of each frame's brightest digit pixels, the
+    background (each channel's median) removed; NaN where a frame shows no digit."""
+    x = _frames(videos)
+    if x.shape[2] == 1:
+        x = x.expand(-1, -1, 3, -1, -1)
+    background = x.flatten(-2).median(dim=-1).values[..., None, None]
+    fg = (x - background).clamp(min=0.0)  # (B, F, 3, H, W)
+    intensity = fg.amax(dim=2)  # (B, F, H, W)
+    peak = intensity.flatten(-2).amax(dim=-1)[..., None, None]
+    core = (intensity >= CORE_SHARE * peak) & (peak >= DIGIT_MIN)
+    weights = core.unsqueeze(2).double()
+    colours = (fg * weights).sum(dim=(-2, -1)) / weights.sum(dim=(-2, -1)).clamp(min=1)
+    colours[~core.flatten(-2).any(dim=-1)] = float("nan")
+    return colours.numpy()
+
+
+def colour_deviation(videos) -> np.ndarray:
+    """Per clip: mean |colour - clip median colour| over frames that show a digit and over the
+    three channels (NaN for a clip without any)."""
+    colours = digit_colours(videos)
+    out = np.full(len(colours), np.nan)
+    for n, clip in enumerate(colours):
+        seen = clip[~np.isnan(clip).any(axis=1)]
+        if len(seen):
+            out[n] = np.abs(seen - np.median(seen, axis=0)).mean()
+    return out
+
+
+def palette_names(videos) -> list[str | None]:
+    """Per clip: the data palette's colour nearest to its median digit colour, compared after
+    scaling each colour to a brightest channel of 1 (a dim red is still red)."""
+    names, table = list(PALETTE), np.array(list(PALETTE.values()))
+    out: list[str | None] = []
+    for clip in digit_colours(videos):
+        seen = clip[~np.isnan(clip).any(axis=1)]
+        if not len(seen):
+            out.append(None)
+            continue
+        colour = np.median(seen, axis=0)
+        colour = colour / max(colour.max(), 1e-9)
+        out.append(names[int(np.linalg.norm(table - colour, axis=1).argmin())])
+    return out
+
+
+def motion_statistics(videos) -> tuple[np.ndarray, np.ndarray]:
+    """Per clip: mean speed and mean jerk of the tracked digit, in frame sides per frame."""
+    positions, (h, w) = track_positions(videos)  # (B, F, 2) pixels
+    side = float(max(h, w))
+    speed = np.linalg.norm(np.diff(positions, axis=1), axis=-1).mean(axis=1) / side
+    jerk = np.linalg.norm(np.diff(positions, n=2, axis=1), axis=-1).mean(axis=1) / side
+    return speed, jerk
+
+
+def coherence_metrics(videos, digits: bool = False) -> dict[str, float]:
+    """The set's coherence numbers (moving-digits ones with ``digits``), JSON-ready."""
+    result = {"key_frame_seam": key_frame_seam(videos), "flicker": flicker(videos)}
+    if digits:
+        deviation = colour_deviation(videos)
+        speed, jerk = motion_statistics(videos)
+        names = [n for n in palette_names(videos) if n is not None]
+        result.update({
+            "colour_deviation": float(np.nanmean(deviation)) if np.isfinite(deviation).any()
+            else None,
+            "palette_coverage": len(set(names)),
+            "mean_speed": float(speed.mean()),
+            "jerk": float(jerk.mean()),
+        })
+    return result

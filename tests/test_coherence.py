@@ -1,0 +1,96 @@
+"""Coherence metrics separate real clips from the same clips broken in time."""
+
+import numpy as np
+import pytest
+
+from videofusion.evaluate import load_moving_digits
+from videofusion.metrics import coherence
+
+
+@pytest.fixture(scope="module")
+def real():
+    return load_moving_digits(16, 16, (32, 32), progress=False).videos.astype(np.float32) / 255
+
+
+K = 8  # key frame of 16
+
+
+def recoloured_key_frame(videos):
+    out = videos.copy()
+    out[:, K] = np.roll(out[:, K], 1, axis=-1)  # red -> green -> blue -> red; white stays white
+    return out
+
+
+def shifted_key_frame(videos):
+    out = videos.copy()
+    out[:, K] = np.roll(out[:, K], 5, axis=2)
+    return out
+
+
+def shuffled(videos):
+    order = np.random.default_rng(0).permutation(videos.shape[1])
+    return videos[:, order]
+
+
+def frozen(videos):
+    return np.repeat(videos[:, K : K + 1], videos.shape[1], axis=1)
+
+
+def test_real_clips_have_no_seam_and_constant_colour(real):
+    assert 0.8 < coherence.key_frame_seam(real) < 1.25
+    assert np.nanmax(coherence.colour_deviation(real)) == 0.0
+    assert len(set(coherence.palette_names(real))) >= 5
+
+
+def test_seam_sees_a_recoloured_or_shifted_key_frame(real):
+    coloured = real[[n != "white" for n in coherence.palette_names(real)]]
+    assert coherence.key_frame_seam(recoloured_key_frame(coloured)) > 2.0
+    assert coherence.key_frame_seam(recoloured_key_frame(real)) > 1.5
+    assert coherence.key_frame_seam(shifted_key_frame(real)) > 2.0
+
+
+def test_seam_is_a_ratio_at_the_chosen_frames():
+    videos = np.zeros((1, 5, 4, 4, 3), np.float32)
+    videos[0, 2] = 0.4
+    videos[0, 3] = 0.1  # frame 2: |0.4 - 0.05| = 0.35; frame 1: |0 - 0.2| = 0.2; frame 3: 0.1
+    assert coherence.seam_ratio(videos, [2]) == pytest.approx(0.35 / 0.15)
+    assert coherence.seam_ratio(videos, [1, 3]) == pytest.approx(0.15 / 0.35)
+    with pytest.raises(ValueError, match="inner frame"):
+        coherence.seam_ratio(videos, [0])
+
+
+def test_colour_deviation_sees_a_recoloured_frame(real):
+    broken = coherence.colour_deviation(recoloured_key_frame(real))
+    not_white = [n != "white" for n in coherence.palette_names(real)]
+    assert (broken[not_white] > 0.02).all()
+
+
+def test_flicker_sees_shuffled_frames_and_a_frozen_clip(real):
+    reference = coherence.flicker(real)
+    assert coherence.flicker(shuffled(real)) > 1.5 * reference
+    assert coherence.flicker(frozen(real)) == 0.0
+
+
+def test_motion_jerk_and_speed(real):
+    speed, jerk = coherence.motion_statistics(real)
+    s_speed, s_jerk = coherence.motion_statistics(shuffled(real))
+    assert s_jerk.mean() > 2 * jerk.mean()
+    f_speed, f_jerk = coherence.motion_statistics(frozen(real))
+    assert f_jerk.max() == 0.0 and f_speed.max() == 0.0  # no jerk, but no motion either
+    assert speed.mean() > 0.03
+
+
+def test_palette_names_follow_the_colour():
+    videos = np.zeros((2, 5, 8, 8, 3), np.float32)
+    videos[0, :, 2:5, 2:5] = (0.6, 0.0, 0.0)  # a dim red digit
+    videos[1, :, 2:5, 2:5] = (0.0, 0.9, 0.9)
+    assert coherence.palette_names(videos) == ["red", "cyan"]
+    assert coherence.coherence_metrics(videos, digits=True)["palette_coverage"] == 2
+
+
+def test_digit_colour_ignores_a_tinted_background():
+    videos = np.zeros((1, 5, 8, 8, 3), np.float32)
+    videos[..., 2] = 0.5  # a blue-tinted background, as generated frames sometimes have
+    videos[0, :, 2:5, 2:5, 0] = 0.6  # a red digit on it
+    assert coherence.palette_names(videos) == ["red"]
+    assert coherence.colour_deviation(videos)[0] == 0.0
