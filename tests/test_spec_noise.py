@@ -87,3 +87,62 @@ def test_fresh_noise_with_a_fixed_base_keeps_residuals_independent_across_frames
     assert abs(corr(residual[:, :, 0], residual[:, :, 3])) < TOL
     assert abs(residual[:, :, 0].std() - 1) < 0.04
     assert abs(corr(key[:-1], key[1:])) < TOL  # each clip's base stream is its own
+
+
+# ---- defaults, dtypes and devices: what the draw promises beyond its statistics -------------
+
+
+def test_the_default_lambda_is_one_half_with_the_key_frame_at_one():
+    assert make_lambdas(4).tolist() == [0.5, 0.5, 1.0, 0.5]
+    assert make_lambdas(2, 0.3).tolist() == pytest.approx([0.3, 1.0])  # the shortest clip
+    parts = decomposed_noise((2, 1, 3, 2, 2), generator=torch.Generator().manual_seed(0),
+                             return_parts=True)
+    expected = 0.5 ** 0.5 * parts.base_noise + 0.5 ** 0.5 * parts.residual_noise[:, :, 0]
+    torch.testing.assert_close(parts.noise[:, :, 0], expected)
+
+
+@pytest.mark.parametrize("bad", [1 + 1e-12, [1.0, 1 + 1e-12, 1.0], -1e-12])
+def test_lambdas_just_outside_the_unit_interval_are_refused(bad):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        make_lambdas(3, bad)
+
+
+def test_the_requested_dtype_and_device_are_honoured():
+    shape = (2, 1, 3, 2, 2)
+    given = torch.randn(2, 1, 2, 2)  # float32 parts are cast to the requested dtype
+    parts = decomposed_noise(shape, 0.5, torch.Generator().manual_seed(0), dtype=torch.float64,
+                             base_noise=given, return_parts=True)
+    assert parts.noise.dtype == parts.base_noise.dtype == parts.residual_noise.dtype \
+        == torch.float64
+    # float64 all the way: the combination is exact to float64 precision
+    exact = 0.5 ** 0.5 * given.double() + 0.5 ** 0.5 * parts.residual_noise[:, :, 0]
+    torch.testing.assert_close(parts.noise[:, :, 0], exact, rtol=1e-14, atol=1e-14)
+    drawn = decomposed_noise(shape, 0.5, torch.Generator().manual_seed(0), dtype=torch.float64,
+                             residual_noise=torch.randn(shape), return_parts=True)
+    assert drawn.base_noise.dtype == drawn.residual_noise.dtype == torch.float64
+    meta = decomposed_noise(shape, 0.5, device="meta", return_parts=True)
+    assert {t.device.type for t in meta} == {"meta"}
+    meta = decomposed_noise(shape, 0.5, device="meta", base_noise=given,
+                            residual_noise=torch.randn(shape), return_parts=True)
+    assert {t.device.type for t in meta} == {"meta"}
+    fresh = FreshNoise(make_lambdas(3), None, base_noise=given)
+    assert fresh(shape, dtype=torch.float64).dtype == torch.float64
+    assert fresh(shape, device="meta").device.type == "meta"
+    assert FreshNoise(make_lambdas(3), None, residual_noise=torch.randn(shape))(
+        shape, device="meta", dtype=torch.float16).dtype == torch.float16
+
+
+def test_a_wrongly_shaped_residual_noise_is_refused_naming_both_shapes():
+    with pytest.raises(ValueError, match=r"residual_noise must have shape \(2, 1, 3, 2, 2\), "
+                                         r"got \(2, 1, 4, 2, 2\)"):
+        decomposed_noise((2, 1, 3, 2, 2), 0.5, residual_noise=torch.zeros(2, 1, 4, 2, 2))
+
+
+def test_fixed_noise_streams_do_not_depend_on_the_dtype_it_was_given_in():
+    from videofusion.noise import seeded_by
+
+    noise = torch.randn(1, 2, 3)
+    a = torch.randn(4, generator=seeded_by(noise))
+    b = torch.randn(4, generator=seeded_by(noise.double()))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, torch.randn(4, generator=seeded_by(noise + 1)))
