@@ -23,29 +23,40 @@ K = FRAMES // 2  # spec: key frame k = N // 2
 LAMBDAS = [0.2, 0.7, 1.0, 0.4, 0.0]
 
 
-def model_and_clip():
-    model = VideoFusionModel(tiny_residual(), tiny_base())
+def model_and_clip(conditioned=False, dtype=torch.float32):
+    cond = {"num_classes": 3, "cross_attention_dim": 8} if conditioned else {}
+    model = VideoFusionModel(tiny_residual(**cond), tiny_base(**cond)).to(dtype)
     clip = torch.rand(3, 3, FRAMES, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    return model, clip
+    return model, clip.to(dtype)
 
 
-def replay(model, clip, seed, stop_gradient=True):
+def conditions(conditioned, dtype=torch.float32):
+    if not conditioned:
+        return {}
+    g = torch.Generator().manual_seed(8)
+    return {"class_labels": torch.tensor([0, 2, 1]),
+            "encoder_hidden_states": torch.randn(3, 5, 8, generator=g, dtype=dtype)}
+
+
+def replay(model, clip, seed, stop_gradient=True, class_labels=None,
+           encoder_hidden_states=None):
     """Spec §3 by hand. The draws follow the documented order of ``diffusion_loss``: one
     timestep per clip, then the base noise (one frame per clip), then the residual noise."""
     batch, channels, frames, height, width = clip.shape
     g = torch.Generator().manual_seed(seed)
     t = torch.randint(0, 1000, (batch,), generator=g)
-    b = torch.randn(batch, channels, height, width, generator=g)
-    r = torch.randn(batch, channels, frames, height, width, generator=g)
-    abar = ALPHAS[t].view(-1, 1, 1, 1)
+    b = torch.randn(batch, channels, height, width, generator=g, dtype=clip.dtype)
+    r = torch.randn(batch, channels, frames, height, width, generator=g, dtype=clip.dtype)
+    abar = ALPHAS[t].view(-1, 1, 1, 1).to(clip.dtype)
     eps = [math.sqrt(lam) * b + math.sqrt(1 - lam) * r[:, :, i] for i, lam in enumerate(LAMBDAS)]
     z = [abar.sqrt() * clip[:, :, i] + (1 - abar).sqrt() * eps[i] for i in range(frames)]
-    bhat = model.base(z[K], t)  # B_phi on the key frame only
+    bhat = model.base(z[K], t, class_labels, encoder_hidden_states)  # key frame only
     bhat_sg = bhat.detach() if stop_gradient else bhat
     # z'^i = z^i - sqrt(lambda^i) sqrt(1 - abar_t) bhat, all frames in one call of R_psi
     z_res = torch.stack([z[i] - math.sqrt(lam) * (1 - abar).sqrt() * bhat_sg
                          for i, lam in enumerate(LAMBDAS)], dim=2)
-    rhat = model.residual(z_res, t, frame_index=torch.arange(frames))
+    rhat = model.residual(z_res, t, frame_index=torch.arange(frames), class_labels=class_labels,
+                          encoder_hidden_states=encoder_hidden_states)
     per_frame = []
     for i, lam in enumerate(LAMBDAS):
         bhat_i = bhat if i == K else bhat_sg
@@ -55,23 +66,32 @@ def replay(model, clip, seed, stop_gradient=True):
     return per_frame.mean(), per_frame
 
 
-@pytest.mark.parametrize("stop_gradient", [True, False])
-def test_every_frame_of_the_training_prediction_replays_spec_3(stop_gradient):
-    model, clip = model_and_clip()
+@pytest.mark.parametrize(("stop_gradient", "conditioned", "dtype"), [
+    (True, False, torch.float32), (False, False, torch.float32),
+    (True, True, torch.float32),  # class labels and text states reach both networks
+    (True, False, torch.float64),  # everything in the clip's dtype
+])
+def test_every_frame_of_the_training_prediction_replays_spec_3(stop_gradient, conditioned,
+                                                               dtype):
+    model, clip = model_and_clip(conditioned, dtype)
     lambdas = torch.tensor(LAMBDAS)
+    cond = conditions(conditioned)
     out = diffusion_loss(model, clip, ALPHAS, lambdas, generator=torch.Generator().manual_seed(4),
-                         stop_gradient=stop_gradient)
+                         stop_gradient=stop_gradient, **cond)
+    assert out.per_frame.dtype == out.loss.dtype == torch.float32  # reported in float32
     out.loss.backward()
     library_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    loss, per_frame = replay(model, clip, 4, stop_gradient)
-    torch.testing.assert_close(out.per_frame, per_frame.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.loss, loss.detach(), rtol=1e-5, atol=1e-6)
+    loss, per_frame = replay(model, clip, 4, stop_gradient, **cond)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-6, "atol": 0}
+    torch.testing.assert_close(out.per_frame, per_frame.detach().float(), **tol)
+    torch.testing.assert_close(out.loss, loss.detach().float(), **tol)
     loss.backward()
     replay_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert library_grads.keys() == replay_grads.keys()
+    gtol = {"rtol": 1e-4, "atol": 1e-7}  # the loss is reduced in float32 whatever the dtype
     for name, grad in replay_grads.items():
-        torch.testing.assert_close(library_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+        torch.testing.assert_close(library_grads[name], grad, msg=name, **gtol)
     # the replay itself can tell the two inputs of R_psi apart on these networks
     assert per_frame[:, [0, 1, 3]].min() > 0
 
@@ -110,3 +130,47 @@ def test_model_forward_matches_the_spec_outside_the_loss():
     for i, lam in enumerate(LAMBDAS):
         expected = math.sqrt(lam) * bhat + math.sqrt(1 - lam) * rhat[:, :, i]
         torch.testing.assert_close(out.noise[:, :, i], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_defaults_are_the_spec_stop_gradient_and_plain_average():
+    """Without options: stop-gradient on (the base learns only from the key frame), epsilon
+    weighting; and v weighting's default cap is 5."""
+    model, clip = model_and_clip()
+    lambdas = torch.tensor(LAMBDAS)
+    out = diffusion_loss(model, clip, ALPHAS, lambdas, generator=torch.Generator().manual_seed(4))
+    out.per_frame[:, [0, 1, 3, 4]].mean().backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.base.parameters())
+    with torch.no_grad():
+        loss, _ = replay(model, clip, 4)
+        torch.testing.assert_close(out.loss.detach(), loss, rtol=1e-5, atol=1e-6)
+        # seed 0 draws t = 44 among others: SNR + 1 = 42 there, so the cap matters
+        default_cap, cap_5, cap_6 = (
+            diffusion_loss(model, clip, ALPHAS, lambdas, weighting="v",
+                           generator=torch.Generator().manual_seed(0), **gamma).loss
+            for gamma in ({}, {"snr_gamma": 5.0}, {"snr_gamma": 6.0}))
+        assert default_cap == cap_5 != cap_6
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_the_stage_1_image_loss_replays_in_float64_with_its_conditions(conditioned):
+    from videofusion import image_diffusion_loss
+
+    model, _ = model_and_clip(conditioned, torch.float64)
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2)).double() * 2 - 1
+    cond = conditions(conditioned, torch.float64)
+    with torch.no_grad():
+        loss = image_diffusion_loss(model.base, images, ALPHAS,
+                                    generator=torch.Generator().manual_seed(6), **cond)
+        v_default = image_diffusion_loss(model.base, images, ALPHAS, weighting="v",
+                                         generator=torch.Generator().manual_seed(6), **cond)
+        v_5 = image_diffusion_loss(model.base, images, ALPHAS, weighting="v", snr_gamma=5.0,
+                                   generator=torch.Generator().manual_seed(6), **cond)
+        g = torch.Generator().manual_seed(6)
+        t = torch.randint(0, 1000, (3,), generator=g)
+        noise = torch.randn(images.shape, generator=g, dtype=torch.float64)
+        a = ALPHAS[t].double().view(-1, 1, 1, 1)
+        z = a.sqrt() * images + (1 - a).sqrt() * noise
+        pred = model.base(z, t, cond.get("class_labels"), cond.get("encoder_hidden_states"))
+        expected = (pred - noise).pow(2).mean()
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-6, atol=0)
+    assert v_default == v_5  # seed 6 draws t = 130: SNR + 1 = 5.98, above the default cap
