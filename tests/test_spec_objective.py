@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_base, tiny_residual
 from diffusers import DDPMScheduler
 
-from videofusion import VideoFusionModel, diffusion_loss
+from videofusion import VideoFusionModel, diffusion_loss, make_lambdas
 
 ALPHAS = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
 FRAMES = 5
@@ -174,3 +174,96 @@ def test_the_stage_1_image_loss_replays_in_float64_with_its_conditions(condition
         expected = (pred - noise).pow(2).mean()
     torch.testing.assert_close(loss, expected.float(), rtol=1e-6, atol=0)
     assert v_default == v_5  # seed 6 draws t = 130: SNR + 1 = 5.98, above the default cap
+
+
+# ---- VideoFusionModel beyond the paper's default path (found by mutation survivors) --------
+
+
+@pytest.mark.parametrize("variant", ["key_frame_difference", "with_key_frame"])
+def test_the_alternative_residual_inputs_of_spec_2(variant):
+    """key_frame_difference: z^i - sqrt(lambda^i) z^k; with_key_frame: z' plus z^k on extra
+    channels."""
+    in_channels = 6 if variant == "with_key_frame" else 3
+    model = VideoFusionModel(tiny_residual(in_channels=in_channels), tiny_base(),
+                             residual_input=variant)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, 3, FRAMES, 8, 8, generator=g)
+    t, abar = torch.tensor([37, 611]), torch.tensor([0.93, 0.21])
+    with torch.no_grad():
+        out = model(z, t, abar, torch.tensor(LAMBDAS))
+        bhat = model.base(z[:, :, K], t)
+        sigma = (1 - abar).sqrt().view(-1, 1, 1, 1)
+        if variant == "key_frame_difference":
+            z_res = torch.stack([z[:, :, i] - math.sqrt(lam) * z[:, :, K]
+                                 for i, lam in enumerate(LAMBDAS)], dim=2)
+        else:
+            z_res = torch.stack([torch.cat([z[:, :, i] - math.sqrt(lam) * sigma * bhat,
+                                            z[:, :, K]], dim=1)
+                                 for i, lam in enumerate(LAMBDAS)], dim=2)
+        rhat = model.residual(z_res, t)
+    torch.testing.assert_close(out.residual, rhat, rtol=1e-5, atol=1e-6)
+
+
+def test_the_baseline_predicts_every_frame_with_its_condition():
+    residual = tiny_residual(num_classes=3)
+    model = VideoFusionModel(residual)
+    z = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, labels = torch.tensor([5, 500]), torch.tensor([2, 0])
+    with torch.no_grad():
+        out = model(z, t, torch.tensor([0.9, 0.3]), torch.zeros(4), class_labels=labels)
+        expected = residual(z, t, class_labels=labels)
+        other = residual(z, t, class_labels=torch.tensor([1, 1]))
+    torch.testing.assert_close(out.noise, expected)
+    torch.testing.assert_close(out.residual, expected)
+    assert out.base is None and (expected - other).abs().max() > 1e-4
+    assert model.lambdas(4).tolist() == [0.0] * 4 == model.lambdas(4, 0.7).tolist()
+    with pytest.raises(ValueError, match=r"^the VDM baseline has no base generator: its "
+                                         r"lambdas must all be 0$"):
+        model(z, t, torch.tensor([0.9, 0.3]), make_lambdas(4, 0.5), class_labels=labels)
+    with pytest.raises(ValueError, match=r"^lambdas has 3 values for 4 frames$"):
+        model(z, t, torch.tensor([0.9, 0.3]), torch.zeros(3), class_labels=labels)
+
+
+def test_model_lambdas_and_forward_defaults():
+    model, clip = model_and_clip()
+    assert model.lambdas(4).tolist() == [0.5, 0.5, 1.0, 0.5]
+    assert model.lambdas(3, 0.25).tolist() == [0.25, 1.0, 0.25]
+    z = torch.randn(2, 3, FRAMES, 8, 8, generator=torch.Generator().manual_seed(3))
+    out = model(z, torch.tensor([3, 300]), torch.tensor([0.9, 0.4]), torch.tensor(LAMBDAS))
+    # defaults: stop-gradient on, base not frozen: the base learns from the key frame only
+    out.noise[:, :, [0, 1, 3, 4]].pow(2).mean().backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.base.parameters())
+    out.noise[:, :, K].pow(2).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.base.parameters())
+
+
+def test_check_resolution_takes_the_largest_down_sampling_factor():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    class StubBase(nn.Module):  # a base UNet with four levels: factor 8
+        def __init__(self):
+            super().__init__()
+            self.unet = nn.Module()
+            self.unet.config = SimpleNamespace(block_out_channels=(4, 4, 4, 4))
+
+    model = VideoFusionModel(tiny_residual(), StubBase())  # residual factor 2
+    model.check_resolution(16, 16)
+    model.check_resolution(8, 24)
+    for size in ((12, 12), (16, 12), (12, 16), (16, 4)):
+        with pytest.raises(ValueError, match=rf"^resolution {size[0]}x{size[1]} is not "
+                                             r"divisible by 8, the model's down-sampling "
+                                             r"factor$"):
+            model.check_resolution(*size)
+    baseline = VideoFusionModel(tiny_residual())  # factor 2 from the residual generator
+    with pytest.raises(ValueError, match="divisible by 2"):
+        baseline.check_resolution(5, 6)
+    VideoFusionModel(nn.Identity()).check_resolution(3, 5)  # no factor at all: anything goes
+
+
+def test_with_key_frame_refuses_a_residual_without_the_extra_channels():
+    with pytest.raises(ValueError, match=r"^residual_input='with_key_frame' needs a residual "
+                                         r"generator with twice as many input channels as "
+                                         r"output channels, got 3 and 3$"):
+        VideoFusionModel(tiny_residual(), tiny_base(), residual_input="with_key_frame")

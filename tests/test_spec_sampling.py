@@ -138,3 +138,186 @@ def test_one_guided_step_by_hand():
         ru, rc = res(z_res, t, null)[:, :, i], res(z_res, t, labels)[:, :, i]
         rg = ru + w * (rc - ru)
         torch.testing.assert_close(eps[:, :, i], lam ** 0.5 * bg + (1 - lam) ** 0.5 * rg)
+
+
+# ---- further guided cases, defaults and precision (found by mutation survivors) -----------
+
+
+class TextOracleBase(LabelledOracleBase):
+    """Picks each sample's clip from its text state's first value instead of a label."""
+
+    def forward(self, key_frame, timestep, class_labels=None, encoder_hidden_states=None):
+        return super().forward(key_frame, timestep, encoder_hidden_states[:, 0, 0].long())
+
+
+class TextOracleResidual(LabelledOracleResidual):
+    def forward(self, z_res, timestep, class_labels=None, encoder_hidden_states=None):
+        return super().forward(z_res, timestep, encoder_hidden_states[:, 0, 0].long())
+
+
+def test_text_guidance_returns_the_guided_clip():
+    scheduler = DDIMScheduler(clip_sample=False)
+    clips, lambdas = targets(), make_lambdas(FRAMES, 0.5)
+
+    def abar_of(timestep):
+        i = int((scheduler.timesteps == timestep.flatten()[0]).nonzero()[0])
+        return alpha_bar_at(scheduler, scheduler.timesteps[i], i)
+
+    model = VideoFusionModel(TextOracleResidual(clips, abar_of, lambdas),
+                             TextOracleBase(clips, abar_of))
+    states = torch.tensor([1.0, 0.0]).view(2, 1, 1).expand(2, 3, 4)
+    condition = Condition(encoder_hidden_states=states,
+                          null_encoder_hidden_states=torch.full((2, 3, 4), float(NULL)))
+    out = sample_decomposed(model, scheduler, (2, 2, FRAMES, 4, 4), lambdas,
+                            num_inference_steps=20, condition=condition, guidance_scale=1.5,
+                            generator=torch.Generator().manual_seed(0))
+    expected = clips[NULL] + 1.5 * (clips[[1, 0]] - clips[NULL])
+    assert (out - expected).abs().max() < 1e-3
+
+
+def test_guided_batches_of_three_and_the_guided_baseline():
+    lambdas = make_lambdas(FRAMES, 0.5)
+    out, expected = guided_oracle_sample(DDIMScheduler(clip_sample=False), lambdas, [0, 1, 0],
+                                         2.0, steps=10)
+    assert (out - expected).abs().max() < 1e-3
+    scheduler = DDIMScheduler(clip_sample=False)
+    clips, zeros = targets(), torch.zeros(FRAMES)
+
+    def abar_of(timestep):
+        i = int((scheduler.timesteps == timestep.flatten()[0]).nonzero()[0])
+        return alpha_bar_at(scheduler, scheduler.timesteps[i], i)
+
+    baseline = VideoFusionModel(LabelledOracleResidual(clips, abar_of, zeros))
+    labels = torch.tensor([1, 0])
+    out = sample_decomposed(baseline, scheduler, (2, 2, FRAMES, 4, 4), zeros,
+                            num_inference_steps=10, guidance_scale=3.0,
+                            condition=Condition(class_labels=labels,
+                                                null_class_labels=torch.full_like(labels, NULL)),
+                            generator=torch.Generator().manual_seed(0))
+    assert (out - (clips[NULL] + 3.0 * (clips[labels] - clips[NULL]))).abs().max() < 1e-3
+
+
+def test_the_oracle_is_exact_in_float64():
+    """In float64 the DDIM oracle returns the clip to ~1e-12: every tensor of the sampler
+    follows the requested dtype (a float32 draw or abar would leave ~1e-7)."""
+    scheduler = DDIMScheduler(clip_sample=False)
+    lambdas = make_lambdas(FRAMES, 0.5)
+    clips = targets().double()
+
+    def abar_of(timestep):
+        i = int((scheduler.timesteps == timestep.flatten()[0]).nonzero()[0])
+        return scheduler.alphas_cumprod.double()[int(scheduler.timesteps[i])]
+
+    model = VideoFusionModel(LabelledOracleResidual(clips, abar_of, lambdas.double()),
+                             LabelledOracleBase(clips, abar_of))
+    labels = torch.tensor([0, 1])
+    out = sample_decomposed(model, scheduler, (2, 2, FRAMES, 4, 4), lambdas,
+                            num_inference_steps=10, condition=Condition(class_labels=labels),
+                            dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float64
+    assert (out - clips[labels]).abs().max() < 1e-9
+
+
+def test_defaults_fifty_silent_unguided_deterministic_steps(capsys):
+    lambdas = make_lambdas(FRAMES, 0.5)
+    seen = []
+    kwargs = dict(before_step=lambda i, z: seen.append(i) or z)
+    model = VideoFusionModel(LabelledOracleResidual(targets(), lambda t: torch.tensor(0.5),
+                                                    lambdas),
+                             LabelledOracleBase(targets(), lambda t: torch.tensor(0.5)))
+    first = sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                              condition=Condition(class_labels=torch.tensor([1])),
+                              generator=torch.Generator().manual_seed(0), **kwargs)
+    assert seen == list(range(50)) and capsys.readouterr().err == ""
+    # eta defaults to 0 (no fresh noise); eta = 1 draws fresh noise
+    again = sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                              num_inference_steps=50, eta=0.0,
+                              condition=Condition(class_labels=torch.tensor([1])),
+                              generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(first, again)
+    noisy = [sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                               num_inference_steps=3, eta=1.0,
+                               condition=Condition(class_labels=torch.tensor([1])),
+                               base_noise=torch.zeros(1, 2, 4, 4), residual_noise=torch.zeros(
+                                   1, 2, FRAMES, 4, 4),
+                               generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    plain = [sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                               num_inference_steps=3,
+                               condition=Condition(class_labels=torch.tensor([1])),
+                               base_noise=torch.zeros(1, 2, 4, 4), residual_noise=torch.zeros(
+                                   1, 2, FRAMES, 4, 4),
+                               generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert (noisy[0] - plain[0]).abs().max() > 1e-3
+    sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                      num_inference_steps=1, progress=True,
+                      condition=Condition(class_labels=torch.tensor([1])))
+    assert "sampling" in capsys.readouterr().err  # a labelled bar when asked for
+
+
+def test_scheduler_step_defaults_to_no_fresh_noise():
+    from videofusion.noise import FreshNoise
+    from videofusion.sampling import scheduler_step
+
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(10)
+    z = torch.zeros(1, 1, FRAMES, 2, 2)
+    out = scheduler_step(scheduler, z, scheduler.timesteps[2], z,
+                         FreshNoise(make_lambdas(FRAMES), torch.Generator().manual_seed(0)))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_guidance_scale_defaults_to_one_pass_without_guidance():
+    lambdas = make_lambdas(FRAMES, 0.5)
+    clips = targets()
+    model = VideoFusionModel(LabelledOracleResidual(clips, lambda t: torch.tensor(0.3), lambdas),
+                             LabelledOracleBase(clips, lambda t: torch.tensor(0.3)))
+    z = torch.randn(2, 2, FRAMES, 4, 4, generator=torch.Generator().manual_seed(0))
+    cond = Condition(class_labels=torch.tensor([0, 1]))  # no null condition: must not guide
+    eps = guided_noise_prediction(model, z, torch.tensor([3, 3]), torch.tensor([0.3, 0.3]),
+                                  lambdas, cond)
+    expected = (z - 0.3 ** 0.5 * clips[[0, 1]]) / 0.7 ** 0.5  # the oracle's exact epsilon
+    torch.testing.assert_close(eps, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_alpha_bar_of_karras_schedulers_comes_from_their_sigmas():
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler(timestep_spacing="linspace")
+    scheduler.set_timesteps(7)
+    from_index = []
+    for i, t in enumerate(scheduler.timesteps):
+        expected = 1.0 / (1.0 + scheduler.sigmas[i].double() ** 2)
+        torch.testing.assert_close(alpha_bar_at(scheduler, t, i).double(), expected,
+                                   rtol=1e-6, atol=0)
+        from_index.append(float(scheduler.alphas_cumprod[int(t)]))
+    # fractional timesteps: the table lookup would be measurably off
+    assert any(abs(a - float(alpha_bar_at(scheduler, t, i))) > 1e-4
+               for i, (a, t) in enumerate(zip(from_index, scheduler.timesteps, strict=True)))
+    ddim = DDIMScheduler()
+    ddim.set_timesteps(5)
+    t = ddim.timesteps[1]
+    assert alpha_bar_at(ddim, t, 1) == ddim.alphas_cumprod[int(t)]
+
+
+def test_errors_say_exactly_what_is_wrong():
+    from videofusion.sampling import check_key_frame
+
+    with pytest.raises(ValueError, match=r"^classifier-free guidance needs the null condition$"):
+        Condition(class_labels=torch.tensor([1])).for_guidance()
+    lambdas = make_lambdas(FRAMES, 0.5)
+    model = VideoFusionModel(LabelledOracleResidual(targets(), None, lambdas),
+                             LabelledOracleBase(targets(), None))
+    with pytest.raises(ValueError, match=r"^num_inference_steps must be >= 1, got 0$"):
+        sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                          num_inference_steps=0)
+    with pytest.raises(ValueError, match=r"shape \(2,\), got \(3,\)"):
+        sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                          signal_leak=torch.zeros(3))
+    baseline = VideoFusionModel(LabelledOracleResidual(targets(), None, lambdas))
+    with pytest.raises(ValueError, match=r"^image-to-video needs a base generator: the VDM "
+                                         r"baseline has no base noise for the key frame to "
+                                         r"carry$"):
+        check_key_frame(baseline, torch.zeros(1, 2, 4, 4), (1, 2, FRAMES, 4, 4), lambdas)
+    with pytest.raises(ValueError, match=r"^image-to-video needs lambda = 1 on the key frame"):
+        check_key_frame(model, torch.zeros(1, 2, 4, 4), (1, 2, FRAMES, 4, 4),
+                        torch.full((FRAMES,), 0.5))

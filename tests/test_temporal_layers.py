@@ -246,3 +246,69 @@ def test_short_clips_keep_their_shape_and_mix(frames):
     v = torch.randn(1, C, frames, H, W)
     with torch.no_grad():
         torch.testing.assert_close(run(layer, v), reference_conv(layer, v), rtol=1e-4, atol=1e-5)
+
+
+# ---- the per-frame blocks around them (found by mutation survivors) ------------------------
+
+
+def mha(attn, queries, keys):
+    """Multi-head softmax attention of ``queries`` (n, C) over ``keys`` (m, D), written out."""
+    q = queries @ attn.to_q.weight.T
+    k, val = (keys @ attn.to_kv.weight.T).chunk(2, dim=-1)
+    dh = q.shape[1] // attn.heads
+    heads = []
+    for h in range(attn.heads):
+        s = slice(h * dh, (h + 1) * dh)
+        heads.append(torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(dh), dim=-1) @ val[:, s])
+    return torch.cat(heads, dim=-1) @ attn.to_out.weight.T + attn.to_out.bias
+
+
+def test_spatial_attention_with_text_matches_its_definition():
+    """Self-attention over the pixels of each frame, then cross-attention of each frame to its
+    own clip's text states."""
+    from videofusion.models.blocks import SpatialAttention
+
+    layer = randomised(SpatialAttention(C, HEADS, GROUPS, context_dim=6))
+    v = video()
+    context = torch.randn(B, 3, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = unfold_frames(layer(fold_frames(v), context), FRAMES)
+        a = norm_per_frame(layer.norm, v)
+        expected = torch.empty_like(v)
+        for b in range(B):
+            for f in range(FRAMES):
+                tokens = a[b, :, f].reshape(C, -1).T  # (H*W, C)
+                delta = mha(layer.attn, tokens, tokens)
+                delta = delta + mha(layer.cross, layer.cross_norm(tokens + delta), context[b])
+                expected[b, :, f] = v[b, :, f] + delta.T.reshape(C, H, W)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^this model is text-conditioned: pass "
+                                         r"encoder_hidden_states$"):
+        layer(fold_frames(v))
+
+
+@pytest.mark.parametrize("c_out", [C, 12])
+def test_res_block_matches_its_definition(c_out):
+    """h = conv1(silu(norm1(x))) + proj(silu(emb)); out = conv2(silu(norm2(h))) + skip(x), the
+    skip an identity when the widths match."""
+    from videofusion.models.blocks import ResBlock
+
+    block = randomised(ResBlock(C, c_out, 16, GROUPS)).eval()
+    x = fold_frames(video())
+    emb = torch.randn(x.shape[0], 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        h = F.conv2d(F.silu(F.group_norm(x, GROUPS, block.norm1.weight, block.norm1.bias,
+                                         1e-6)), block.conv1.weight, block.conv1.bias, padding=1)
+        h = h + (F.silu(emb) @ block.emb_proj.weight.T + block.emb_proj.bias)[:, :, None, None]
+        h = F.conv2d(F.silu(F.group_norm(h, GROUPS, block.norm2.weight, block.norm2.bias, 1e-6)),
+                     block.conv2.weight, block.conv2.bias, padding=1)
+        skip = x if c_out == C else F.conv2d(x, block.skip.weight, block.skip.bias)
+        torch.testing.assert_close(block(x, emb), h + skip, rtol=1e-4, atol=1e-5)
+    assert isinstance(block.skip, torch.nn.Identity) == (c_out == C)
+
+
+def test_attention_refuses_channels_its_heads_do_not_divide():
+    from videofusion.models.blocks import Attention
+
+    with pytest.raises(ValueError, match=r"^channels 10 are not divisible by attention heads 4$"):
+        Attention(10, 4)
