@@ -67,8 +67,9 @@ def prepare(name: str, spec: dict, common: list[str]) -> Path:
 
 
 def mutmut(work: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(work / "mutants" / "src")}
+    # mutmut puts mutants/src first on sys.path itself (before the editable install's path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
     exe = Path(sys.executable).with_name("mutmut")
     return subprocess.run([str(exe), *args], cwd=work, env=env, text=True,
                           capture_output=capture)
