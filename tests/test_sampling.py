@@ -188,12 +188,28 @@ def test_guidance_without_a_null_condition_is_an_error():
 
 
 def test_fixed_base_noise_is_shared_between_samples():
+    """Spec §5: a given base noise is the base part of z_T whatever the seed, and the seed
+    draws only the residual part: z_T^i - sqrt(lambda^i) b = sqrt(1 - lambda^i) r^i."""
     model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
-    base_noise = torch.randn(1, 3, 8, 8)
-    run = [sample_decomposed(model, DDIMScheduler(), (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
-                             num_inference_steps=2, base_noise=base_noise,
-                             generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
-    assert not torch.allclose(run[0], run[1])
+    lambdas = make_lambdas(4, [0.3, 0.8, 1.0, 0.5])
+    base_noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    starts, videos = [], []
+    for seed in (0, 1):
+        seen = []
+        videos.append(sample_decomposed(
+            model, DDIMScheduler(), (1, 3, 4, 8, 8), lambdas, num_inference_steps=2,
+            base_noise=base_noise, generator=torch.Generator().manual_seed(seed),
+            before_step=lambda i, z, seen=seen: seen.append(z.clone()) or z))
+        starts.append(seen[0])
+    for z_T in starts:
+        torch.testing.assert_close(z_T[:, :, 2], base_noise)  # the key frame is all base
+    residuals = [(z - lambdas.sqrt().view(1, 1, -1, 1, 1) * base_noise.unsqueeze(2))
+                 / (1 - lambdas).sqrt().view(1, 1, -1, 1, 1) for z in starts]
+    for r in residuals:  # what is left is a fresh N(0, 1) draw per seed
+        others = r[:, :, [0, 1, 3]]
+        assert abs(others.std().item() - 1) < 0.2 and abs(others.mean().item()) < 0.2
+    assert (residuals[0][:, :, [0, 1, 3]] - residuals[1][:, :, [0, 1, 3]]).abs().min() > 0
+    assert not torch.allclose(videos[0], videos[1])
 
 
 def test_fresh_noise_keeps_the_fixed_parts_of_every_draw():

