@@ -94,3 +94,14 @@ def test_digit_colour_ignores_a_tinted_background():
     videos[0, :, 2:5, 2:5, 0] = 0.6  # a red digit on it
     assert coherence.palette_names(videos) == ["red"]
     assert coherence.colour_deviation(videos)[0] == 0.0
+
+
+def test_long_video_seam_looks_at_the_joins():
+    videos = np.zeros((1, 40, 4, 4, 3), np.float32)
+    videos[0, ::2] = 0.1  # a steady flicker everywhere
+    assert coherence.long_video_seam(videos, 16, 4) == pytest.approx(1.0)
+    videos[0, 16] += 0.5  # first new frame of the second clip (16 frames, overlap 4) jumps
+    assert coherence.long_video_seam(videos, 16, 4) > 2.0
+    videos[0, 16] -= 0.5
+    videos[0, 20] += 0.5  # a jump away from the joins (16, 28) does not count there
+    assert coherence.long_video_seam(videos, 16, 4) < 1.0

@@ -84,6 +84,20 @@ def key_frame_seam(videos) -> float:
     return seam_ratio(videos, [num_frames // 2])
 
 
+def long_video_seam(videos, clip_frames: int, overlap: int) -> float:
+    """:func:`seam_ratio` at the joins of a long video made of consecutive clips
+    (:mod:`videofusion.long_video`): the last frame of a clip and the first new frame of the
+    next one."""
+    num_frames = _num_frames(videos)
+    step = clip_frames - overlap
+    joins = range(clip_frames, num_frames, step) if step > 0 else range(0)
+    frames = [f for b in joins for f in (b - 1, b) if 1 <= f <= num_frames - 2]
+    if not frames:
+        raise ValueError(f"videos: {num_frames} frames hold no join of {clip_frames}-frame "
+                         f"clips overlapping by {overlap}")
+    return seam_ratio(videos, frames)
+
+
 def _num_frames(videos) -> int:
     return int(videos.shape[1] if isinstance(videos, np.ndarray) else videos.shape[2])
 
