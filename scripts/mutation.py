@@ -47,6 +47,9 @@ def prepare(name: str, spec: dict, common: list[str]) -> Path:
     shutil.copytree(ROOT / "src", work / "src",
                     ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    # some tests run the project's scripts (e.g. tests/test_safety.py the checkpoint migration)
+    shutil.copytree(ROOT / "scripts", work / "scripts",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     target = (PACKAGE / spec["file"]).as_posix()
 
     def lines(values):
@@ -58,6 +61,7 @@ def prepare(name: str, spec: dict, common: list[str]) -> Path:
         f"only_mutate = {target}\n"
         f"pytest_add_cli_args = {lines(common)}\n"
         f"pytest_add_cli_args_test_selection = {lines(spec['tests'])}\n"
+        "also_copy = \n    scripts\n"
         "process_isolation = fork\n"
         "use_git_change_detection = false\n"
     )
