@@ -14,6 +14,10 @@ functions of ``(seed, global step, shard)``, where the ``processes * gradient_ac
 shards of a global batch are numbered ``micro_step * processes + rank``. So a resumed run sees the
 batches the uninterrupted run would have seen, and 2 processes x batch B take the same gradient
 step as 1 process x batch B x 2 accumulation steps.
+
+What a run is built from (accelerator, VAE, model and its starting weights, optimizer) is
+``videofusion.training_setup``; what it shows and writes (log, loss curve, previews, pipeline,
+summary) is ``videofusion.training_report``; this module is the loop and its checkpoints.
 """
 
 from __future__ import annotations
