@@ -187,3 +187,15 @@ def test_every_setting_is_a_train_flag_generated_from_its_field():
     assert flags == {"lambda_": 0.25, "learning_rate": 0.001, "stop_gradient": False,
                      "base_channels": [8, 16], "condition": "class", "resume": True,
                      "class_drop": 0.3, "stop_at_step": 7}
+
+
+def test_the_train_flags_are_generated_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys\n"
+            "from videofusion.config import add_config_arguments\n"
+            "add_config_arguments(argparse.ArgumentParser(argument_default=argparse.SUPPRESS))\n"
+            "import videofusion.experiments\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
