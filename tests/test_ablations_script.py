@@ -1,9 +1,9 @@
-"""scripts/ablations.py end to end at a tiny size: shared stage 1, rows' flags, reports, table."""
+"""scripts/ablations.py end to end at a tiny size: shared stage 1, rows' flags, reports, table;
+the tables of ``videofusion.experiments`` from row reports."""
 
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,32 +45,12 @@ def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     assert (tmp_path / "runs" / "stage1.log").read_text().count("$ ") == 1
     assert log == (tmp_path / "runs" / "vf_lambda_0.25.log").read_text()
-    # a row scored with the classifier's old input is re-scored on the same videos (same seeds)
+    # a finished row is read back, never measured again: digit metrics from the classifier's
+    # old input stay as they are, marked 'old' in the table
     path = tmp_path / "results" / "vf_lambda_0.25.json"
     stale = json.loads(path.read_text())
     stale["report"]["protocol"]["digit_metrics"] = "videofusion.metrics.digits: before"
-    stale["report"]["metrics"]["motion_error"] = 99.0
     path.write_text(json.dumps(stale))
-    subprocess.run(cmd, check=True, capture_output=True, env=env)
-    fresh = json.loads(path.read_text())
-    assert fresh["rescores"][-1]["metrics"] == ["motion"]
-    assert fresh["rescores"][-1]["previous"]["motion_error"] == 99.0
-    assert fresh["report"]["metrics"]["motion_error"] == vf["report"]["metrics"]["motion_error"]
-    assert "foreground" in fresh["report"]["protocol"]["digit_metrics"]
-    # a row measured before FVDs had a spread gets it, from the same videos
-    spreadless = json.loads(path.read_text())
-    del spreadless["report"]["metrics"]["fvd_digits_bootstrap_std"]
-    path.write_text(json.dumps(spreadless))
-    subprocess.run(cmd, check=True, capture_output=True, env=env)
-    fresh = json.loads(path.read_text())
-    assert fresh["rescores"][-1]["metrics"] == ["fvd_digits"]
-    assert fresh["report"]["metrics"]["fvd_digits_bootstrap_std"] > 0
-    assert fresh["report"]["metrics"]["fvd_digits"] == vf["report"]["metrics"]["fvd_digits"]
-    stale = fresh
-    stale["report"]["protocol"]["digit_metrics"] = "videofusion.metrics.digits: before"
-    # ... unless its pipeline is gone: then it keeps its numbers, marked as the old input
-    path.write_text(json.dumps(stale))
-    shutil.rmtree(tmp_path / "runs" / "vf_lambda_0.25" / "pipeline")
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     assert json.loads(path.read_text()) == stale
     table = (tmp_path / "results" / "table.md").read_text().splitlines()
@@ -99,7 +79,8 @@ def _row(name, fvd, spread=None, content=0.5, digit_input="... foreground ..."):
 
 
 def test_table_shows_the_fvd_spread_and_seeds_md_averages_over_seeds(tmp_path):
-    script = _load_script()
+    from videofusion import experiments
+
     seed0, seed1 = tmp_path / "seed0", tmp_path / "seed1"
     seed0.mkdir()
     (seed0 / "vdm.json").write_text(json.dumps(_row("vdm", 100.0, spread=12.34)))
@@ -109,7 +90,7 @@ def test_table_shows_the_fvd_spread_and_seeds_md_averages_over_seeds(tmp_path):
     (seed0 / "vf_frozen_base.json").write_text(json.dumps(shared))
     unhashed = _row("vf_lambda_0.75", 70.0) | {"pretrain_steps": 5}
     (seed0 / "vf_lambda_0.75.json").write_text(json.dumps(unhashed))
-    table = script.write_markdown(seed0).read_text()
+    table = experiments.write_table(seed0).read_text()
     # which stage 1 a pretrained row started from; unknown for rows measured before the hash
     lines = table.splitlines()
     assert lines[2].startswith("| vdm |") and lines[2].endswith("| foreground | - |")
@@ -117,23 +98,24 @@ def test_table_shows_the_fvd_spread_and_seeds_md_averages_over_seeds(tmp_path):
     assert lines[5].startswith("| vf_frozen_base |") and lines[5].endswith("| b01d9ae9 |")
     assert "| vdm | RQ1 | 10 x 2 | 0 | 100.000 ± 12.3 | n/a |" in table
     assert "| vf_lambda_0.5 | RQ1 | 10 x 2 | 0 | 80.000 | n/a |" in table
-    assert script.write_seed_summary(seed0) is None  # one seed: nothing to average
+    assert experiments.write_seed_summary(seed0) is None  # one seed: nothing to average
     seed1.mkdir()
     (seed1 / "vdm.json").write_text(json.dumps(_row("vdm", 120.0)))
-    lines = script.write_seed_summary(seed1).read_text().splitlines()
+    lines = experiments.write_seed_summary(seed1).read_text().splitlines()
     assert lines[2].startswith("| vdm | 0, 1 | 110.000 (100.000, 120.000) | n/a |")
     assert lines[3].startswith("| vf_lambda_0.5 | 0 | 80.000 | n/a |")
     assert "| 0.500 (0.500, 0.500) |" in lines[2]  # content averaged over both seeds
 
 
 def test_seeds_md_leaves_out_digit_metrics_from_the_old_classifier_input(tmp_path):
-    script = _load_script()
+    from videofusion import experiments
+
     for seed, content, digit_input in ((0, 0.0, "max over channels"), (1, 0.4, "foreground")):
         folder = tmp_path / f"seed{seed}"
         folder.mkdir()
         row = _row("vdm", 100.0 + seed, content=content, digit_input=digit_input)
         (folder / "vdm.json").write_text(json.dumps(row))
-    lines = script.write_seed_summary(tmp_path / "seed1").read_text().splitlines()
+    lines = experiments.write_seed_summary(tmp_path / "seed1").read_text().splitlines()
     # FVD averages over both seeds; content only over the seed measured on the foreground
     assert lines[2].startswith("| vdm | 0, 1 | 100.500 (100.000, 101.000) |")
     assert "| 0.400 |" in lines[2] and "0.200" not in lines[2]
@@ -141,7 +123,8 @@ def test_seeds_md_leaves_out_digit_metrics_from_the_old_classifier_input(tmp_pat
 
 
 def test_seeds_md_compares_each_row_with_its_reference_seed_by_seed(tmp_path):
-    script = _load_script()
+    from videofusion import experiments
+
 
     def pretrained(name, fvd, spread, sha):
         return _row(name, fvd, spread=spread) | {"pretrain_steps": 5, "stage1": {
@@ -155,7 +138,7 @@ def test_seeds_md_compares_each_row_with_its_reference_seed_by_seed(tmp_path):
                 pretrained("vf_frozen_base", 90.0, 4.0, frozen_sha)]
         for row in rows:
             (folder / f"{row['name']}.json").write_text(json.dumps(row))
-    lines = script.write_seed_summary(tmp_path / "seed0").read_text().splitlines()
+    lines = experiments.write_seed_summary(tmp_path / "seed0").read_text().splitlines()
     # FVD: 80 - 100 = -20, over sqrt(4^2 + 3^2) = 5 spreads; content is equal
     assert "| RQ1 | vf_lambda_0.5 - vdm | 0 | -20.000 (-4.0) | n/a | +0.000 | n/a | - |" in lines
     assert "| RQ1 | vf_lambda_0.5 - vdm | 1 | -19.000 (-3.8) | n/a | +0.000 | n/a | - |" in lines
@@ -172,3 +155,18 @@ def test_training_runs_share_the_cores_unless_the_caller_set_the_threads(monkeyp
     assert [script.threads(jobs) for jobs in (1, 3, 8, 16)] == ["8", "2", "1", "1"]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert script.threads(1) == "3"
+
+
+def test_every_ablation_row_is_a_valid_train_command_and_every_comparison_names_rows():
+    from videofusion import experiments
+    from videofusion.cli import build_parser
+    from videofusion.config import TrainConfig
+
+    for row in experiments.ABLATIONS.values():
+        flags = row.train_flags(pretrain_steps=7)
+        assert flags[:2] == ["--base-pretrain-steps", "7" if row.pretrained else "0"]
+        args = vars(build_parser().parse_args(["train", *flags]))
+        TrainConfig().replace({k: v for k, v in args.items()
+                               if k not in ("command", "handler")}).validate()
+    for _, name, reference in experiments.COMPARISONS:
+        assert {name, reference} <= set(experiments.ABLATIONS)

@@ -163,3 +163,39 @@ def check_text_to_video(pipe: VideoFusionPipeline, config: TrainConfig) -> None:
     video = pipe(prompt="a square moving right", num_frames=4, num_inference_steps=1,
                  guidance_scale=3.0, progress=False).frames
     assert video.shape == (1, 4, 16, 16, 3)
+
+
+def test_every_setting_is_a_train_flag_generated_from_its_field():
+    """``videofusion train`` flags come from ``TrainConfig``'s fields: each non-default value
+    given as a flag lands in its field; fields marked YAML-only have no flag."""
+    import argparse
+    from dataclasses import fields
+
+    from videofusion.cli import build_parser
+
+    parser = build_parser()
+    train_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in train_parser.choices["train"]._actions}
+    yaml_only = {f.name for f in fields(TrainConfig) if not f.metadata["flag"]}
+    assert yaml_only == {"data_options", "adam_beta1", "adam_beta2", "adam_epsilon",
+                         "num_train_timesteps"}
+    assert {f.name for f in fields(TrainConfig)} - yaml_only <= dests
+    args = parser.parse_args(["train", "--lambda", "0.25", "--lr", "0.001", "--no-stop-gradient",
+                              "--base-channels", "8,16", "--condition", "class", "--resume",
+                              "--class-drop", "0.3", "--stop-at-step", "7"])
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
+    assert flags == {"lambda_": 0.25, "learning_rate": 0.001, "stop_gradient": False,
+                     "base_channels": [8, 16], "condition": "class", "resume": True,
+                     "class_drop": 0.3, "stop_at_step": 7}
+
+
+def test_the_train_flags_are_generated_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys\n"
+            "from videofusion.config import add_config_arguments\n"
+            "add_config_arguments(argparse.ArgumentParser(argument_default=argparse.SUPPRESS))\n"
+            "import videofusion.experiments\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

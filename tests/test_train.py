@@ -409,3 +409,22 @@ def test_ablation_and_memory_flags_train(tmp_path):
     pipe = VideoFusionPipeline.from_pretrained(train(config))
     assert pipe.config.residual_input == "with_key_frame"
     assert pipe.residual.config.in_channels == 6
+
+
+def test_losses_are_read_off_the_device_only_when_the_run_logs(tmp_path, monkeypatch):
+    """The host waits for the device's losses at ``log_every`` steps and at the end (checkpoints
+    and previews too), not every step; ``metrics.jsonl`` still holds every step."""
+    from videofusion.training_report import MetricsLog
+
+    flushed = []
+    real = MetricsLog.flush
+
+    def spy(self):
+        flushed.append([step for step, *_ in self.pending])
+        return real(self)
+
+    monkeypatch.setattr(MetricsLog, "flush", spy)
+    train(tiny(tmp_path, max_steps=7, log_every=3))
+    assert flushed == [[1, 2, 3], [4, 5, 6], [7]]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 8))

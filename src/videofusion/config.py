@@ -7,6 +7,7 @@ the checkpoints so that a run can be resumed or reproduced from its folder alone
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .safety import finite_float
 
 MODEL_KINDS = ("videofusion", "vdm")
 CONDITIONS = ("none", "class", "text", "class+text")
@@ -36,89 +39,119 @@ MAX_FRAMES, MAX_RESOLUTION, MAX_BATCH = 1024, 4096, 4096
 ALIASES = {"lambda": "lambda_"}
 
 
+def setting(default: Any = dataclasses.MISSING, help: str | None = None, *,
+            factory: Any = dataclasses.MISSING, choices: tuple[str, ...] | None = None,
+            group: str | None = None, flags: tuple[str, ...] | None = None,
+            flag: bool = True) -> Any:
+    """A ``TrainConfig`` field and how ``videofusion train`` offers it: ``help``, ``choices``,
+    ``flags`` (default ``--field-name``), ``group`` (this field starts a ``--help`` section that
+    runs to the next one), or ``flag=False`` for a setting of YAML files only."""
+    metadata = {"help": help, "choices": choices, "group": group, "flags": flags, "flag": flag}
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+
 @dataclass
 class TrainConfig:
     """One training run (spec §3). Step counts are optimizer steps; ``batch_size`` is per
-    process, so the global batch is ``batch_size * processes * gradient_accumulation_steps``."""
+    process, so the global batch is ``batch_size * processes * gradient_accumulation_steps``.
+
+    Each field is a ``videofusion train`` flag (:func:`add_config_arguments`); its ``setting``
+    carries the flag's help, choices and ``--help`` section."""
 
     # data
-    data: str = "moving-digits"
-    frames: int = 16
-    resolution: int = 32
-    channels: int = 3
-    data_options: dict[str, Any] = field(default_factory=dict)
-    num_workers: int = 0
+    data: str = setting("moving-digits", "'moving-digits' or a folder of videos", group="data")
+    frames: int = setting(16, "frames per clip (>= 2)")
+    resolution: int = setting(32, "clip side in pixels")
+    channels: int = setting(3, "1 (grey) or 3 (colour)")
+    data_options: dict[str, Any] = setting(factory=dict, flag=False)  # YAML only
+    num_workers: int = setting(0, "DataLoader worker processes")
     # latent space: an AutoencoderKL folder (or a pipeline folder with vae/); None = pixels
-    vae: str | None = None
-    vae_slice: int = 8  # frames per VAE encode call, which bounds the encoder's memory
+    vae: str | None = setting(None, "train in latent space: an AutoencoderKL folder or a folder "
+                                    "with vae/ (Stable Diffusion, 'videofusion train-vae' output)")
+    vae_slice: int = setting(8, "frames per VAE encode call (memory bound)")
     # model
-    model: str = "videofusion"
-    lambda_: float = 0.5
-    condition: str = "none"
-    residual_input: str = "paper"
-    base_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    residual_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
-    layers_per_block: int = 1
-    gradient_checkpointing: bool = False
-    # text conditioning: a CLIP text encoder folder (or one with text_encoder/ + tokenizer/);
+    model: str = setting("videofusion", choices=MODEL_KINDS, group="model")
+    lambda_: float = setting(0.5, "share of each frame's noise common to the clip (spec §1), "
+                                  "in [0, 1]")
+    condition: str = setting("none", "class+text: both, each dropped independently (either "
+                                     "alone at sampling)", choices=CONDITIONS)
+    residual_input: str = setting("paper", choices=RESIDUAL_INPUTS)
+    base_channels: list[int] = setting(factory=lambda: [32, 64, 64], help="e.g. 32,64,64")
+    residual_channels: list[int] = setting(factory=lambda: [16, 32, 64], help="e.g. 16,32,64")
+    layers_per_block: int = setting(1)
+    gradient_checkpointing: bool = setting(False)
     # None = the offline MiniLM encoder
-    text_encoder: str | None = None
+    text_encoder: str | None = setting(None, "a CLIP text encoder folder (or one with "
+                                             "text_encoder/ + tokenizer/) for text conditioning; "
+                                             "default: the offline MiniLM encoder")
     # the two stages (spec §3)
-    base_pretrain_steps: int = 0
-    # stage 1 only: frames drawn from each clip (a bigger image batch from the same clips)
-    image_frames_per_clip: int = 1
-    # both stages: the loss weighting over timesteps (objective.loss_weights); epsilon = spec §3
-    loss_weighting: str = "epsilon"
-    snr_gamma: float = 5.0
-    base_from: str | None = None
-    base_from_scratch: bool = False
-    # fine-tuning: a VideoFusionPipeline folder whose networks start the run (same architecture)
-    init_from: str | None = None
-    freeze_base: bool = False
-    stop_gradient: bool = True
-    max_steps: int = 10_000
+    base_pretrain_steps: int = setting(0, "stage 1: image-diffusion steps of the base generator "
+                                          "on single frames", group="stages (spec §3)")
+    image_frames_per_clip: int = setting(1, "stage 1: frames per clip in the image batch "
+                                            "(default 1)")
+    # objective.loss_weights
+    loss_weighting: str = setting("epsilon", "weighting over timesteps, both stages (default "
+                                             "epsilon: spec §3)", choices=LOSS_WEIGHTINGS)
+    snr_gamma: float = setting(5.0, "the cap of min-snr and v weighting (default 5)")
+    base_from: str | None = setting(None, "stage 1 instead: a pretrained diffusers image UNet "
+                                          "folder")
+    base_from_scratch: bool = setting(False, "ablation: no stage 1, the base generator starts "
+                                             "random")
+    init_from: str | None = setting(None, "fine-tune: a VideoFusionPipeline folder (e.g. a run's "
+                                          "pipeline/) whose networks start the run; the config "
+                                          "must build the same networks")
+    freeze_base: bool = setting(False, "ablation: the base generator gets no gradient in stage 2")
+    stop_gradient: bool = setting(True, "ablation: non-key frames also train the base generator")
+    max_steps: int = setting(10_000, "stage 2 (joint training) optimizer steps")
     # optimisation
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    lr_scheduler: str = "constant_with_warmup"
-    lr_warmup_steps: int = 500
-    max_grad_norm: float = 1.0
-    ema_decay: float = 0.9999
-    cond_drop: float = 0.1
-    # class+text: the class label's own odds (default cond_drop); a high value leaves the
-    # caption alone in more of the steps
-    class_drop: float | None = None
-    num_train_timesteps: int = 1000
-    # the DDPM noise schedule; Stable Diffusion's is scaled_linear 0.00085 .. 0.012
-    beta_schedule: str = "linear"
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    mixed_precision: str = "no"
-    seed: int = 0
+    batch_size: int = setting(8, "clips per process per micro-step", group="optimisation")
+    gradient_accumulation_steps: int = setting(1)
+    learning_rate: float = setting(2e-4, flags=("--learning-rate", "--lr"))
+    weight_decay: float = setting(0.01)
+    adam_beta1: float = setting(0.9, flag=False)
+    adam_beta2: float = setting(0.999, flag=False)
+    adam_epsilon: float = setting(1e-8, flag=False)
+    lr_scheduler: str = setting("constant_with_warmup", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = setting(500)
+    max_grad_norm: float = setting(1.0)
+    ema_decay: float = setting(0.9999, "0 turns EMA off")
+    cond_drop: float = setting(0.1, "odds of the null condition, for classifier-free guidance")
+    # a high value leaves the caption alone in more of the steps
+    class_drop: float | None = setting(None, "class+text: odds of the null class label "
+                                             "(default: --cond-drop)")
+    num_train_timesteps: int = setting(1000, flag=False)
+    beta_schedule: str = setting("linear", "DDPM noise schedule (Stable Diffusion: scaled_linear "
+                                           "0.00085 .. 0.012)", choices=BETA_SCHEDULES)
+    beta_start: float = setting(0.0001)
+    beta_end: float = setting(0.02)
+    mixed_precision: str = setting("no", "GPU only; CPU runs stay fp32", choices=MIXED_PRECISION)
+    seed: int = setting(0)
     # outputs
-    output_dir: str = "runs/videofusion"
-    checkpoint_every: int = 1000
-    checkpoints_total_limit: int = 3
-    sample_every: int = 1000
-    sample_num: int = 4
-    sample_steps: int = 25
-    sample_guidance: float = 1.0
-    log_every: int = 10
-    # NaN guard: a step with a non-finite loss or gradient norm is skipped; this many in a row
-    # stop the run without saving, so that the last good checkpoints stay
-    max_nonfinite_steps: int = 5
-    # this invocation only
-    resume: bool = False
-    stop_at_step: int | None = None
-    # the pipeline this invocation writes holds the raw weights, not the EMA (the run keeps it)
-    raw_weights: bool = False
-    # a run already in output_dir is replaced (set aside until this run's first checkpoint)
-    overwrite: bool = False
+    output_dir: str = setting("runs/videofusion", group="outputs")
+    checkpoint_every: int = setting(1000)
+    checkpoints_total_limit: int = setting(3)
+    sample_every: int = setting(1000)
+    sample_num: int = setting(4)
+    sample_steps: int = setting(25)
+    sample_guidance: float = setting(1.0)
+    log_every: int = setting(10)
+    # NaN guard: a skipped step is no update; a run stopped by it saves nothing, so that the
+    # last good checkpoints stay
+    max_nonfinite_steps: int = setting(5, "stop after this many steps in a row with a "
+                                          "non-finite loss or gradient norm, each skipped "
+                                          "(default 5)")
+    # this invocation only (RUNTIME_FIELDS)
+    resume: bool = setting(False, "continue from the latest checkpoint in OUTPUT/checkpoints "
+                                  "(settings that change the model, data or objective may not "
+                                  "change)")
+    stop_at_step: int | None = setting(None, "checkpoint and exit at this global step (continue "
+                                             "with --resume)")
+    raw_weights: bool = setting(False, "the pipeline written now holds the raw weights, not the "
+                                       "EMA; unlike --ema-decay 0 the run keeps its EMA")
+    # set aside until this run's first checkpoint
+    overwrite: bool = setting(False, "replace the run in OUTPUT; it is deleted once this run has "
+                                     "written its first checkpoint")
 
     @property
     def label_drop(self) -> float:
@@ -305,3 +338,49 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         return caster(value) if caster else value
     except (TypeError, ValueError) as err:
         raise ValueError(f"{f.name} must be {kind}, got {value!r}") from err
+
+
+def widths(text: str) -> list[int]:
+    """A ``--base-channels``-style option: ``"16,32,64"`` -> ``[16, 32, 64]``."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected integers like 16,32,64, got {text!r}") from err
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config: type = TrainConfig) -> None:
+    """One flag per field of ``config`` (see :func:`setting`), in ``--help`` sections.
+
+    Every flag defaults to "not given" (the parser's ``argument_default=SUPPRESS``), so that
+    only the flags on the command line override a ``--config`` file; validation stays with
+    ``TrainConfig.validate``. Booleans are switches: ``--name`` for a field that defaults to
+    false, ``--no-name`` for one that defaults to true."""
+    group = parser
+    for f in fields(config):
+        meta = f.metadata
+        if meta.get("group"):
+            group = parser.add_argument_group(meta["group"])
+        if not meta.get("flag", True):
+            continue
+        name = next((k for k, v in ALIASES.items() if v == f.name), f.name).replace("_", "-")
+        options = {"dest": f.name}
+        if meta.get("help"):
+            options["help"] = meta["help"]
+        if f.type == "bool":
+            switch_on = f.default is False
+            flags = [f"--{name}" if switch_on else f"--no-{name}"]
+            options["action"] = "store_true" if switch_on else "store_false"
+        else:
+            flags = list(meta.get("flags") or [f"--{name}"])
+            parse = _FLAG_TYPES.get(f.type.replace(" | None", ""))  # None: the text itself
+            if parse is not None:
+                options["type"] = parse
+            if meta.get("choices"):
+                options["choices"] = meta["choices"]
+            else:
+                options["metavar"] = name.replace("-", "_").upper()
+        group.add_argument(*flags, **options)
+
+
+# a field's type -> how its flag parses (floats must be finite; ranges are validate()'s)
+_FLAG_TYPES = {"int": int, "float": finite_float, "list[int]": widths}
