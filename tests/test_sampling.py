@@ -7,14 +7,22 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
 )
 from sampling_run import sample
 from torch import nn
 
 from videofusion import Condition, VideoFusionModel, make_lambdas
-from videofusion.noise import FreshNoise, key_frame_index
-from videofusion.sampling import alpha_bar_at, guided_noise_prediction, noise_injecting_step
+from videofusion.noise import FreshNoise, decomposed_noise, key_frame_index
+from videofusion.sampling import (
+    alpha_bar_at,
+    ddpm_step,
+    guided_noise_prediction,
+    initial_latents,
+    noise_injecting_step,
+    sample_decomposed,
+)
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -273,3 +281,63 @@ def test_v_prediction_scheduler_is_refused():
     with pytest.raises(ValueError, match="epsilon"):
         sample(model, DDIMScheduler(prediction_type="v_prediction"), (1, 3, 4, 8, 8),
                make_lambdas(4, 0.5))
+
+
+class CountingFreshNoise(FreshNoise):
+    """FreshNoise that records every draw a step asks for."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draws = 0
+
+    def __call__(self, *args, **kwargs):
+        self.draws += 1
+        return super().__call__(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("scheduler", "eta", "draws"), [
+    (DDIMScheduler(), 0.0, 0),
+    (DDIMScheduler(), 1.0, 3),
+    (DPMSolverMultistepScheduler(), 0.0, 0),
+    (DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), 0.0, 3),
+    (EulerDiscreteScheduler(), 1.0, 0),
+    (DDPMScheduler(), 0.0, 2),  # the last step (t = 0) adds no noise
+])
+def test_noise_is_drawn_only_by_steps_that_use_it(scheduler, eta, draws):
+    model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
+    lambdas = make_lambdas(4, 0.5)
+    generator = torch.Generator().manual_seed(0)
+    fresh = CountingFreshNoise(lambdas, generator)
+    latents = initial_latents(scheduler, decomposed_noise((1, 3, 4, 8, 8), lambdas, generator,
+                                                          return_parts=True), 3)
+    state = generator.get_state()
+    global_state = torch.get_rng_state()
+    sample_decomposed(model, scheduler, latents, fresh, eta=eta)
+    assert fresh.draws == draws
+    assert torch.equal(generator.get_state(), state) == (draws == 0)
+    # no step draws from torch's global generator either (DDPM's own draw is thrown away)
+    assert torch.equal(torch.get_rng_state(), global_state)
+
+
+def test_ddpm_step_is_diffusers_step_with_the_noise_injected():
+    """ddpm_step rebuilds DDPM's step around the injected noise: given the very noise
+    DDPMScheduler.step would draw itself, both give the same bits (clipping included)."""
+    scheduler = DDPMScheduler()
+    scheduler.set_timesteps(10)
+    eps = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    z = 2 * torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    for t in scheduler.timesteps[[0, 5, -1]]:
+        own = scheduler.step(eps, t, z, generator=torch.Generator().manual_seed(3)).prev_sample
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(3))
+        injected = ddpm_step(scheduler, eps, t, z, lambda shape, dtype, noise=noise: noise)
+        assert torch.equal(own, injected)
+
+
+def test_a_scheduler_that_draws_its_own_noise_is_refused():
+    for scheduler in (EulerAncestralDiscreteScheduler(), DDPMScheduler(variance_type="learned")):
+        with pytest.raises(ValueError, match="draws its own fresh noise|variance_type"):
+            noise_injecting_step(scheduler)
+    with pytest.raises(ValueError, match=r"^EulerAncestralDiscreteScheduler draws its own "
+                                         r"fresh noise, independent for every frame"):
+        sample(VideoFusionModel(tiny_residual(), tiny_base()), EulerAncestralDiscreteScheduler(),
+               (1, 3, 4, 8, 8), make_lambdas(4, 0.5), num_inference_steps=2)

@@ -232,41 +232,41 @@ def noise_injecting_step(scheduler, eta: float = 0.0) -> Step:
     """``scheduler.step`` with its fresh noise passed in, worked out once per run.
 
     Every fresh noise is ``FreshNoise``'s decomposed draw (spec §1), made only when the step
-    uses it (DDIM with eta = 0, DPM-Solver's ODE variants and Euler without churn draw
-    nothing), on the generator's device, then moved. Schedulers whose step takes
-    ``variance_noise`` (DDIM, DPM-Solver) get it directly; DDPM's step cannot take it and goes
-    through ``ddpm_step``. Any other scheduler that draws its own noise is refused: its noise
-    would be independent per frame, against spec §1.
+    uses it (``adds_no_noise``), on the generator's device, then moved. Schedulers whose step
+    takes ``variance_noise`` (DDIM, DPM-Solver) get it directly; DDPM's step cannot take it
+    and goes through ``ddpm_step``. Any other scheduler that draws its own noise is refused:
+    its noise would be independent per frame, against spec §1.
     """
-    params = inspect.signature(scheduler.step).parameters
-    kwargs = {"eta": eta} if "eta" in params else {}
+    takes = inspect.signature(scheduler.step).parameters
+    kwargs = {"eta": eta} if "eta" in takes else {}
     if isinstance(scheduler, DDPMScheduler):
         if scheduler.config.variance_type not in DDPM_VARIANCES:
             raise ValueError(f"DDPM with variance_type={scheduler.config.variance_type!r} is not "
                              f"supported: the sampler injects noise with {DDPM_VARIANCES}")
         return partial(ddpm_step, scheduler)
-    if "variance_noise" in params and uses_variance_noise(scheduler, eta):
+    if adds_no_noise(scheduler, takes, eta):
+        return lambda eps, t, z, fresh_noise: scheduler.step(eps, t, z, **kwargs).prev_sample
+    if "variance_noise" in takes:
         def step(eps, t, z, fresh_noise):
             noise = draw(fresh_noise, z)
             return scheduler.step(eps, t, z, variance_noise=noise, **kwargs).prev_sample
         return step
-    # Euler draws only with s_churn > 0, which the sampler never passes
-    if ("variance_noise" in params or "generator" not in params
-            or isinstance(scheduler, EulerDiscreteScheduler)):
-        return lambda eps, t, z, fresh_noise: scheduler.step(eps, t, z, **kwargs).prev_sample
     raise ValueError(
         f"{type(scheduler).__name__} draws its own fresh noise, independent for every frame, "
         "and cannot take the decomposed draw of spec §1: use DDIM, DDPM, DPM-Solver or Euler"
     )
 
 
-def uses_variance_noise(scheduler, eta: float) -> bool:
-    """Whether a step that takes ``variance_noise`` adds it: DDIM-like steps when eta > 0,
-    DPM-Solver in its SDE variants; any other such scheduler is assumed to."""
-    if "eta" in inspect.signature(scheduler.step).parameters:
-        return eta > 0
-    algorithm = scheduler.config.get("algorithm_type")
-    return algorithm is None or algorithm.startswith("sde")
+def adds_no_noise(scheduler, takes, eta: float) -> bool:
+    """Whether a step, taking the arguments ``takes``, adds no fresh noise: DDIM-like steps
+    with eta = 0, DPM-Solver's ODE variants, Euler (noise only with ``s_churn``, which the
+    sampler never passes), and steps that have no means to draw any."""
+    if "eta" in takes:
+        return not eta > 0
+    if scheduler.config.get("algorithm_type") in ("dpmsolver", "dpmsolver++"):
+        return True
+    return isinstance(scheduler, EulerDiscreteScheduler) or not (
+        "variance_noise" in takes or "generator" in takes)
 
 
 # DDPM variances whose noise scale ``ddpm_step`` can read off the scheduler (not learned ones).
