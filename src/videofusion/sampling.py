@@ -111,11 +111,6 @@ def initial_latents(
     the image noised with the clip's base noise (its noise is all base, lambda^k = 1); the
     denoising loop then uses the base noise the image implies (``sample_decomposed``).
     """
-    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError(
-            f"the sampler needs an epsilon-predicting scheduler, got prediction_type="
-            f"{scheduler.config.prediction_type!r}"
-        )
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     batch, channels = noise.noise.shape[:2]
@@ -237,6 +232,11 @@ def noise_injecting_step(scheduler, eta: float = 0.0) -> Step:
     and goes through ``ddpm_step``. Any other scheduler that draws its own noise is refused:
     its noise would be independent per frame, against spec §1.
     """
+    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+        raise ValueError(
+            f"the sampler needs an epsilon-predicting scheduler, got prediction_type="
+            f"{scheduler.config.prediction_type!r}"
+        )
     takes = inspect.signature(scheduler.step).parameters
     kwargs = {"eta": eta} if "eta" in takes else {}
     if isinstance(scheduler, DDPMScheduler):
