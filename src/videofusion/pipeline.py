@@ -297,6 +297,8 @@ class VideoFusionPipeline(DiffusionPipeline):
                  residual_noise: torch.Tensor | None = None, output_type: str = "np",
                  progress: bool = True):
         """Run ``plan``: prepare latents, denoise, decode; frames as ``output_type`` says."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         latents, fresh_noise = self.prepare_latents(plan, generator, base_noise, residual_noise)
         latents = self.denoise(plan, latents, fresh_noise, progress=progress)
         if output_type == "latent":
@@ -336,8 +338,6 @@ class VideoFusionPipeline(DiffusionPipeline):
         the sample size. ``signal_leak=False`` starts from pure noise even if the folder holds
         its training data's mean (``signal_leak_mean``; ``initial_latents`` says why).
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         plan = self.plan(prompt, class_labels, num_frames=num_frames, height=height, width=width,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          lambda_=lambda_, num_videos=num_videos, eta=eta, image=image,
