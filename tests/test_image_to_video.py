@@ -12,9 +12,10 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 from PIL import Image
+from sampling_run import sample
 from torch import nn
 
-from videofusion import VideoFusionModel, make_lambdas, sample_decomposed
+from videofusion import VideoFusionModel, make_lambdas
 from videofusion.cli import main
 from videofusion.noise import key_frame_index
 from videofusion.pipeline import VideoFusionPipeline
@@ -74,9 +75,9 @@ def oracle_image_to_video(scheduler, lambda_=0.5, steps=50, condition_on_key_fra
     model = VideoFusionModel(OracleDifferenceResidual(clip, abar_of, lambdas),
                              OracleBase(other, abar_of), residual_input="key_frame_difference")
     key_frame = clip[:, :, key_frame_index(6)] if condition_on_key_frame else None
-    out = sample_decomposed(model, scheduler, tuple(clip.shape), lambdas,
-                            num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
-                            key_frame=key_frame, eta=eta)
+    out = sample(model, scheduler, tuple(clip.shape), lambdas,
+                 num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                 key_frame=key_frame, eta=eta)
     return out, clip
 
 
@@ -108,9 +109,9 @@ def test_ddim_key_frame_follows_the_image_noised_with_the_clip_base_noise():
                        - (1 - a).sqrt() * base_noise).abs().max().item())
         return z
 
-    out = sample_decomposed(model, scheduler, (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
-                            num_inference_steps=10, base_noise=base_noise, key_frame=key,
-                            before_step=check)
+    out = sample(model, scheduler, (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
+                 num_inference_steps=10, base_noise=base_noise, key_frame=key,
+                 before_step=check)
     assert len(errors) == 10 and max(errors) < 1e-4
     assert torch.equal(out[:, :, key_frame_index(4)], key)
 
@@ -127,15 +128,15 @@ def test_key_frame_is_refused_by_the_baseline_and_by_a_wrong_shape_or_lambda():
     model = VideoFusionModel(tiny_residual(), tiny_base())
     key = torch.zeros(1, 3, 8, 8)
     with pytest.raises(ValueError, match="key_frame must have shape"):
-        sample_decomposed(model, DDIMScheduler(), (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
-                          key_frame=torch.zeros(1, 3, 4, 4))
+        sample(model, DDIMScheduler(), (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
+               key_frame=torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match="lambda = 1 on the key frame"):
-        sample_decomposed(model, DDIMScheduler(), (1, 3, 4, 8, 8), torch.full((4,), 0.5),
-                          key_frame=key)
+        sample(model, DDIMScheduler(), (1, 3, 4, 8, 8), torch.full((4,), 0.5),
+               key_frame=key)
     baseline = VideoFusionModel(tiny_residual())
     with pytest.raises(ValueError, match="needs a base generator"):
-        sample_decomposed(baseline, DDIMScheduler(), (1, 3, 4, 8, 8), torch.zeros(4),
-                          key_frame=key)
+        sample(baseline, DDIMScheduler(), (1, 3, 4, 8, 8), torch.zeros(4),
+               key_frame=key)
 
 
 # -- pipeline ----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import torch
 from conftest import tiny_base, tiny_residual
 from diffusers import DDIMScheduler
 
-from videofusion import long_video
 from videofusion.long_video import SeamInpainting, num_clips
 from videofusion.pipeline import VideoFusionPipeline
 from videofusion.video_io import Mp4Writer, read_video
@@ -42,8 +41,8 @@ def test_class_conditioned_batch_with_guidance():
 
 def test_streams_a_decodable_mp4_clip_by_clip(tmp_path, monkeypatch):
     events = []
-    sample, write = long_video.sample_decomposed, Mp4Writer.write
-    monkeypatch.setattr(long_video, "sample_decomposed",
+    sample, write = VideoFusionPipeline.denoise, Mp4Writer.write
+    monkeypatch.setattr(VideoFusionPipeline, "denoise",
                         lambda *a, **k: events.append("sample") or sample(*a, **k))
     monkeypatch.setattr(Mp4Writer, "write",
                         lambda self, frames: events.append(len(frames)) or write(self, frames))

@@ -195,3 +195,46 @@ def test_base_generator_loads_from_unet_pipeline_and_videofusion_folders(tmp_pat
         assert isinstance(BaseGenerator.from_pretrained(tmp_path / folder), BaseGenerator)
     with pytest.raises(FileNotFoundError, match="config.json"):
         BaseGenerator.from_pretrained(tmp_path)
+
+
+def test_the_stages_one_by_one_give_the_video_of_call():
+    pipe = class_pipeline()
+    expected = run(pipe, class_labels=[1, 2], guidance_scale=2.0, lambda_=0.7)
+    height, width = pipe.check_inputs()
+    assert (height, width) == (8, 8)
+    condition, batch = pipe.prepare_condition(class_labels=[1, 2], guidance_scale=2.0)
+    assert batch == 2 and condition.null_class_labels.tolist() == [10, 10]
+    plan = pipe.plan(class_labels=[1, 2], num_frames=4, num_inference_steps=3,
+                     guidance_scale=2.0, lambda_=0.7)
+    assert plan.latent_shape == (2, 3, 4, 8, 8) and plan.batch == 2
+    assert plan.lambdas.tolist() == pytest.approx([0.7, 0.7, 1.0, 0.7])
+    latents, fresh_noise = pipe.prepare_latents(plan, torch.Generator().manual_seed(0))
+    latents = pipe.denoise(plan, latents, fresh_noise, progress=False)
+    frames = pipe.postprocess(pipe.decode(latents))
+    np.testing.assert_array_equal(frames, expected)
+
+
+def test_the_model_is_built_once_and_again_when_a_network_is_replaced():
+    pipe = class_pipeline()
+    model = pipe.model
+    assert pipe.model is model and pipe.model.base.unet is pipe.base
+    pipe.residual = tiny_residual(num_classes=10)
+    assert pipe.model is not model and pipe.model.residual is pipe.residual
+    model = pipe.model
+    pipe.base = None
+    assert pipe.model is not model and pipe.model.is_baseline
+
+
+def test_conditioning_says_what_a_model_accepts():
+    from videofusion import Conditioning
+
+    assert class_pipeline().conditioning == Conditioning(num_classes=10, text=False)
+    assert class_pipeline().conditioning.name == "class"
+    assert class_pipeline().conditioning.null_class_label == 10
+    assert Conditioning().name == "none" and not Conditioning().is_conditioned
+    assert Conditioning(10, True).name == "class+text"
+    assert Conditioning(text=True).name == "text"
+    # the same names as the training config's conditions
+    from videofusion.config import CONDITIONS
+
+    assert {Conditioning(n, t).name for n in (None, 10) for t in (False, True)} == set(CONDITIONS)

@@ -7,13 +7,22 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
 )
+from sampling_run import sample
 from torch import nn
 
-from videofusion import Condition, VideoFusionModel, make_lambdas, sample_decomposed
-from videofusion.noise import FreshNoise, key_frame_index
-from videofusion.sampling import alpha_bar_at, guided_noise_prediction, scheduler_step
+from videofusion import Condition, VideoFusionModel, make_lambdas
+from videofusion.noise import FreshNoise, decomposed_noise, key_frame_index
+from videofusion.sampling import (
+    alpha_bar_at,
+    ddpm_step,
+    guided_noise_prediction,
+    initial_latents,
+    noise_injecting_step,
+    sample_decomposed,
+)
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -60,9 +69,9 @@ def oracle_sample(scheduler, lambda_, steps=50, baseline=False, **kwargs):
 
     base = None if baseline else OracleBase(target, abar_of)
     model = VideoFusionModel(OracleResidual(target, abar_of, lambdas), base)
-    out = sample_decomposed(model, scheduler, tuple(target.shape), lambdas,
-                            num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
-                            **kwargs)
+    out = sample(model, scheduler, tuple(target.shape), lambdas,
+                 num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                 **kwargs)
     return out, target
 
 
@@ -120,8 +129,8 @@ def test_oracle_detects_a_wrong_residual_input():
             return z_t
 
     model = Wrong(OracleResidual(target, abar_of, lambdas), OracleBase(target, abar_of))
-    out = sample_decomposed(model, scheduler, (1, 1, 4, 2, 2), lambdas, num_inference_steps=10,
-                            generator=torch.Generator().manual_seed(0))
+    out = sample(model, scheduler, (1, 1, 4, 2, 2), lambdas, num_inference_steps=10,
+                 generator=torch.Generator().manual_seed(0))
     assert (out - target).abs().max() > 1e-2  # ten times the tolerance the oracle passes
 
 
@@ -133,7 +142,7 @@ def test_fresh_noise_of_stochastic_steps_is_decomposed(name, kwargs):
     zero = torch.zeros(600, 1, 4, 8, 8)
     t = scheduler.timesteps[2]
     fresh = FreshNoise(lambdas, torch.Generator().manual_seed(0))
-    out = scheduler_step(scheduler, zero, t, zero, fresh, **kwargs)  # = std * fresh noise
+    out = noise_injecting_step(scheduler, **kwargs)(zero, t, zero, fresh)  # = std * fresh noise
     frames = out.transpose(0, 2).reshape(4, -1).double()
     corr = torch.corrcoef(frames)
     expected = (lambdas[:, None] * lambdas[None, :]).double().sqrt()
@@ -147,9 +156,9 @@ def test_same_seed_same_video_with_real_networks(name):
     model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
 
     def run(seed):
-        return sample_decomposed(model, SCHEDULERS[name](), (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
-                                 num_inference_steps=3,
-                                 generator=torch.Generator().manual_seed(seed))
+        return sample(model, SCHEDULERS[name](), (1, 3, 4, 8, 8), make_lambdas(4, 0.5),
+                      num_inference_steps=3,
+                      generator=torch.Generator().manual_seed(seed))
 
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b)
@@ -196,7 +205,7 @@ def test_fixed_base_noise_is_shared_between_samples():
     starts, videos = [], []
     for seed in (0, 1):
         seen = []
-        videos.append(sample_decomposed(
+        videos.append(sample(
             model, DDIMScheduler(), (1, 3, 4, 8, 8), lambdas, num_inference_steps=2,
             base_noise=base_noise, generator=torch.Generator().manual_seed(seed),
             before_step=lambda i, z, seen=seen: seen.append(z.clone()) or z))
@@ -242,13 +251,13 @@ def test_a_fixed_base_fixes_the_content_under_a_stochastic_sampler():
     model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
     lambdas = torch.ones(4)
     base_noise = torch.randn(1, 3, 8, 8)
-    runs = [sample_decomposed(model, DDPMScheduler(), (1, 3, 4, 8, 8), lambdas,
-                              num_inference_steps=3, base_noise=base_noise,
-                              generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    runs = [sample(model, DDPMScheduler(), (1, 3, 4, 8, 8), lambdas,
+                   num_inference_steps=3, base_noise=base_noise,
+                   generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
     assert torch.equal(runs[0], runs[1])
-    other = sample_decomposed(model, DDPMScheduler(), (1, 3, 4, 8, 8), lambdas,
-                              num_inference_steps=3, base_noise=torch.randn(1, 3, 8, 8),
-                              generator=torch.Generator().manual_seed(0))
+    other = sample(model, DDPMScheduler(), (1, 3, 4, 8, 8), lambdas,
+                   num_inference_steps=3, base_noise=torch.randn(1, 3, 8, 8),
+                   generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(runs[0], other)
 
 
@@ -258,10 +267,10 @@ def test_a_video_whose_noise_is_fixed_does_not_depend_on_its_batch():
     base, residual = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 8, 8)
 
     def run(batch, seed):
-        return sample_decomposed(model, DDPMScheduler(), (len(batch), 3, 4, 8, 8), lambdas,
-                                 num_inference_steps=3, base_noise=base[batch],
-                                 residual_noise=residual[batch],
-                                 generator=torch.Generator().manual_seed(seed))
+        return sample(model, DDPMScheduler(), (len(batch), 3, 4, 8, 8), lambdas,
+                      num_inference_steps=3, base_noise=base[batch],
+                      residual_noise=residual[batch],
+                      generator=torch.Generator().manual_seed(seed))
 
     together, alone = run([0, 1], 0), run([1], 5)
     assert torch.allclose(together[1:], alone, atol=1e-5)
@@ -270,5 +279,65 @@ def test_a_video_whose_noise_is_fixed_does_not_depend_on_its_batch():
 def test_v_prediction_scheduler_is_refused():
     model = VideoFusionModel(tiny_residual(), tiny_base())
     with pytest.raises(ValueError, match="epsilon"):
-        sample_decomposed(model, DDIMScheduler(prediction_type="v_prediction"), (1, 3, 4, 8, 8),
-                          make_lambdas(4, 0.5))
+        sample(model, DDIMScheduler(prediction_type="v_prediction"), (1, 3, 4, 8, 8),
+               make_lambdas(4, 0.5))
+
+
+class CountingFreshNoise(FreshNoise):
+    """FreshNoise that records every draw a step asks for."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draws = 0
+
+    def __call__(self, *args, **kwargs):
+        self.draws += 1
+        return super().__call__(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("scheduler", "eta", "draws"), [
+    (DDIMScheduler(), 0.0, 0),
+    (DDIMScheduler(), 1.0, 3),
+    (DPMSolverMultistepScheduler(), 0.0, 0),
+    (DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), 0.0, 3),
+    (EulerDiscreteScheduler(), 1.0, 0),
+    (DDPMScheduler(), 0.0, 2),  # the last step (t = 0) adds no noise
+])
+def test_noise_is_drawn_only_by_steps_that_use_it(scheduler, eta, draws):
+    model = VideoFusionModel(tiny_residual(), tiny_base()).eval()
+    lambdas = make_lambdas(4, 0.5)
+    generator = torch.Generator().manual_seed(0)
+    fresh = CountingFreshNoise(lambdas, generator)
+    latents = initial_latents(scheduler, decomposed_noise((1, 3, 4, 8, 8), lambdas, generator,
+                                                          return_parts=True), 3)
+    state = generator.get_state()
+    global_state = torch.get_rng_state()
+    sample_decomposed(model, scheduler, latents, fresh, eta=eta)
+    assert fresh.draws == draws
+    assert torch.equal(generator.get_state(), state) == (draws == 0)
+    # no step draws from torch's global generator either (DDPM's own draw is thrown away)
+    assert torch.equal(torch.get_rng_state(), global_state)
+
+
+def test_ddpm_step_is_diffusers_step_with_the_noise_injected():
+    """ddpm_step rebuilds DDPM's step around the injected noise: given the very noise
+    DDPMScheduler.step would draw itself, both give the same bits (clipping included)."""
+    scheduler = DDPMScheduler()
+    scheduler.set_timesteps(10)
+    eps = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    z = 2 * torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    for t in scheduler.timesteps[[0, 5, -1]]:
+        own = scheduler.step(eps, t, z, generator=torch.Generator().manual_seed(3)).prev_sample
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(3))
+        injected = ddpm_step(scheduler, eps, t, z, lambda shape, dtype, noise=noise: noise)
+        assert torch.equal(own, injected)
+
+
+def test_a_scheduler_that_draws_its_own_noise_is_refused():
+    for scheduler in (EulerAncestralDiscreteScheduler(), DDPMScheduler(variance_type="learned")):
+        with pytest.raises(ValueError, match="draws its own fresh noise|variance_type"):
+            noise_injecting_step(scheduler)
+    with pytest.raises(ValueError, match=r"^EulerAncestralDiscreteScheduler draws its own "
+                                         r"fresh noise, independent for every frame"):
+        sample(VideoFusionModel(tiny_residual(), tiny_base()), EulerAncestralDiscreteScheduler(),
+               (1, 3, 4, 8, 8), make_lambdas(4, 0.5), num_inference_steps=2)

@@ -12,9 +12,10 @@ any w. A residual generator fed z_t instead of z' (in either branch) breaks it.
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from sampling_run import sample
 from torch import nn
 
-from videofusion import Condition, VideoFusionModel, make_lambdas, sample_decomposed
+from videofusion import Condition, VideoFusionModel, make_lambdas
 from videofusion.sampling import alpha_bar_at, guided_noise_prediction
 
 FRAMES = 5
@@ -66,10 +67,10 @@ def guided_oracle_sample(scheduler, lambdas, labels, guidance_scale, steps=30, w
                 LabelledOracleBase(clips, abar_of))
     labels = torch.tensor(labels)
     condition = Condition(class_labels=labels, null_class_labels=torch.full_like(labels, NULL))
-    out = sample_decomposed(model, scheduler, (len(labels), 2, FRAMES, 4, 4), lambdas,
-                            num_inference_steps=steps, condition=condition,
-                            guidance_scale=guidance_scale,
-                            generator=torch.Generator().manual_seed(0))
+    out = sample(model, scheduler, (len(labels), 2, FRAMES, 4, 4), lambdas,
+                 num_inference_steps=steps, condition=condition,
+                 guidance_scale=guidance_scale,
+                 generator=torch.Generator().manual_seed(0))
     expected = clips[NULL] + guidance_scale * (clips[labels] - clips[NULL])
     return out, expected
 
@@ -168,9 +169,9 @@ def test_text_guidance_returns_the_guided_clip():
     states = torch.tensor([1.0, 0.0]).view(2, 1, 1).expand(2, 3, 4)
     condition = Condition(encoder_hidden_states=states,
                           null_encoder_hidden_states=torch.full((2, 3, 4), float(NULL)))
-    out = sample_decomposed(model, scheduler, (2, 2, FRAMES, 4, 4), lambdas,
-                            num_inference_steps=20, condition=condition, guidance_scale=1.5,
-                            generator=torch.Generator().manual_seed(0))
+    out = sample(model, scheduler, (2, 2, FRAMES, 4, 4), lambdas,
+                 num_inference_steps=20, condition=condition, guidance_scale=1.5,
+                 generator=torch.Generator().manual_seed(0))
     expected = clips[NULL] + 1.5 * (clips[[1, 0]] - clips[NULL])
     assert (out - expected).abs().max() < 1e-3
 
@@ -189,11 +190,11 @@ def test_guided_batches_of_three_and_the_guided_baseline():
 
     baseline = VideoFusionModel(LabelledOracleResidual(clips, abar_of, zeros))
     labels = torch.tensor([1, 0])
-    out = sample_decomposed(baseline, scheduler, (2, 2, FRAMES, 4, 4), zeros,
-                            num_inference_steps=10, guidance_scale=3.0,
-                            condition=Condition(class_labels=labels,
-                                                null_class_labels=torch.full_like(labels, NULL)),
-                            generator=torch.Generator().manual_seed(0))
+    out = sample(baseline, scheduler, (2, 2, FRAMES, 4, 4), zeros,
+                 num_inference_steps=10, guidance_scale=3.0,
+                 condition=Condition(class_labels=labels,
+                                     null_class_labels=torch.full_like(labels, NULL)),
+                 generator=torch.Generator().manual_seed(0))
     assert (out - (clips[NULL] + 3.0 * (clips[labels] - clips[NULL]))).abs().max() < 1e-3
 
 
@@ -211,9 +212,9 @@ def test_the_oracle_is_exact_in_float64():
     model = VideoFusionModel(LabelledOracleResidual(clips, abar_of, lambdas.double()),
                              LabelledOracleBase(clips, abar_of))
     labels = torch.tensor([0, 1])
-    out = sample_decomposed(model, scheduler, (2, 2, FRAMES, 4, 4), lambdas,
-                            num_inference_steps=10, condition=Condition(class_labels=labels),
-                            dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = sample(model, scheduler, (2, 2, FRAMES, 4, 4), lambdas,
+                 num_inference_steps=10, condition=Condition(class_labels=labels),
+                 dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert out.dtype == torch.float64
     assert (out - clips[labels]).abs().max() < 1e-9
 
@@ -225,44 +226,44 @@ def test_defaults_fifty_silent_unguided_deterministic_steps(capsys):
     model = VideoFusionModel(LabelledOracleResidual(targets(), lambda t: torch.tensor(0.5),
                                                     lambdas),
                              LabelledOracleBase(targets(), lambda t: torch.tensor(0.5)))
-    first = sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
-                              condition=Condition(class_labels=torch.tensor([1])),
-                              generator=torch.Generator().manual_seed(0), **kwargs)
+    first = sample(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                   condition=Condition(class_labels=torch.tensor([1])),
+                   generator=torch.Generator().manual_seed(0), **kwargs)
     assert seen == list(range(50)) and capsys.readouterr().err == ""
     # eta defaults to 0 (no fresh noise); eta = 1 draws fresh noise
-    again = sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
-                              num_inference_steps=50, eta=0.0,
-                              condition=Condition(class_labels=torch.tensor([1])),
-                              generator=torch.Generator().manual_seed(0))
+    again = sample(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                   num_inference_steps=50, eta=0.0,
+                   condition=Condition(class_labels=torch.tensor([1])),
+                   generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(first, again)
-    noisy = [sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
-                               num_inference_steps=3, eta=1.0,
-                               condition=Condition(class_labels=torch.tensor([1])),
-                               base_noise=torch.zeros(1, 2, 4, 4), residual_noise=torch.zeros(
-                                   1, 2, FRAMES, 4, 4),
-                               generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
-    plain = [sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
-                               num_inference_steps=3,
-                               condition=Condition(class_labels=torch.tensor([1])),
-                               base_noise=torch.zeros(1, 2, 4, 4), residual_noise=torch.zeros(
-                                   1, 2, FRAMES, 4, 4),
-                               generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    noisy = [sample(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                    num_inference_steps=3, eta=1.0,
+                    condition=Condition(class_labels=torch.tensor([1])),
+                    base_noise=torch.zeros(1, 2, 4, 4), residual_noise=torch.zeros(
+                        1, 2, FRAMES, 4, 4),
+                    generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    plain = [sample(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+                    num_inference_steps=3,
+                    condition=Condition(class_labels=torch.tensor([1])),
+                    base_noise=torch.zeros(1, 2, 4, 4), residual_noise=torch.zeros(
+                        1, 2, FRAMES, 4, 4),
+                    generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
     assert (noisy[0] - plain[0]).abs().max() > 1e-3
-    sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
-                      num_inference_steps=1, progress=True,
-                      condition=Condition(class_labels=torch.tensor([1])))
+    sample(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+           num_inference_steps=1, progress=True,
+           condition=Condition(class_labels=torch.tensor([1])))
     assert "sampling" in capsys.readouterr().err  # a labelled bar when asked for
 
 
 def test_scheduler_step_defaults_to_no_fresh_noise():
     from videofusion.noise import FreshNoise
-    from videofusion.sampling import scheduler_step
+    from videofusion.sampling import noise_injecting_step
 
     scheduler = DDIMScheduler()
     scheduler.set_timesteps(10)
     z = torch.zeros(1, 1, FRAMES, 2, 2)
-    out = scheduler_step(scheduler, z, scheduler.timesteps[2], z,
-                         FreshNoise(make_lambdas(FRAMES), torch.Generator().manual_seed(0)))
+    fresh_noise = FreshNoise(make_lambdas(FRAMES), torch.Generator().manual_seed(0))
+    out = noise_injecting_step(scheduler)(z, scheduler.timesteps[2], z, fresh_noise)
     assert torch.equal(out, torch.zeros_like(out))
 
 
@@ -308,16 +309,16 @@ def test_errors_say_exactly_what_is_wrong():
     model = VideoFusionModel(LabelledOracleResidual(targets(), None, lambdas),
                              LabelledOracleBase(targets(), None))
     with pytest.raises(ValueError, match=r"^num_inference_steps must be >= 1, got 0$"):
-        sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
-                          num_inference_steps=0)
+        sample(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+               num_inference_steps=0)
     with pytest.raises(ValueError, match=r"shape \(2,\), got \(3,\)"):
-        sample_decomposed(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
-                          signal_leak=torch.zeros(3))
+        sample(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
+               signal_leak=torch.zeros(3))
     baseline = VideoFusionModel(LabelledOracleResidual(targets(), None, lambdas))
     with pytest.raises(ValueError, match=r"^image-to-video needs a base generator: the VDM "
                                          r"baseline has no base noise for the key frame to "
                                          r"carry$"):
-        check_key_frame(baseline, torch.zeros(1, 2, 4, 4), (1, 2, FRAMES, 4, 4), lambdas)
+        check_key_frame(baseline, torch.zeros(1, 2, 4, 4), lambdas)
     with pytest.raises(ValueError, match=r"^image-to-video needs lambda = 1 on the key frame"):
-        check_key_frame(model, torch.zeros(1, 2, 4, 4), (1, 2, FRAMES, 4, 4),
+        check_key_frame(model, torch.zeros(1, 2, 4, 4),
                         torch.full((FRAMES,), 0.5))

@@ -9,9 +9,11 @@ from importlib import import_module
 _EXPORTS = {
     "BaseGenerator": ".models.base",
     "DEFAULT_MODEL_DIR": ".assets",
-    "Condition": ".sampling",
+    "Condition": ".condition",
+    "Conditioning": ".condition",
     "DecomposedNoise": ".noise",
     "NoisePrediction": ".models.videofusion",
+    "SamplingPlan": ".pipeline",
     "SpaceTimeUNet": ".models.residual",
     "VideoFusionModel": ".models.videofusion",
     "VideoFusionPipeline": ".pipeline",

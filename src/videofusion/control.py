@@ -53,7 +53,8 @@ def content_motion_grid(
 ) -> ControlGrid:
     """Sample the R x C grid with ``pipe`` (a ``VideoFusionPipeline``), for one prompt and/or
     class label. ``seed`` draws the R base noises, then the C residual noises, then seeds the
-    sampler; other keyword arguments go to the pipeline's ``__call__``."""
+    sampler; other keyword arguments are those of the pipeline's ``plan`` (steps, guidance,
+    lambda, eta, signal leak) and ``progress``."""
     if not isinstance(rows, int) or not isinstance(cols, int) or rows < 1 or cols < 1:
         raise ValueError(f"rows and cols must be integers >= 1, got {rows!r} and {cols!r}")
     for name in ("image", "base_noise", "residual_noise", "num_videos", "output_type"):
@@ -66,21 +67,17 @@ def content_motion_grid(
     if pipe.model.is_baseline:
         raise ValueError("the VDM baseline has no base noise to share: content and motion "
                          "control needs a VideoFusion model")
-    height = height or pipe.config.sample_size
-    width = width or pipe.config.sample_size
-    factor = pipe.vae_scale_factor
-    channels = pipe.residual.config.out_channels
-    side = (height // factor, width // factor)
+    progress = kwargs.pop("progress", True)
+    plan = pipe.plan(prompt, None if labels is None else labels.tolist(), num_frames=num_frames,
+                     height=height, width=width, num_videos=rows * cols, **kwargs)
+    _, channels, frames, h, w = plan.latent_shape
     generator = torch.Generator().manual_seed(seed)
-    base_noise = torch.randn((rows, channels, *side), generator=generator)
-    residual_noise = torch.randn((cols, channels, num_frames, *side), generator=generator)
-    videos = pipe(
-        prompt=prompt, class_labels=None if labels is None else labels.tolist(),
-        num_frames=num_frames, height=height, width=width, num_videos=rows * cols,
-        base_noise=base_noise.repeat_interleave(cols, dim=0).to(pipe.device),
-        residual_noise=residual_noise.repeat(rows, 1, 1, 1, 1).to(pipe.device),
-        generator=generator, output_type="np", **kwargs,
-    ).frames  # (rows * cols, frames, H, W, C), row-major
+    base_noise = torch.randn((rows, channels, h, w), generator=generator)
+    residual_noise = torch.randn((cols, channels, frames, h, w), generator=generator)
+    videos = pipe.generate(
+        plan, generator, base_noise=base_noise.repeat_interleave(cols, dim=0),
+        residual_noise=residual_noise.repeat(rows, 1, 1, 1, 1), progress=progress,
+    )  # (rows * cols, frames, H, W, C), row-major
     return ControlGrid(videos.reshape(rows, cols, *videos.shape[1:]), base_noise, residual_noise)
 
 

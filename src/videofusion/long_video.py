@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import sample_decomposed
 from .video_io import Mp4Writer
 
 
@@ -95,39 +94,25 @@ def iter_long_video(
     ``overlap=0`` gives independent clips that only share the base noise.
     """
     check_clips(num_frames, clip_frames, overlap)
-    if num_videos < 1:
-        raise ValueError(f"num_videos must be >= 1, got {num_videos}")
-    height = height or pipeline.config.sample_size
-    width = width or pipeline.config.sample_size
-    factor = pipeline.vae_scale_factor
-    for name, side in (("height", height), ("width", width)):
-        if side % factor:
-            raise ValueError(f"{name} {side} is not divisible by the VAE's factor {factor}")
-    condition, batch = pipeline._condition(prompt, class_labels, num_videos, guidance_scale)
-    model = pipeline.model
-    model.check_resolution(height // factor, width // factor)
-    lambda_ = pipeline.config.default_lambda if lambda_ is None else lambda_
-    channels = pipeline.residual.config.out_channels
-    device, dtype = pipeline.device, pipeline.residual.dtype
-    frame_shape = (batch, channels, height // factor, width // factor)
+    plan = pipeline.plan(prompt, class_labels, num_frames=min(clip_frames, num_frames),
+                         height=height, width=width, num_inference_steps=num_inference_steps,
+                         guidance_scale=guidance_scale, lambda_=lambda_, num_videos=num_videos,
+                         eta=eta, signal_leak=signal_leak)
+    batch, channels, _, h, w = plan.latent_shape
+    frame_shape = (batch, channels, h, w)
     if base_noise is None:
         base_noise = torch.randn(frame_shape, generator=generator,
-                                 device=generator.device if generator else "cpu", dtype=dtype)
+                                 device=generator.device if generator else "cpu",
+                                 dtype=pipeline.residual.dtype)
     elif tuple(base_noise.shape) != frame_shape:
         raise ValueError(f"base_noise must have shape {frame_shape}, got {tuple(base_noise.shape)}")
 
     clips = num_clips(num_frames, clip_frames, overlap)
     known, produced = None, 0
     for clip in tqdm(range(clips), disable=not progress, desc="clips"):
-        length = min(clip_frames, num_frames) if clip == 0 else clip_frames
-        shape = (batch, channels, length, *frame_shape[2:])
         seam = SeamInpainting(known, overlap if clip < clips - 1 else 0)
-        latents = sample_decomposed(
-            model, pipeline.scheduler, shape, model.lambdas(length, lambda_),
-            num_inference_steps=num_inference_steps, generator=generator, condition=condition,
-            guidance_scale=guidance_scale, eta=eta, base_noise=base_noise, device=device,
-            dtype=dtype, before_step=seam, signal_leak=pipeline.signal_leak(signal_leak),
-        )
+        latents, fresh_noise = pipeline.prepare_latents(plan, generator, base_noise)
+        latents = pipeline.denoise(plan, latents, fresh_noise, before_step=seam, progress=False)
         new = latents[:, :, 0 if known is None else overlap:]
         new = new[:, :, : num_frames - produced]
         known = seam.trajectory if overlap else None

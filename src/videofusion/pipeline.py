@@ -1,8 +1,11 @@
 """``VideoFusionPipeline``: a diffusers pipeline that orchestrates the decomposed sampler.
 
 It holds the components (residual generator, optional base generator, scheduler, optional VAE
-and text encoder), turns prompts or class labels into conditions, calls
-``videofusion.sampling.sample_decomposed`` (spec §4) and decodes the result. Without a base
+and text encoder) and samples in named stages, as diffusers' pipelines do: ``check_inputs`` ->
+``prepare_condition`` (prompts or class labels -> a ``Condition``) -> ``prepare_latents`` (z_T,
+spec §1/§4) -> ``denoise`` (``videofusion.sampling.sample_decomposed``, spec §4) -> ``decode``.
+The first two make one ``SamplingPlan`` (``plan``), which ``__call__``, long videos and the
+control grid share instead of working sizes, lambdas and conditions out again. Without a base
 generator it is the VDM baseline, sampled through the same code.
 """
 
@@ -20,10 +23,11 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from . import long_video
+from .condition import Condition, Conditioning
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
-from .noise import make_lambdas
-from .sampling import Condition, sample_decomposed
+from .noise import DecomposedNoise, FreshNoise, decomposed_noise, make_lambdas
+from .sampling import initial_latents, sample_decomposed
 from .text import MiniLMTextEncoder, TextEncoder
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
@@ -38,6 +42,28 @@ class VideoFusionPipelineOutput(BaseOutput):
     ``(batch, frames, C, H, W)`` in [0, 1], or the raw latent ``(batch, C, frames, h, w)``."""
 
     frames: np.ndarray | list | torch.Tensor
+
+
+@dataclass
+class SamplingPlan:
+    """Everything a sampling run needs but its noise, worked out once from a request
+    (``VideoFusionPipeline.plan``): the later stages, long videos and the control grid read it
+    instead of deciding sizes, lambdas and conditions again."""
+
+    height: int  # pixels
+    width: int
+    latent_shape: tuple[int, int, int, int, int]  # (batch, channels, frames, h, w)
+    lambdas: torch.Tensor  # (frames,)
+    condition: Condition
+    guidance_scale: float
+    num_inference_steps: int
+    eta: float = 0.0
+    key_frame: torch.Tensor | None = None  # (batch, channels, h, w), model space
+    signal_leak: torch.Tensor | None = None  # (channels,): z_T's data mean, or pure noise
+
+    @property
+    def batch(self) -> int:
+        return self.latent_shape[0]
 
 
 class VideoFusionPipeline(DiffusionPipeline):
@@ -69,15 +95,28 @@ class VideoFusionPipeline(DiffusionPipeline):
                                 signal_leak_mean=signal_leak_mean,
                                 default_guidance_scale=default_guidance_scale)
         self._text_encoder: TextEncoder | None = None
+        self._model: VideoFusionModel | None = None
 
     @property
     def model(self) -> VideoFusionModel:
-        """The decomposed noise predictor over this pipeline's networks."""
-        return VideoFusionModel(self.residual, self.base, self.config.residual_input)
+        """The decomposed noise predictor over this pipeline's networks, built again only when
+        one of them is replaced."""
+        model = self._model
+        if (model is None or model.residual is not self.residual
+                or getattr(model.base, "unet", None) is not self.base
+                or model.residual_input != self.config.residual_input):
+            model = self._model = VideoFusionModel(self.residual, self.base,
+                                                   self.config.residual_input)
+        return model
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """What this model accepts: class labels, prompts, both or neither."""
+        return Conditioning.of(self.residual)
 
     @property
     def num_classes(self) -> int | None:
-        return self.residual.config.num_classes
+        return self.conditioning.num_classes
 
     def use_scheduler(self, name: str | None) -> VideoFusionPipeline:
         """Sample with another diffusers scheduler on the same trained noise schedule
@@ -92,7 +131,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         return self
 
     def signal_leak(self, enabled: bool = True) -> torch.Tensor | None:
-        """The training data's per-channel mean that starts z_T (``sample_decomposed``), or
+        """The training data's per-channel mean that starts z_T (``initial_latents``), or
         None: turned off, or a folder saved without it (sampled as spec §4 says)."""
         mean = self.config.get("signal_leak_mean")
         return None if not enabled or mean is None else torch.tensor(mean, dtype=torch.float32)
@@ -102,7 +141,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         """The guidance scale the CLI, evaluation and scripts use when none is given: the one
         measured best for this folder (``default_guidance_scale``), else 2 for conditioned
         models, else 1 (no guidance)."""
-        if self.num_classes is None and self.residual.config.cross_attention_dim is None:
+        if not self.conditioning.is_conditioned:
             return 1.0
         recorded = self.config.get("default_guidance_scale")
         return 2.0 if recorded is None else float(recorded)
@@ -127,19 +166,37 @@ class VideoFusionPipeline(DiffusionPipeline):
             self._text_encoder.to(self.device)
         return self._text_encoder(prompts).to(self.device)
 
-    def _condition(self, prompt, class_labels, num_videos, guidance_scale) -> tuple[Condition, int]:
-        """Prompts and/or class labels -> a Condition. A model trained on both (``class+text``)
-        takes either alone: the missing one is filled with its null (dropped-condition) value."""
-        text = self.residual.config.cross_attention_dim is not None
-        classes = self.num_classes is not None
-        if prompt is not None and not text:
+    def check_inputs(self, height: int | None = None, width: int | None = None,
+                     num_videos: int = 1) -> tuple[int, int]:
+        """Refuse, before any work, a video this model cannot sample; returns ``(height,
+        width)`` in pixels, the folder's ``sample_size`` where not given."""
+        if num_videos < 1:
+            raise ValueError(f"num_videos must be >= 1, got {num_videos}")
+        height = height or self.config.sample_size
+        width = width or self.config.sample_size
+        for name, side in (("height", height), ("width", width)):
+            if side % self.vae_scale_factor:
+                raise ValueError(f"{name} {side} is not divisible by the VAE's factor "
+                                 f"{self.vae_scale_factor}")
+        self.model.check_resolution(height // self.vae_scale_factor,
+                                    width // self.vae_scale_factor)
+        return height, width
+
+    def prepare_condition(self, prompt=None, class_labels=None, num_videos: int = 1,
+                          guidance_scale: float = 1.0) -> tuple[Condition, int]:
+        """Prompts and/or class labels -> the ``Condition`` of ``num_videos`` videos each, and the
+        batch size. A model that accepts both (``class+text``) takes either alone: the missing
+        one is filled with its null (dropped-condition) value."""
+        accepts = self.conditioning
+        if prompt is not None and not accepts.text:
             raise ValueError("this model is not text-conditioned: it takes no prompt")
-        if class_labels is not None and not classes:
+        if class_labels is not None and not accepts.classes:
             raise ValueError("this model is not class-conditioned: it takes no class_labels")
         if prompt is None and class_labels is None:
-            if text or classes:
+            if accepts.is_conditioned:
                 wanted = " and/or ".join(name for name, used in
-                                         (("prompt", text), ("class_labels", classes)) if used)
+                                         (("prompt", accepts.text),
+                                          ("class_labels", accepts.classes)) if used)
                 raise ValueError(f"this model is conditioned: pass {wanted}")
             if guidance_scale != 1.0:
                 raise ValueError("guidance_scale needs a class- or text-conditioned model")
@@ -147,10 +204,9 @@ class VideoFusionPipeline(DiffusionPipeline):
         labels = None
         if class_labels is not None:
             labels = torch.as_tensor(class_labels, device=self.device).flatten().long()
-            if (labels < 0).any() or (labels >= self.num_classes).any():
-                raise ValueError(
-                    f"class_labels must lie in [0, {self.num_classes - 1}], got {labels.tolist()}"
-                )
+            if (labels < 0).any() or (labels >= accepts.num_classes).any():
+                raise ValueError(f"class_labels must lie in [0, {accepts.num_classes - 1}], got "
+                                 f"{labels.tolist()}")
         prompts = None if prompt is None else [prompt] if isinstance(prompt, str) else list(prompt)
         if prompts is not None and labels is not None and len(prompts) != len(labels):
             if len(prompts) == 1:
@@ -162,19 +218,92 @@ class VideoFusionPipeline(DiffusionPipeline):
                                  f"prompts and {len(labels)} labels")
         count = len(prompts) if prompts is not None else len(labels)
         condition = Condition()
-        if classes:
+        if accepts.classes:
             if labels is None:
-                labels = torch.full((count,), self.num_classes, device=self.device)
+                labels = torch.full((count,), accepts.null_class_label, device=self.device)
             condition.class_labels = labels.repeat_interleave(num_videos)
             condition.null_class_labels = torch.full_like(condition.class_labels,
-                                                          self.num_classes)
-        if text:
+                                                          accepts.null_class_label)
+        if accepts.text:
             prompts = [""] * count if prompts is None else prompts
             condition.encoder_hidden_states = self.encode_prompt(
                 [p for p in prompts for _ in range(num_videos)])
             condition.null_encoder_hidden_states = self.encode_prompt([""]).expand_as(
                 condition.encoder_hidden_states)
         return condition, count * num_videos
+
+    @torch.no_grad()
+    def plan(
+        self,
+        prompt: str | list[str] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        *,
+        num_frames: int = 16,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        lambda_: float | list[float] | None = None,
+        num_videos: int = 1,
+        eta: float = 0.0,
+        image=None,
+        signal_leak: bool = True,
+    ) -> SamplingPlan:
+        """``check_inputs`` and ``prepare_condition`` of a request (``__call__``'s arguments),
+        with every default decided (the lambdas validate ``num_frames``): the plan the later
+        stages follow."""
+        height, width = self.check_inputs(height, width, num_videos)
+        condition, batch = self.prepare_condition(prompt, class_labels, num_videos,
+                                                  guidance_scale)
+        lambdas = self.model.lambdas(num_frames, self.config.default_lambda if lambda_ is None
+                                     else lambda_)
+        factor = self.vae_scale_factor
+        shape = (batch, self.residual.config.out_channels, num_frames, height // factor,
+                 width // factor)
+        key_frame = None if image is None else self.encode_image(image, batch, height, width)
+        return SamplingPlan(height, width, shape, lambdas, condition, guidance_scale,
+                            num_inference_steps, eta, key_frame, self.signal_leak(signal_leak))
+
+    def prepare_latents(self, plan: SamplingPlan, generator: torch.Generator | None = None,
+                        base_noise: torch.Tensor | None = None,
+                        residual_noise: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, FreshNoise]:
+        """z_T of ``plan`` (``sampling.initial_latents``) and the fresh noise of its steps.
+
+        ``base_noise`` ``(batch, C, h, w)`` / ``residual_noise`` ``(batch, C, frames, h, w)``
+        fix a part of the noise (spec §5); ``generator`` draws the rest, base first, on its own
+        device. Sets the scheduler's timesteps.
+        """
+        noise = decomposed_noise(plan.latent_shape, plan.lambdas, generator,
+                                 base_noise=base_noise, residual_noise=residual_noise,
+                                 dtype=self.residual.dtype, return_parts=True)
+        noise = DecomposedNoise(*(part.to(self.device) for part in noise))
+        latents = initial_latents(self.scheduler, noise, plan.num_inference_steps,
+                                  signal_leak=plan.signal_leak, key_frame=plan.key_frame)
+        return latents, FreshNoise(plan.lambdas, generator, base_noise, residual_noise)
+
+    def denoise(self, plan: SamplingPlan, latents: torch.Tensor, fresh_noise: FreshNoise,
+                before_step=None, progress: bool = True) -> torch.Tensor:
+        """z_T -> z_0 (``sampling.sample_decomposed``); ``before_step`` is its hook."""
+        return sample_decomposed(
+            self.model, self.scheduler, latents, fresh_noise, condition=plan.condition,
+            guidance_scale=plan.guidance_scale, eta=plan.eta, key_frame=plan.key_frame,
+            before_step=before_step, progress=progress,
+        )
+
+    @torch.no_grad()
+    def generate(self, plan: SamplingPlan, generator: torch.Generator | None = None,
+                 base_noise: torch.Tensor | None = None,
+                 residual_noise: torch.Tensor | None = None, output_type: str = "np",
+                 progress: bool = True):
+        """Run ``plan``: prepare latents, denoise, decode; frames as ``output_type`` says."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        latents, fresh_noise = self.prepare_latents(plan, generator, base_noise, residual_noise)
+        latents = self.denoise(plan, latents, fresh_noise, progress=progress)
+        if output_type == "latent":
+            return latents
+        return self.postprocess(self.decode(latents), output_type)
 
     @torch.no_grad()
     def __call__(
@@ -207,35 +336,13 @@ class VideoFusionPipeline(DiffusionPipeline):
         It is a PIL image, numpy ``(H, W[, C])`` uint8 or float in [0, 1], a tensor ``(C, H, W)``
         or ``(batch, C, H, W)`` in [0, 1], or a list of those (one per video); it is resized to
         the sample size. ``signal_leak=False`` starts from pure noise even if the folder holds
-        its training data's mean (``signal_leak_mean``; ``sample_decomposed`` says why).
+        its training data's mean (``signal_leak_mean``; ``initial_latents`` says why).
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if num_videos < 1:
-            raise ValueError(f"num_videos must be >= 1, got {num_videos}")
-        height = height or self.config.sample_size
-        width = width or self.config.sample_size
-        for name, side in (("height", height), ("width", width)):
-            if side % self.vae_scale_factor:
-                raise ValueError(f"{name} {side} is not divisible by the VAE's factor "
-                                 f"{self.vae_scale_factor}")
-        condition, batch = self._condition(prompt, class_labels, num_videos, guidance_scale)
-        model = self.model
-        lambda_ = self.config.default_lambda if lambda_ is None else lambda_
-        lambdas = model.lambdas(num_frames, lambda_)
-        channels = self.residual.config.out_channels
-        shape = (batch, channels, num_frames, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
-        key_frame = None if image is None else self.encode_image(image, batch, height, width)
-        latents = sample_decomposed(
-            model, self.scheduler, shape, lambdas, num_inference_steps=num_inference_steps,
-            generator=generator, condition=condition, guidance_scale=guidance_scale, eta=eta,
-            base_noise=base_noise, residual_noise=residual_noise, device=self.device,
-            dtype=self.residual.dtype, progress=progress, key_frame=key_frame,
-            signal_leak=self.signal_leak(signal_leak),
-        )
-        frames = latents if output_type == "latent" else self.postprocess(self.decode(latents),
-                                                                           output_type)
+        plan = self.plan(prompt, class_labels, num_frames=num_frames, height=height, width=width,
+                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                         lambda_=lambda_, num_videos=num_videos, eta=eta, image=image,
+                         signal_leak=signal_leak)
+        frames = self.generate(plan, generator, base_noise, residual_noise, output_type, progress)
         return VideoFusionPipelineOutput(frames=frames) if return_dict else (frames,)
 
     def encode_image(self, image, batch: int, height: int, width: int) -> torch.Tensor:
@@ -297,10 +404,6 @@ class VideoFusionPipeline(DiffusionPipeline):
         (an mp4) and returns its path; see ``videofusion.long_video.generate_long``.
         """
         return long_video.generate_long(self, num_frames, clip_frames, overlap, **kwargs)
-
-    def lambdas(self, num_frames: int, lambda_=None) -> torch.Tensor:
-        return self.model.lambdas(num_frames, self.config.default_lambda if lambda_ is None
-                                  else lambda_)
 
 
 def image_to_tensor(image) -> torch.Tensor:

@@ -1,56 +1,33 @@
-"""The two-step decomposed sampler of spec §4.
+"""The two-step decomposed sampler of spec §4, in the manner of k-diffusion's ``sampling.py``.
 
-Per iteration the base generator denoises the key frame (one frame per clip), then the residual
-generator runs on all frames in one batch; the combined epsilon goes through any diffusers
-scheduler that predicts epsilon (DDIM, DDPM, DPM-Solver, Euler, ...). Every noise the sampler
-draws, the initial latent and the fresh noise of stochastic schedulers, is decomposed (spec §1),
-and a part of z_T the caller fixed stays fixed in the fresh noise too (``FreshNoise``, spec §5).
+``sample_decomposed`` is the denoising loop alone: per step the base generator denoises the key
+frame, the residual generator all frames in one batch (``guided_noise_prediction``), and the
+combined epsilon goes through a diffusers scheduler that predicts epsilon. Everything else is
+prepared before the loop: z_T by ``initial_latents`` (the decomposed draw of spec §1, the
+signal-leak start, the key frame of image-to-video), and the scheduler's step by
+``noise_injecting_step``, which passes every step's fresh noise in explicitly as a decomposed
+draw (``FreshNoise``, spec §1 and §5), as diffusers' ``variance_noise`` does. No library is
+patched: a scheduler that can only draw its own, independent noise is refused.
 
 Layout: ``(batch, channels, frames, height, width)``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 
 import torch
+from diffusers import DDPMScheduler, EulerDiscreteScheduler
 from tqdm.auto import tqdm
 
+from .condition import Condition
 from .models.videofusion import VideoFusionModel
-from .noise import FreshNoise, combine_noise, decomposed_noise, key_frame_index
+from .noise import DecomposedNoise, FreshNoise, combine_noise, key_frame_index
 
-
-@dataclass
-class Condition:
-    """What the networks are conditioned on, and its null counterpart for guidance."""
-
-    class_labels: torch.Tensor | None = None  # (B,)
-    encoder_hidden_states: torch.Tensor | None = None  # (B, tokens, dim)
-    null_class_labels: torch.Tensor | None = None
-    null_encoder_hidden_states: torch.Tensor | None = None
-
-    def for_guidance(self) -> dict:
-        """The unconditional and conditional inputs stacked on the batch axis (null first)."""
-        def stack(null, cond):
-            if cond is None:
-                return None
-            if null is None:
-                raise ValueError("classifier-free guidance needs the null condition")
-            return torch.cat([null, cond])
-
-        return {
-            "class_labels": stack(self.null_class_labels, self.class_labels),
-            "encoder_hidden_states": stack(self.null_encoder_hidden_states,
-                                           self.encoder_hidden_states),
-        }
-
-    def plain(self) -> dict:
-        return {"class_labels": self.class_labels,
-                "encoder_hidden_states": self.encoder_hidden_states}
+# One scheduler step: (epshat, t, z_t, fresh noise) -> z_{t-1}.
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, FreshNoise], torch.Tensor]
 
 
 def guided_noise_prediction(
@@ -110,50 +87,16 @@ def implied_base_noise(z_t: torch.Tensor, key_frame: torch.Tensor,
     return (z_t[:, :, key_frame_index(z_t.shape[2])] - a.sqrt() * key_frame) / (1 - a).sqrt()
 
 
-def sample_decomposed(
-    model: VideoFusionModel,
+def initial_latents(
     scheduler,
-    shape: tuple[int, int, int, int, int],
-    lambdas: torch.Tensor,
-    *,
+    noise: DecomposedNoise,
     num_inference_steps: int = 50,
-    generator: torch.Generator | None = None,
-    condition: Condition | None = None,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
-    base_noise: torch.Tensor | None = None,
-    residual_noise: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    progress: bool = False,
-    before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-    key_frame: torch.Tensor | None = None,
+    *,
     signal_leak: torch.Tensor | None = None,
+    key_frame: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Two-step decomposed sampling (spec §4). Returns z_0 ``(B, C, F, H, W)``.
-
-    ``base_noise`` ``(B, C, H, W)`` and ``residual_noise`` ``(B, C, F, H, W)`` fix the parts of
-    the initial latent z_T (spec §5: same base = same content, same residual = same motion);
-    with a stochastic scheduler they also fix that part of every step's fresh noise
-    (``FreshNoise``).
-    ``eta`` is DDIM's stochasticity (0: deterministic, 1: DDPM-like); other schedulers ignore it.
-    ``before_step(i, z_t)`` returns the z_t that step ``i`` denoises: long videos use it to pin
-    the frames a clip shares with the previous one (spec §5, ``videofusion.long_video``).
-
-    ``key_frame`` ``(B, C, H, W)``, in model space, turns this into image-to-video: the clip is
-    generated around a given key frame. The key frame carries the base noise (spec §2,
-    lambda^k = 1), so a known key frame determines b at every step: the sampler uses that
-    implied base noise (:func:`implied_base_noise`) instead of the base generator's estimate.
-    The key frame then follows the forward-noised image exactly (its epsilon is the b it was
-    noised with), the other frames get the same b through ``sqrt(lambda^i) b`` in epshat and in
-    the residual input, and fresh noise of stochastic schedulers stays consistent because the
-    key frame's share of it is, again, the base. This is chosen over pinning z_t^k to
-    ``sqrt(abar_t) x + sqrt(1 - abar_t) b_T`` (replacement): replacement still feeds the other
-    frames the base generator's estimate of b, not the b the image was noised with, and pins
-    the key frame to b_T although DDPM-like steps renew the base. z_T^k starts as the image
-    noised with the clip's base noise (``scheduler.add_noise``); the returned key frame is the
-    image itself (schedulers whose last step stops short of abar = 1 would leave a trace of
-    noise).
+    """Set the scheduler's timesteps and return z_T ``(B, C, F, H, W)`` from its decomposed draw
+    ``noise`` (spec §4): the timesteps come first because z_T depends on them.
 
     ``signal_leak`` ``(C,)``, the training data's per-channel mean in model space, starts from
     z_T = sqrt(abar_T) mean + sqrt(1 - abar_T) eps instead of eps alone. Training never noises
@@ -163,65 +106,108 @@ def sample_decomposed(
     background. This is the signal-leak bias of Everaert et al. (WACV 2024), corrected at
     inference with the simplest leak model, the mean; it departs from spec §4 (``None``: pure
     decomposed noise). The noise, and so every control of spec §5, is unchanged.
+
+    ``key_frame`` ``(B, C, H, W)``, in model space, starts image-to-video (spec §2): z_T^k is
+    the image noised with the clip's base noise (its noise is all base, lambda^k = 1); the
+    denoising loop then uses the base noise the image implies (``sample_decomposed``).
     """
-    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError(
-            f"the sampler needs an epsilon-predicting scheduler, got prediction_type="
-            f"{scheduler.config.prediction_type!r}"
-        )
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    model.check_resolution(*shape[-2:])
-    condition = condition or Condition()
-    lambdas = lambdas.to(device)
-    k = key_frame_index(shape[2])
-    if key_frame is not None:
-        check_key_frame(model, key_frame, shape, lambdas)
-        key_frame = key_frame.to(device=device, dtype=dtype)
-    parts = decomposed_noise(shape, lambdas, generator, base_noise=base_noise,
-                             residual_noise=residual_noise, device=device, dtype=dtype,
-                             return_parts=True)
-    fresh_noise = FreshNoise(lambdas, generator, base_noise, residual_noise)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    first = scheduler.timesteps[:1].expand(shape[0])
+    batch, channels = noise.noise.shape[:2]
+    scheduler.set_timesteps(num_inference_steps, device=noise.noise.device)
+    first = scheduler.timesteps[:1].expand(batch)
     if signal_leak is None:
-        z = parts.noise * scheduler.init_noise_sigma
+        z = noise.noise * scheduler.init_noise_sigma
     else:
-        if tuple(signal_leak.shape) != (shape[1],):
-            raise ValueError(f"signal_leak must be one mean per channel, shape ({shape[1]},), "
+        if tuple(signal_leak.shape) != (channels,):
+            raise ValueError(f"signal_leak must be one mean per channel, shape ({channels},), "
                              f"got {tuple(signal_leak.shape)}")
-        mean = signal_leak.to(device=device, dtype=dtype).view(1, -1, 1, 1, 1).expand(shape)
-        z = scheduler.add_noise(mean, parts.noise, first)
+        mean = signal_leak.to(noise.noise).view(1, -1, 1, 1, 1).expand_as(noise.noise)
+        z = scheduler.add_noise(mean, noise.noise, first)
     if key_frame is not None:
-        z[:, :, k] = scheduler.add_noise(key_frame, parts.base_noise, first)
+        if key_frame.shape != noise.base_noise.shape:
+            raise ValueError(f"key_frame must have shape {tuple(noise.base_noise.shape)} (batch, "
+                             f"channels, height, width), got {tuple(key_frame.shape)}")
+        z[:, :, key_frame_index(z.shape[2])] = scheduler.add_noise(
+            key_frame.to(z), noise.base_noise, first)
+    return z
+
+
+def sample_decomposed(
+    model: VideoFusionModel,
+    scheduler,
+    latents: torch.Tensor,
+    fresh_noise: FreshNoise,
+    *,
+    condition: Condition | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    key_frame: torch.Tensor | None = None,
+    before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Two-step decomposed sampling (spec §4) from z_T ``latents`` ``(B, C, F, H, W)`` over the
+    scheduler's timesteps (``initial_latents`` sets them). Returns z_0.
+
+    ``fresh_noise`` holds the lambdas and draws the fresh noise of stochastic steps (spec §1),
+    faithful to the parts of z_T the caller fixed (spec §5). ``eta`` is DDIM's stochasticity
+    (0: deterministic, 1: DDPM-like); other schedulers ignore it. ``before_step(i, z_t)`` returns
+    the z_t that step ``i`` denoises: long videos use it to pin the frames a clip shares with
+    the previous one (spec §5, ``videofusion.long_video``).
+
+    ``key_frame`` ``(B, C, H, W)``, in model space, makes this image-to-video, the clip generated
+    around a given key frame (z_T from ``initial_latents`` with the same key frame). The key
+    frame carries the base noise (spec §2, lambda^k = 1), so a known key frame determines b at
+    every step: the noise prediction uses that implied base noise (``implied_base_noise``)
+    instead of the base generator's estimate. The key frame then follows the forward-noised
+    image exactly (its epsilon is the b it was noised with), the other frames get the same b
+    through ``sqrt(lambda^i) b`` in epshat and in the residual input, and fresh noise of
+    stochastic schedulers stays consistent because the key frame's share of it is, again, the
+    base. This is chosen over pinning z_t^k to ``sqrt(abar_t) x + sqrt(1 - abar_t) b_T``
+    (replacement): replacement still feeds the other frames the base generator's estimate of
+    b, not the b the image was noised with, and pins the key frame to b_T although DDPM-like
+    steps renew the base. The returned key frame is the image itself (schedulers whose last
+    step stops short of abar = 1 would leave a trace of noise).
+    """
+    model.check_resolution(*latents.shape[-2:])
+    lambdas = fresh_noise.lambdas.to(latents.device)
+    if key_frame is not None:
+        check_key_frame(model, key_frame, lambdas)
+        key_frame = key_frame.to(latents)
+    predict = partial(guided_noise_prediction, model, lambdas=lambdas,
+                      condition=condition or Condition(), guidance_scale=guidance_scale,
+                      key_frame=key_frame)
+    step = noise_injecting_step(scheduler, eta)
+    batch = latents.shape[0]
+    z = latents
     with torch.inference_mode():
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
             if before_step is not None:
                 z = before_step(i, z)
-            z_in = scheduler.scale_model_input(z, t)
-            alpha_bar = alpha_bar_at(scheduler, t, i).to(device=device, dtype=dtype)
-            eps = guided_noise_prediction(model, z_in, t.to(device).expand(shape[0]),
-                                          alpha_bar.expand(shape[0]), lambdas, condition,
-                                          guidance_scale, key_frame)
-            z = scheduler_step(scheduler, eps, t, z, fresh_noise, eta)
-        if key_frame is not None:
-            z[:, :, k] = key_frame
+            alpha_bar = alpha_bar_at(scheduler, t, i).to(z)
+            eps = predict(scheduler.scale_model_input(z, t), t.to(z.device).expand(batch),
+                          alpha_bar.expand(batch))
+            z = step(eps, t, z, fresh_noise)
+    return z if key_frame is None else with_key_frame(z, key_frame)
+
+
+def with_key_frame(z: torch.Tensor, key_frame: torch.Tensor) -> torch.Tensor:
+    """``z`` ``(B, C, F, H, W)`` with its key frame replaced by ``key_frame`` ``(B, C, H, W)``."""
+    z = z.clone()
+    z[:, :, key_frame_index(z.shape[2])] = key_frame
     return z
 
 
-def check_key_frame(model: VideoFusionModel, key_frame: torch.Tensor, shape: tuple,
+def check_key_frame(model: VideoFusionModel, key_frame: torch.Tensor,
                     lambdas: torch.Tensor) -> None:
-    """Refuse a key frame of the wrong shape, or one that cannot carry the base noise."""
-    expected = (shape[0], shape[1], *shape[3:])
-    if tuple(key_frame.shape) != expected:
-        raise ValueError(f"key_frame must have shape {expected} (batch, channels, height, "
-                         f"width), got {tuple(key_frame.shape)}")
+    """Refuse a key frame that cannot carry the base noise (its shape: ``initial_latents``)."""
     if model.is_baseline:
         raise ValueError("image-to-video needs a base generator: the VDM baseline has no base "
                          "noise for the key frame to carry")
-    if float(lambdas[key_frame_index(shape[2])]) != 1.0:
+    key = float(lambdas[key_frame_index(lambdas.numel())])
+    if key != 1.0:
         raise ValueError("image-to-video needs lambda = 1 on the key frame (its noise all base, "
-                         f"spec §1), got {float(lambdas[key_frame_index(shape[2])])}")
+                         f"spec §1), got {key}")
 
 
 def alpha_bar_at(scheduler, timestep: torch.Tensor, step_index: int) -> torch.Tensor:
@@ -237,38 +223,81 @@ def alpha_bar_at(scheduler, timestep: torch.Tensor, step_index: int) -> torch.Te
     return scheduler.alphas_cumprod[int(timestep)].float()
 
 
-def scheduler_step(scheduler, eps, t, z, fresh_noise: FreshNoise,
-                   eta: float = 0.0) -> torch.Tensor:
-    """One scheduler step whose fresh noise, if any, is ``fresh_noise``'s decomposed draw.
+def noise_injecting_step(scheduler, eta: float = 0.0) -> Step:
+    """``scheduler.step`` with its fresh noise passed in, worked out once per run.
 
-    Schedulers that take ``variance_noise`` (DDIM, DPM-Solver) get the draw directly; for the
-    others (DDPM, Euler with churn, ...) the draw inside ``step`` is redirected to
-    ``fresh_noise`` for the duration of the call.
+    Every fresh noise is ``FreshNoise``'s decomposed draw (spec §1), made only when the step
+    uses it (``adds_no_noise``), on the generator's device, then moved. Schedulers whose step
+    takes ``variance_noise`` (DDIM, DPM-Solver) get it directly; DDPM's step cannot take it
+    and goes through ``ddpm_step``. Any other scheduler that draws its own noise is refused:
+    its noise would be independent per frame, against spec §1.
     """
-    params = inspect.signature(scheduler.step).parameters
-    kwargs = {"eta": eta} if "eta" in params else {}
-    if "variance_noise" in params:
-        noise = fresh_noise(z.shape, device=z.device, dtype=z.dtype)
-        return scheduler.step(eps, t, z, variance_noise=noise, **kwargs).prev_sample
-    with _decomposed_randn(scheduler, fresh_noise):
-        return scheduler.step(eps, t, z, generator=fresh_noise.generator).prev_sample
+    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+        raise ValueError(
+            f"the sampler needs an epsilon-predicting scheduler, got prediction_type="
+            f"{scheduler.config.prediction_type!r}"
+        )
+    takes = inspect.signature(scheduler.step).parameters
+    kwargs = {"eta": eta} if "eta" in takes else {}
+    if isinstance(scheduler, DDPMScheduler):
+        if scheduler.config.variance_type not in DDPM_VARIANCES:
+            raise ValueError(f"DDPM with variance_type={scheduler.config.variance_type!r} is not "
+                             f"supported: the sampler injects noise with {DDPM_VARIANCES}")
+        return partial(ddpm_step, scheduler)
+    if adds_no_noise(scheduler, takes, eta):
+        return lambda eps, t, z, fresh_noise: scheduler.step(eps, t, z, **kwargs).prev_sample
+    if "variance_noise" in takes:
+        def step(eps, t, z, fresh_noise):
+            noise = draw(fresh_noise, z)
+            return scheduler.step(eps, t, z, variance_noise=noise, **kwargs).prev_sample
+        return step
+    raise ValueError(
+        f"{type(scheduler).__name__} draws its own fresh noise, independent for every frame, "
+        "and cannot take the decomposed draw of spec §1: use DDIM, DDPM, DPM-Solver or Euler"
+    )
 
 
-@contextlib.contextmanager
-def _decomposed_randn(scheduler, fresh_noise: FreshNoise):
-    module = sys.modules[type(scheduler).__module__]
-    original = getattr(module, "randn_tensor", None)
-    if original is None:
-        yield
-        return
+def adds_no_noise(scheduler, takes, eta: float) -> bool:
+    """Whether a step, taking the arguments ``takes``, adds no fresh noise: DDIM-like steps
+    with eta = 0, DPM-Solver's ODE variants, Euler (noise only with ``s_churn``, which the
+    sampler never passes), and steps that have no means to draw any."""
+    if "eta" in takes:
+        return not eta > 0
+    if scheduler.config.get("algorithm_type") in ("dpmsolver", "dpmsolver++"):
+        return True
+    return isinstance(scheduler, EulerDiscreteScheduler) or not (
+        "variance_noise" in takes or "generator" in takes)
 
-    def randn_tensor(shape, generator=None, device=None, dtype=None, **kwargs):
-        if len(shape) == 5 and shape[2] == fresh_noise.lambdas.numel():
-            return fresh_noise(shape, device=device, dtype=dtype or torch.float32)
-        return original(shape, generator=generator, device=device, dtype=dtype, **kwargs)
 
-    module.randn_tensor = randn_tensor
-    try:
-        yield
-    finally:
-        module.randn_tensor = original
+# DDPM variances whose noise scale ``ddpm_step`` can read off the scheduler (not learned ones).
+DDPM_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
+
+
+def ddpm_step(scheduler: DDPMScheduler, eps: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+              fresh_noise: FreshNoise) -> torch.Tensor:
+    """DDPM's step with the fresh noise injected.
+
+    ``DDPMScheduler.step`` draws its own noise whenever t > 0 and has no argument to take ours.
+    Its documented output ``pred_original_sample`` x0 (clipped as the scheduler is configured)
+    gives the posterior mean of DDPM's eq. 7, to which the decomposed draw is added times the
+    scheduler's own standard deviation, the same arithmetic as the step's. The step's own draw
+    goes to a throwaway generator, never to the caller's or to torch's global one.
+    """
+    out = scheduler.step(eps, t, z, generator=torch.Generator(z.device))
+    if t == 0:  # the last step adds no noise
+        return out.prev_sample
+    prev_t = scheduler.previous_timestep(t)
+    alpha_prod_t = scheduler.alphas_cumprod[t]
+    alpha_prod_t_prev = scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.one
+    current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+    mean = ((alpha_prod_t_prev ** 0.5 * (1 - current_alpha_t)) / (1 - alpha_prod_t)
+            * out.pred_original_sample
+            + current_alpha_t ** 0.5 * (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * z)
+    variance = scheduler._get_variance(t)
+    std = variance if scheduler.config.variance_type == "fixed_small_log" else variance ** 0.5
+    return mean + std * draw(fresh_noise, z)
+
+
+def draw(fresh_noise: FreshNoise, like: torch.Tensor) -> torch.Tensor:
+    """A decomposed draw shaped as ``like``, made on the generator's device, then moved."""
+    return fresh_noise(like.shape, dtype=like.dtype).to(like.device)
