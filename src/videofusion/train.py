@@ -458,7 +458,7 @@ class Trainer:
     @cached_property
     def signal_leak_mean(self) -> list[float]:
         """Per-channel mean of the first clips of the training data in model space: what
-        z_T holds of the data besides noise (``sample_decomposed``'s ``signal_leak``)."""
+        z_T holds of the data besides noise (``sampling.initial_latents``' ``signal_leak``)."""
         clips = [self.dataset[i]["video"] for i in range(min(len(self.dataset), 32))]
         with torch.no_grad():
             video = self._encode(torch.stack(clips).to(self.device))  # (B, C, F, h, w)
