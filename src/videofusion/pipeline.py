@@ -20,16 +20,12 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from . import long_video
+from .choices import OUTPUT_TYPES, SCHEDULERS
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
 from .noise import make_lambdas
 from .sampling import Condition, sample_decomposed
 from .text import MiniLMTextEncoder, TextEncoder
-
-OUTPUT_TYPES = ("np", "pil", "pt", "latent")
-# Sampler names of ``use_scheduler`` -> diffusers scheduler class names.
-SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
-              "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
 
 
 @dataclass

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
+from ..choices import CONDITIONS
 from .residual import SpaceTimeUNet
 from .videofusion import KEY_FRAME_CHANNEL_INPUTS, VideoFusionModel
-
-CONDITIONS = ("none", "class", "text", "class+text")
 
 
 def count_parameters(module: nn.Module | None) -> int:
