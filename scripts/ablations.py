@@ -2,7 +2,7 @@
 
 Every row trains with ``videofusion train --config CONFIG`` (default
 configs/moving_digits_ablations.yaml) plus the row's own flags, with the same stage-2 budget
-(steps x batch), then is evaluated with ``videofusion.evaluate`` against the held-out clips.
+(steps x batch), then is evaluated with ``videofusion.evaluation`` against the held-out clips.
 Rows whose base generator is image-pretrained share ONE stage-1 run: its checkpoint at the end
 of stage 1 is copied into the row's folder and the row resumes from it with its own flags, so
 they all start stage 2 from the same weights and see the same data. Rows without stage 1 (VDM,
@@ -46,7 +46,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from videofusion.cli import SCHEDULERS
+from videofusion.choices import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "moving_digits_ablations.yaml"
@@ -161,7 +161,7 @@ def run_row(args, name: str) -> dict:
         (out / "config.yaml").unlink()
     with open(args.runs / f"{name}.log", "a") as log:
         train(args, out, row_flags(args, spec), log, jobs=min(args.jobs, len(args.names)))
-    from videofusion.evaluate import evaluate
+    from videofusion.evaluation import evaluate
 
     started = time.perf_counter()
     options = eval_options(args)
@@ -184,7 +184,7 @@ def run_row(args, name: str) -> dict:
 
 
 def eval_options(args, metrics: str | None = None) -> dict:
-    """`videofusion.evaluate` settings shared by every row."""
+    """`videofusion.evaluation` settings shared by every row."""
     metrics = metrics or args.metrics or (DIGIT_METRICS if args.recipe.data == "moving-digits"
                                           else VIDEO_METRICS)
     return {"metrics": metrics, "num_videos": args.num_videos,
@@ -210,7 +210,7 @@ def _stale(row: dict) -> dict[str, str]:
 def rescore(args, report_path: Path) -> dict:
     """Measure a finished row's stale metrics (:func:`_stale`) again on the same videos (same
     seeds) and replace those numbers only, keeping the old ones in ``rescores``."""
-    from videofusion.evaluate import evaluate
+    from videofusion.evaluation import evaluate
 
     row = json.loads(report_path.read_text())
     protocol = row["report"]["protocol"]
