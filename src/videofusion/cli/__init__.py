@@ -22,7 +22,8 @@ from .data import add_data_parser
 from .eval import add_eval_parser
 from .info import add_info_parser
 from .sample import add_sample_parser
-from .train import add_train_parser, add_train_vae_parser
+from .train import add_train_parser
+from .train_vae import add_train_vae_parser
 
 __all__ = ["build_parser", "main"]
 

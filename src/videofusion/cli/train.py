@@ -1,5 +1,4 @@
-"""``videofusion train`` and ``videofusion train-vae``: flags over ``TrainConfig`` and
-``VAETrainConfig``."""
+"""``videofusion train``: flags over ``TrainConfig``, which ``--config`` and the flags set."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from videofusion.choices import (
     MODEL_KINDS,
     RESIDUAL_INPUTS,
 )
-from videofusion.safety import check_output_dir, finite_float, float_range
+from videofusion.safety import finite_float
 
 from .arguments import PROG, widths
 
@@ -130,47 +129,3 @@ def run_train(args: argparse.Namespace) -> int:
     if PartialState().is_main_process:
         print(f"{PROG}: wrote {result}")
     return 0
-
-
-def add_train_vae_parser(subparsers) -> argparse.ArgumentParser:
-    """``videofusion train-vae``: a small AutoencoderKL on a dataset's frames, for ``--vae``."""
-    p = subparsers.add_parser(
-        "train-vae", help="train a small VAE for latent-space training",
-        description="Train a diffusers AutoencoderKL on single frames (L1 + small KL; no GAN or "
-                    "LPIPS), set its scaling_factor to 1/std of the latents and print the "
-                    "held-out reconstruction PSNR. Writes OUT/vae (pass --vae OUT to train), "
-                    "OUT/checkpoints and OUT/vae_summary.json (docs/training.md).")
-    p.add_argument("--data", required=True, help="'moving-digits' or a folder of videos")
-    p.add_argument("--resolution", type=int, required=True, help="frame side in pixels")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=16, help="frames per step")
-    p.add_argument("--lr", type=float_range(0, low_open=True), default=5e-4)
-    p.add_argument("--latent-channels", type=int, default=4)
-    p.add_argument("--block-channels", type=widths, default=[32, 64],
-                   help="encoder/decoder widths; the VAE halves the side once per extra width "
-                        "(default 32,64: factor 2)")
-    p.add_argument("--channels", type=int, default=3, help="image channels, 1 or 3")
-    p.add_argument("--kl-weight", type=float_range(0), default=1e-6)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
-    p.add_argument("--stop-at-step", type=int, help="checkpoint and exit at this step")
-    p.set_defaults(handler=run_train_vae)
-    return p
-
-
-def run_train_vae(args: argparse.Namespace) -> int:
-    from videofusion.vae import VAETrainConfig, train_vae
-
-    check_output_dir(args.out, "--out")
-    config = VAETrainConfig(
-        data=args.data, out=args.out, resolution=args.resolution, image_channels=args.channels,
-        latent_channels=args.latent_channels, block_out_channels=args.block_channels,
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-        kl_weight=args.kl_weight, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        resume=args.resume, stop_at_step=args.stop_at_step)
-    print(f"{PROG}: wrote {train_vae(config)}")
-    return 0
-
-
