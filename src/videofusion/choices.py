@@ -22,6 +22,7 @@ OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 # Evaluation.
 METRICS = ("fvd", "kvd", "is", "content", "motion", "fvd_digits", "coherence")
+I3D_METRICS = frozenset({"fvd", "kvd", "is"})  # on Kinetics-400 I3D features (metrics.fvd)
 # What a model conditioned on both class and text is sampled with (auto: captions).
 EVAL_CONDITIONS = ("auto", "class", "text")
 MOVING_DIGITS = "moving-digits"  # the real set that is the moving-digits test split

@@ -13,9 +13,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from videofusion.choices import MOVING_DIGITS, PROTOCOL_FRAMES
+from videofusion.choices import I3D_METRICS, MOVING_DIGITS, PROTOCOL_FRAMES
 
-from .protocol import I3D_METRICS, SET_METRICS, EvalProtocol, parse_metrics
+from .protocol import SET_METRICS, EvalProtocol, parse_metrics
 from .report import build_report, format_table, write_report
 from .sampling import sample_model
 from .scores import compute_metrics

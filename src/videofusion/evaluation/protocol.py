@@ -11,9 +11,13 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from videofusion.choices import EVAL_CONDITIONS, METRICS, PROTOCOL_FRAMES, SCHEDULERS
+from videofusion.choices import (
+    EVAL_CONDITIONS,
+    METRICS,
+    PROTOCOL_FRAMES,
+    SCHEDULERS,
+)
 
-I3D_METRICS = frozenset({"fvd", "kvd", "is"})
 SET_METRICS = frozenset({"fvd", "kvd", "fvd_digits"})  # need a covariance: >= 2 videos per set
 
 

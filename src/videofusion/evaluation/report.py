@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .protocol import I3D_METRICS, EvalProtocol
+from videofusion.choices import I3D_METRICS
+
+from .protocol import EvalProtocol
 from .sets import VideoSet
 
 # Row label, metric key, whether a real-set reference value exists, number format.

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from videofusion.choices import METRICS, MOVING_DIGITS
+from videofusion.choices import I3D_METRICS, METRICS, MOVING_DIGITS
 
-from .protocol import I3D_METRICS
 from .sets import VideoSet
 
 _DIGIT_CHUNK = 64  # videos per pass of the digit networks (and per progress-bar step)

@@ -25,7 +25,7 @@ from scipy.special import softmax, xlogy
 from torch import nn
 from tqdm.auto import tqdm
 
-from videofusion.choices import PROTOCOL_FRAMES
+from videofusion.choices import I3D_METRICS, PROTOCOL_FRAMES
 from videofusion.metrics.i3d import INPUT_SIZE, InceptionI3d, load_i3d_kinetics400
 
 # After mapping to [-1, 1], values beyond this mean the wrong pixel convention was passed
@@ -352,7 +352,7 @@ def metrics_from_features(
     real_features: np.ndarray,
     fake_features: np.ndarray,
     is_splits: int = 1,
-    metrics: Iterable[str] = ("fvd", "kvd", "is"),
+    metrics: Iterable[str] = I3D_METRICS,
 ) -> dict[str, float | int]:
     """FVD (with its bootstrap spread), KVD x1000 and IS (I3D-K400) of the fake set, and the real
     set's IS as its yardstick, from precomputed I3D logits; ``metrics`` picks some of them.
@@ -361,9 +361,9 @@ def metrics_from_features(
     construction.
     """
     metrics = set(metrics)
-    unknown = metrics - {"fvd", "kvd", "is"}
+    unknown = metrics - I3D_METRICS
     if unknown:
-        raise ValueError(f"metrics: choose from fvd, kvd, is, got {sorted(unknown)}")
+        raise ValueError(f"metrics: choose from {sorted(I3D_METRICS)}, got {sorted(unknown)}")
     min_videos = 2 if metrics & {"fvd", "kvd"} else 1  # IS needs no covariance
     real = _as_features(real_features, "real_features", min_videos)
     fake = _as_features(fake_features, "fake_features", min_videos)
