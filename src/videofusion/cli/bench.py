@@ -16,7 +16,6 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """``videofusion bench``: VideoFusion against the VDM baseline, JSON + markdown table."""
     p = subparsers.add_parser(
         "bench", help="measure VideoFusion against the parameter-matched VDM baseline",
         description="Sampling latency and memory, training step time and memory, FLOP/s against "

@@ -11,7 +11,6 @@ from videofusion.safety import check_safetensors
 
 
 def add_info_parser(subparsers) -> argparse.ArgumentParser:
-    """``videofusion info``: what a model folder holds, read from its files (nothing built)."""
     p = subparsers.add_parser("info", help="describe a model folder",
                               description="Components, parameter counts, conditioning, lambda "
                                           "and sample size of a VideoFusionPipeline folder.")

@@ -20,7 +20,6 @@ from .arguments import SEED, grid_shape
 
 
 def add_sample_parser(subparsers) -> argparse.ArgumentParser:
-    """``videofusion sample``: videos from a trained pipeline folder, as mp4 + GIF + PNG sheet."""
     p = subparsers.add_parser(
         "sample", help="generate videos with a trained model",
         description="Sample videos (spec §4). --base-seed / --residual-seed give every video the "
