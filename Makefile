@@ -23,10 +23,12 @@ $(VENV)/.installed: pyproject.toml
 
 test: venv
 	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest
 
 lint: venv
 	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/lint-imports
 
 # Mutation testing of the method's code (not part of CI; hours for all modules on 2 cores, see
 # docs/mutation.md). MODULES="noise objective" runs some of them.

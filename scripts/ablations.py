@@ -2,7 +2,7 @@
 
 Every row trains with ``videofusion train --config CONFIG`` (default
 configs/moving_digits_ablations.yaml) plus the row's own flags, with the same stage-2 budget
-(steps x batch), then is evaluated with ``videofusion.evaluate`` against the held-out clips.
+(steps x batch), then is evaluated with ``videofusion.evaluation`` against the held-out clips.
 Rows whose base generator is image-pretrained share ONE stage-1 run: its checkpoint at the end
 of stage 1 is copied into the row's folder and the row resumes from it with its own flags, so
 they all start stage 2 from the same weights and see the same data. Rows without stage 1 (VDM,
@@ -43,7 +43,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from videofusion.cli import SCHEDULERS
+from videofusion.choices import SCHEDULERS
 from videofusion.experiments import (
     ABLATIONS,
     DIGIT_METRICS,
@@ -136,7 +136,7 @@ def run_row(args, row: Row) -> dict:
     flags = row.train_flags(args.recipe.base_pretrain_steps)
     with open(args.runs / f"{row.name}.log", "a") as log:
         train(args, out, flags, log, jobs=min(args.jobs, len(args.names)))
-    from videofusion.evaluate import evaluate
+    from videofusion.evaluation import evaluate
 
     started = time.perf_counter()
     options = eval_options(args)
@@ -159,7 +159,7 @@ def run_row(args, row: Row) -> dict:
 
 
 def eval_options(args) -> dict:
-    """`videofusion.evaluate` settings shared by every row."""
+    """`videofusion.evaluation` settings shared by every row."""
     metrics = args.metrics or (DIGIT_METRICS if args.recipe.data == "moving-digits"
                                else VIDEO_METRICS)
     return {"metrics": metrics, "num_videos": args.num_videos,

@@ -8,7 +8,7 @@ The same flags as ``videofusion bench``, e.g.::
 
 import sys
 
-from videofusion.bench import main
+from videofusion.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

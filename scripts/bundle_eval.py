@@ -32,7 +32,7 @@ CAPTIONS = ["a red digit 3 moving down and to the left", "a green digit 7 moving
 
 
 def evaluations(args) -> None:
-    from videofusion.evaluate import evaluate
+    from videofusion.evaluation import evaluate
 
     for condition in args.conditions.split(","):
         started = time.perf_counter()
@@ -108,7 +108,8 @@ def gallery(args, pipe) -> None:
 
 
 def main() -> None:
-    from videofusion.cli import DEFAULT_MODEL_DIR, SCHEDULERS
+    from videofusion.assets import DEFAULT_MODEL_DIR
+    from videofusion.choices import SCHEDULERS
     from videofusion.pipeline import VideoFusionPipeline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

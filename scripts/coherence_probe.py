@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from videofusion.evaluate import load_moving_digits, sample_model
+from videofusion.evaluation import EvalProtocol, load_moving_digits, sample_model
 from videofusion.metrics.coherence import coherence_metrics
 
 
@@ -36,9 +36,10 @@ def main() -> None:
     print("real", json.dumps(report["real"]))
     for condition in args.conditions.split(","):
         start = time.perf_counter()
-        fake = sample_model(args.model_dir, args.num_videos, 16, None, args.seed, None,
-                            args.steps, args.guidance, 8, "cpu", False, condition,
-                            args.scheduler).videos
+        protocol = EvalProtocol(num_videos=args.num_videos, num_frames=16, seed=args.seed,
+                                num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                condition=condition, scheduler=args.scheduler)
+        fake = sample_model(args.model_dir, protocol, "cpu", progress=False).videos
         report[condition] = coherence_metrics(fake, digits=True)
         report[condition]["seconds"] = round(time.perf_counter() - start, 1)
         print(condition, json.dumps(report[condition]))

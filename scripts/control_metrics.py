@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videofusion.cli import SCHEDULERS
+from videofusion.choices import SCHEDULERS
 
 SETS = ("shared_base", "shared_residual", "independent")
 PROPERTIES = ("digit", "color", "motion")
@@ -131,7 +131,7 @@ def pair_distances(videos: np.ndarray, per_group: int) -> dict[str, float]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from videofusion.cli import load_pipeline
+    from videofusion.cli.sample import load_pipeline
 
     pipe = load_pipeline(args.model_dir).use_scheduler(args.scheduler)
     generator = torch.Generator().manual_seed(args.seed)

@@ -28,7 +28,7 @@ KEYS = ("fvd", "fvd_bootstrap_std", "kvd_x1000", "fvd_digits", "fvd_digits_boots
 def noise_floor(num_videos: int, sets: int, num_frames: int = 16, resolution: int = 32,
                 channels: int = 3, extractor=None, progress: bool = True) -> dict:
     """Metrics of ``sets`` disjoint real sets against the evaluation's real set."""
-    from videofusion.evaluate import compute_metrics, load_moving_digits
+    from videofusion.evaluation import compute_metrics, load_moving_digits
 
     size = (resolution, resolution)
     real = load_moving_digits(num_videos, num_frames, size, progress, channels=channels)

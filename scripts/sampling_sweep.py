@@ -14,18 +14,18 @@ import time
 from itertools import product
 from pathlib import Path
 
-from videofusion.cli import SCHEDULERS
+from videofusion.choices import SCHEDULERS
 
 
 def main(argv=None) -> int:
     from videofusion import DEFAULT_MODEL_DIR
-    from videofusion.evaluate import evaluate
+    from videofusion.evaluation import evaluate
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR)
     p.add_argument("--guidance", default="2", help="comma-separated guidance scales")
     p.add_argument("--steps", default="25", help="comma-separated numbers of sampling steps")
-    p.add_argument("--scheduler", default="ddpm", help=f"comma-separated, of {SCHEDULERS}")
+    p.add_argument("--scheduler", default="ddpm", help=f"comma-separated, of {tuple(SCHEDULERS)}")
     p.add_argument("--condition", default="class", choices=("class", "text"),
                    help="prompting of a model conditioned on both")
     p.add_argument("--num-videos", type=int, default=32)
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         p.error(f"--guidance and --steps take comma-separated numbers: {err}")
     schedulers = args.scheduler.split(",")
     if set(schedulers) - set(SCHEDULERS):
-        p.error(f"--scheduler: choose from {SCHEDULERS}")
+        p.error(f"--scheduler: choose from {tuple(SCHEDULERS)}")
 
     rows = []
     print("| scheduler | steps | guidance | content | adherence | motion error | seconds |")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from videofusion.evaluate import load_moving_digits
+from videofusion.evaluation import load_moving_digits
 from videofusion.metrics import coherence
 
 

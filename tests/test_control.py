@@ -123,7 +123,7 @@ def test_control_metrics_script_end_to_end(tmp_path, capsys):
 
 
 def test_sampling_sweep_script_samples_every_setting_with_the_same_seed(tmp_path, monkeypatch):
-    import videofusion.evaluate
+    import videofusion.evaluation
 
     pipe = class_pipeline()
     pipe.register_to_config(sample_size=16)  # the digit metrics take clips of 16 px or more
@@ -132,13 +132,13 @@ def test_sampling_sweep_script_samples_every_setting_with_the_same_seed(tmp_path
                                                   ROOT / "scripts" / "sampling_sweep.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    calls, evaluate = [], videofusion.evaluate.evaluate
+    calls, evaluate = [], videofusion.evaluation.evaluate
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(videofusion.evaluate, "evaluate", spy)
+    monkeypatch.setattr(videofusion.evaluation, "evaluate", spy)
     out = tmp_path / "sweep.json"
     assert script.main([str(tmp_path / "model"), "--guidance", "1,3", "--steps", "2",
                         "--scheduler", "ddim,ddpm", "--num-videos", "2", "--seed", "4",
@@ -156,7 +156,7 @@ def test_sampling_sweep_script_samples_every_setting_with_the_same_seed(tmp_path
         return spy(*args, **kwargs)
 
     calls.clear()
-    monkeypatch.setattr(videofusion.evaluate, "evaluate", stopped)
+    monkeypatch.setattr(videofusion.evaluation, "evaluate", stopped)
     with pytest.raises(KeyboardInterrupt):
         script.main([str(tmp_path / "model"), "--guidance", "1,3", "--steps", "2",
                      "--scheduler", "ddim,ddpm", "--num-videos", "2", "--out", str(out)])

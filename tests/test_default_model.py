@@ -25,7 +25,7 @@ def test_sample_without_model_dir_uses_the_default(tmp_path, monkeypatch, capsys
     folder = tmp_path / "default_model"
     VideoFusionPipeline(residual=tiny_residual(num_classes=10), base=tiny_base(num_classes=10),
                         scheduler=DDIMScheduler(), sample_size=8).save_pretrained(folder)
-    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", folder)
+    monkeypatch.setattr(cli.sample, "DEFAULT_MODEL_DIR", folder)
     out = tmp_path / "out"
     assert cli.main(["sample", "--class-label", "2", "--num-videos", "1", "--frames", "4",
                      "--steps", "2", "--out", str(out)]) == 0
@@ -33,7 +33,7 @@ def test_sample_without_model_dir_uses_the_default(tmp_path, monkeypatch, capsys
 
 
 def test_missing_default_model_is_one_clear_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    monkeypatch.setattr(cli.sample, "DEFAULT_MODEL_DIR", tmp_path / "absent")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["sample", "--class-label", "1", "--out", str(tmp_path)])
     assert exit_info.value.code == 2

@@ -12,7 +12,14 @@ from diffusers import DDIMScheduler
 from torch import nn
 
 from videofusion.data import MovingDigits
-from videofusion.evaluate import evaluate, format_table, load_moving_digits, parse_metrics
+from videofusion.evaluation import (
+    EvalProtocol,
+    evaluate,
+    format_table,
+    load_moving_digits,
+    load_video_folder,
+    parse_metrics,
+)
 from videofusion.metrics import I3DFeatureExtractor
 from videofusion.pipeline import VideoFusionPipeline
 from videofusion.video_io import write_mp4
@@ -84,6 +91,48 @@ def test_evaluate_two_folders_of_mp4s(tmp_path):
         assert label in table
     assert values["fvd_bootstrap_std"] > 0
     assert f"{values['fvd']:.2f} ± {values['fvd_bootstrap_std']:.2f}" in table
+
+
+def test_two_folders_are_scored_at_their_native_resolution(tmp_path, monkeypatch):
+    """FVD's protocol resizes each frame straight to the I3D's 224x224: folders of 64x64 clips
+    reach it at 64x64, not shrunk to 32 px first (which changed FVD 852 -> 1398)."""
+    from videofusion.metrics import fvd
+
+    real = write_folder(tmp_path / "real", digit_clips(3, 10, resolution=64))
+    fake = write_folder(tmp_path / "fake", digit_clips(3, 10, start=50, resolution=64))
+    seen, to_input = [], fvd._to_i3d_input
+    monkeypatch.setattr(fvd, "_to_i3d_input",
+                        lambda batch: seen.append(batch.shape[2:4]) or to_input(batch))
+    extractor = fake_extractor()
+    kwargs = {"metrics": "fvd", "num_videos": 3, "num_frames": 10, "extractor": extractor,
+              "progress": False, "device": "cpu"}
+    report = evaluate(real, fake, **kwargs)
+    assert report["protocol"]["resolution"] == [64, 64]
+    assert set(seen) == {(64, 64)}
+    arrays = [load_video_folder(f, 3, 10, None, progress=False).videos for f in (real, fake)]
+    assert arrays[0].shape[2:4] == (64, 64)
+    direct = fvd.compute_video_metrics(*arrays, extractor=extractor, progress=False)
+    assert report["metrics"]["fvd"] == pytest.approx(direct["fvd"])
+    seen.clear()
+    asked = evaluate(real, fake, resolution=32, **kwargs)  # a resolution asked for is kept
+    assert asked["protocol"]["resolution"] == [32, 32] and set(seen) == {(32, 32)}
+    assert asked["protocol"]["settings"]["resolution"] == [32, 32]
+
+
+def test_the_protocol_is_recorded_whole_and_checked_early(tmp_path):
+    fake = write_folder(tmp_path / "fake", digit_clips(2, 8))
+    protocol = EvalProtocol(metrics="motion,content", num_videos=2, num_frames=8, seed=3)
+    assert protocol.metrics == ("content", "motion")  # the order of choices.METRICS
+    report = evaluate("moving-digits", fake, protocol, progress=False)
+    assert report["protocol"]["settings"] == json.loads(json.dumps(protocol.to_dict()))
+    assert report["protocol"]["settings"]["lambda"] is None and report["protocol"]["seed"] == 3
+    # keyword settings replace the protocol's
+    again = evaluate("moving-digits", fake, protocol, num_videos=1, progress=False)
+    assert again["protocol"]["settings"]["num_videos"] == 1
+    for bad, match in (({"num_videos": 0}, "num_videos"), ({"condition": "both"}, "condition"),
+                       ({"scheduler": "plms"}, "scheduler"), ({"metrics": "psnr"}, "metrics")):
+        with pytest.raises(ValueError, match=match):
+            EvalProtocol(**bad)
 
 
 def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):

@@ -6,9 +6,11 @@ import torch
 from conftest import tiny_base, tiny_residual
 from diffusers import AutoencoderKL, DDIMScheduler
 
-from videofusion.cli import SCHEDULERS as CLI_SCHEDULERS
+from videofusion.choices import SCHEDULERS as CHOICES
 from videofusion.pipeline import SCHEDULERS, VideoFusionPipeline
 from videofusion.video_io import contact_sheet, read_video, write_gif, write_mp4
+
+CLI_SCHEDULERS = tuple(CHOICES)  # what `--scheduler` offers
 
 
 def class_pipeline():

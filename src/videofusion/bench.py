@@ -34,7 +34,6 @@ load into many-fold slowdowns.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -47,7 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-KINDS = ("videofusion", "vdm")
+from .choices import MODEL_KINDS as KINDS
+
 TARGETS = {  # (key, bound, direction): the project's targets on a 2-core CPU in fp32
     "sampling_latency_ratio": (0.40, "<="),
     "sampling_memory_ratio": (0.70, "<="),
@@ -661,93 +661,16 @@ def _worker_main(spec: str) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- command line
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected integers like 32,64, got {text!r}") from err
-
-
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """``videofusion bench``: VideoFusion against the VDM baseline, JSON + markdown table."""
-    p = subparsers.add_parser(
-        "bench", help="measure VideoFusion against the parameter-matched VDM baseline",
-        description="Sampling latency and memory, training step time and memory, FLOP/s against "
-                    "the measured matmul peak, and long-video cost, in one run (docs/"
-                    "benchmarks.md). Unset flags keep the defaults (or the --quick preset).",
-        argument_default=argparse.SUPPRESS)
-    p.add_argument("--quick", action="store_true",
-                   help="the same comparison at a small size, under a minute")
-    p.add_argument("--out", default="benchmark.json", help="JSON report (default: %(default)s)")
-    p.add_argument("--markdown", help="markdown tables (default: --out with .md)")
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: all CPUs)")
-    p.add_argument("--frames", type=int)
-    p.add_argument("--resolutions", type=_ints, help="e.g. 32,64")
-    p.add_argument("--steps", type=int, help="DDIM steps per video")
-    p.add_argument("--repeats", type=int, help="timed repeats per model (median reported)")
-    p.add_argument("--no-guidance", dest="guidance", action="store_const", const=(False,),
-                   help="skip the classifier-free guidance rows")
-    p.add_argument("--base-channels", type=_ints)
-    p.add_argument("--residual-channels", type=_ints)
-    p.add_argument("--train-resolution", type=int)
-    p.add_argument("--train-batch", type=int)
-    p.add_argument("--long-frames", type=_ints, help="e.g. 16,128,512; empty string skips")
-    p.add_argument("--long-resolution", type=int)
-    p.add_argument("--long-steps", type=int)
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the networks (warm-up time reported as compile time)")
-    p.add_argument("--profile", action="store_true",
-                   help="instead: torch.profiler's top operators of one sampler step of each "
-                        "model, at the largest resolution")
-    p.set_defaults(handler=run_bench)
-    return p
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    from .safety import check_output_file
-
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("command", "handler", "quick", "out", "markdown", "profile")}
-    if getattr(args, "device", "cpu") == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
-    quick = getattr(args, "quick", False)
-    config = BenchConfig.quick(**options) if quick else BenchConfig(**options)
-    check_config(config)
-    if getattr(args, "profile", False):
-        job = {"task": "profile", "resolution": max(config.resolutions),
-               "guided": config.guidance[0]}
-        for kind, table in run_worker(config, [job])[0].items():
-            print(f"{kind}, one DDIM step at {job['resolution']}x{job['resolution']}, "
-                  f"{config.frames} frames, {config.threads} threads:\n{table}")
-        return 0
-    out = check_output_file(args.out, "--out")
-    markdown = check_output_file(args.markdown, "--markdown") if getattr(
-        args, "markdown", None) else check_output_file(out.with_suffix(".md"), "--out")
-    report = run_benchmark(config, out, markdown, log=lambda m: print(m, file=sys.stderr))
-    print(markdown_report(report), end="")
-    print(f"wrote {out} and {markdown}")
-    return 0
-
+# ---------------------------------------------------------------- worker processes
 
 def main(argv=None) -> int:
-    """``python -m videofusion.bench`` / ``scripts/bench.py``: the same flags as the subcommand."""
+    """``python -m videofusion.bench --worker SPEC``: one measurement process (``run_worker``);
+    the command is ``videofusion bench`` (``videofusion.cli.bench``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--worker"]:
-        return _worker_main(argv[1])
-    parser = argparse.ArgumentParser(prog="bench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_bench_parser(sub)
-    args = parser.parse_args(["bench", *argv])
-    try:
-        return args.handler(args)
-    except ValueError as err:
-        parser.exit(2, f"bench: error: {err}\n")
+    if argv[:1] != ["--worker"] or len(argv) != 2:
+        raise SystemExit("usage: python -m videofusion.bench --worker SPEC "
+                         "(the benchmark itself is `videofusion bench`)")
+    return _worker_main(argv[1])
 
 
 if __name__ == "__main__":

@@ -16,15 +16,17 @@ from typing import Any
 
 import yaml
 
+from .choices import (
+    BETA_SCHEDULES,
+    CONDITIONS,
+    LOSS_WEIGHTINGS,
+    LR_SCHEDULERS,
+    MIXED_PRECISION,
+    MODEL_KINDS,
+    RESIDUAL_INPUTS,
+)
 from .safety import finite_float
 
-MODEL_KINDS = ("videofusion", "vdm")
-CONDITIONS = ("none", "class", "text", "class+text")
-RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference", "key_frame_estimate")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-BETA_SCHEDULES = ("linear", "scaled_linear")
-LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v")
-MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings of one invocation, not of the run: never saved, never read back on resume.
 RUNTIME_FIELDS = ("resume", "stop_at_step", "raw_weights", "overwrite")
 # Settings that may change when a run is resumed: how long, how often, how visibly and with how

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .config import LOSS_WEIGHTINGS
+from .choices import LOSS_WEIGHTINGS
 from .noise import decomposed_noise
 
 

@@ -23,17 +23,13 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from . import long_video
+from .choices import OUTPUT_TYPES, SCHEDULERS
 from .condition import Condition, Conditioning
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, decomposed_noise, make_lambdas
 from .sampling import initial_latents, sample_decomposed
 from .text import MiniLMTextEncoder, TextEncoder
-
-OUTPUT_TYPES = ("np", "pil", "pt", "latent")
-# Sampler names of ``use_scheduler`` -> diffusers scheduler class names.
-SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
-              "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
 
 
 @dataclass

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from videofusion.choices import DMC_POLICIES as POLICIES
 from videofusion.video_io import write_mp4
 
 DEFAULT_DOMAINS = ("cheetah", "walker", "hopper", "cartpole", "reacher", "finger")
@@ -73,7 +74,6 @@ CAPTIONS = {
 # Bodies that move more like their task under a periodic gait than under smoothed noise.
 GAIT_DOMAINS = frozenset({"cheetah", "walker", "hopper", "quadruped", "humanoid", "swimmer",
                           "fish"})
-POLICIES = ("auto", "random", "gait")
 RENDERERS = ("egl", "osmesa")
 INSTALL_HINT = "pip install 'videofusion[dmc]'"
 RENDERER_HINT = "on Debian/Ubuntu: apt-get install libegl1 libosmesa6 libgl1"

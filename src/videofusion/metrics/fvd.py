@@ -25,9 +25,9 @@ from scipy.special import softmax, xlogy
 from torch import nn
 from tqdm.auto import tqdm
 
+from videofusion.choices import I3D_METRICS, PROTOCOL_FRAMES
 from videofusion.metrics.i3d import INPUT_SIZE, InceptionI3d, load_i3d_kinetics400
 
-PROTOCOL_FRAMES = 16
 # After mapping to [-1, 1], values beyond this mean the wrong pixel convention was passed
 # (e.g. [0, 255] floats); smaller overshoots (unclamped samples) are clamped.
 _MAX_ABS = 2.0
@@ -155,11 +155,11 @@ class I3DFeatureExtractor(nn.Module):
         return (features, softmax(features, axis=1)) if return_probs else features
 
 
-def _as_features(features: np.ndarray, name: str) -> np.ndarray:
+def _as_features(features: np.ndarray, name: str, min_videos: int = 2) -> np.ndarray:
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a (num_videos, feature_dim) array, got {x.shape}")
-    if x.shape[0] < 2:
+    if x.shape[0] < min_videos:
         raise ValueError(f"{name}: need at least 2 videos for a covariance, got {x.shape[0]}")
     if not np.isfinite(x).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
@@ -349,25 +349,37 @@ def classifier_inception_score(
 
 
 def metrics_from_features(
-    real_features: np.ndarray, fake_features: np.ndarray, is_splits: int = 1
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    is_splits: int = 1,
+    metrics: Iterable[str] = I3D_METRICS,
 ) -> dict[str, float | int]:
     """FVD (with its bootstrap spread), KVD x1000 and IS (I3D-K400) of the fake set, and the real
-    set's IS as its yardstick, from precomputed I3D logits."""
-    real = _as_features(real_features, "real_features")
-    fake = _as_features(fake_features, "fake_features")
+    set's IS as its yardstick, from precomputed I3D logits; ``metrics`` picks some of them.
+
+    Evaluation's I3D metrics come from here, so the report and this module agree by
+    construction.
+    """
+    metrics = set(metrics)
+    unknown = metrics - I3D_METRICS
+    if unknown:
+        raise ValueError(f"metrics: choose from {sorted(I3D_METRICS)}, got {sorted(unknown)}")
+    min_videos = 2 if metrics & {"fvd", "kvd"} else 1  # IS needs no covariance
+    real = _as_features(real_features, "real_features", min_videos)
+    fake = _as_features(fake_features, "fake_features", min_videos)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"fake_features: dimension {fake.shape[1]} differs from {real.shape[1]}")
-    is_mean, is_std = inception_score(softmax(fake, axis=1), is_splits)
-    return {
-        "fvd": frechet_distance(*feature_statistics(real), *feature_statistics(fake)),
-        "fvd_bootstrap_std": frechet_distance_bootstrap_std(real, fake),
-        "kvd_x1000": 1000.0 * kernel_distance(real, fake),
-        "is_i3d_k400": is_mean,
-        "is_i3d_k400_std": is_std,
-        "is_i3d_k400_real": inception_score(softmax(real, axis=1), is_splits)[0],
-        "num_real": len(real),
-        "num_fake": len(fake),
-    }
+    out: dict[str, float | int] = {}
+    if "fvd" in metrics:
+        out["fvd"] = frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+        out["fvd_bootstrap_std"] = frechet_distance_bootstrap_std(real, fake)
+    if "kvd" in metrics:
+        out["kvd_x1000"] = 1000.0 * kernel_distance(real, fake)
+    if "is" in metrics:
+        out["is_i3d_k400"], out["is_i3d_k400_std"] = inception_score(softmax(fake, axis=1),
+                                                                     is_splits)
+        out["is_i3d_k400_real"] = inception_score(softmax(real, axis=1), is_splits)[0]
+    return {**out, "num_real": len(real), "num_fake": len(fake)}
 
 
 def _embed_pair(

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
+from ..choices import CONDITIONS, MODEL_KINDS
 from .residual import SpaceTimeUNet
 from .videofusion import KEY_FRAME_CHANNEL_INPUTS, VideoFusionModel
-
-CONDITIONS = ("none", "class", "text", "class+text")
 
 
 def count_parameters(module: nn.Module | None) -> int:
@@ -89,7 +88,7 @@ def build_model(
     For ``kind="vdm"`` the space-time UNet's widths are ``residual_channels`` scaled until its
     parameter count matches the VideoFusion model built from the same arguments.
     """
-    if kind not in ("videofusion", "vdm"):
+    if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be 'videofusion' or 'vdm', got {kind!r}")
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")

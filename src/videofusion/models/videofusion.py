@@ -22,7 +22,7 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
-from ..config import RESIDUAL_INPUTS
+from ..choices import RESIDUAL_INPUTS
 from ..noise import combine_noise, key_frame_index, make_lambdas, per_frame
 from .base import BaseGenerator
 

@@ -1,0 +1,32 @@
+"""The named choices of the library and the command line, each list defined once.
+
+Torch-free and import-free, so ``videofusion --help`` can offer them without loading the
+library; the modules that act on a choice import its list from here and validate against it.
+"""
+
+# Training (TrainConfig).
+MODEL_KINDS = ("videofusion", "vdm")  # vdm: the baseline without a base generator
+CONDITIONS = ("none", "class", "text", "class+text")  # what a model is trained to accept
+RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference", "key_frame_estimate")
+LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+BETA_SCHEDULES = ("linear", "scaled_linear")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+# Sampling: name -> the diffusers scheduler class that samples with it.
+SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
+              "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
+
+# Pipeline outputs: numpy, PIL images, a tensor, or the raw latent.
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+
+# Evaluation.
+METRICS = ("fvd", "kvd", "is", "content", "motion", "fvd_digits", "coherence")
+I3D_METRICS = frozenset({"fvd", "kvd", "is"})  # on Kinetics-400 I3D features (metrics.fvd)
+# What a model conditioned on both class and text is sampled with (auto: captions).
+EVAL_CONDITIONS = ("auto", "class", "text")
+MOVING_DIGITS = "moving-digits"  # the real set that is the moving-digits test split
+PROTOCOL_FRAMES = 16  # FVD's clip length (Unterthiner et al., 2018); I3D metrics warn otherwise
+
+# Data: scripted actions of rendered dm-control clips.
+DMC_POLICIES = ("auto", "random", "gait")

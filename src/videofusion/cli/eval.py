@@ -1,0 +1,83 @@
+"""``videofusion eval``: metrics of generated videos; a JSON report and a short table.
+
+Flags left unset keep :class:`~videofusion.evaluation.protocol.EvalProtocol`'s defaults, the
+one place they are decided.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from videofusion.choices import EVAL_CONDITIONS, METRICS, MOVING_DIGITS, SCHEDULERS
+from videofusion.evaluation.protocol import EvalProtocol
+from videofusion.safety import float_range, int_range
+
+from .arguments import SEED, integers
+
+DEFAULT = EvalProtocol()
+
+
+def _labels(text: str) -> list[int]:
+    return integers(text, "0,1,2")
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="evaluate generated videos (FVD, KVD, IS, moving-digits metrics)",
+        description="Compare generated videos (a folder, or a model folder to sample) with real "
+                    "ones (moving-digits test split or a folder); docs/metrics.md.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--real", default=MOVING_DIGITS,
+                   help=f"'{MOVING_DIGITS}' (test split) or a folder of videos")
+    p.add_argument("--fake", required=True,
+                   help="a folder of videos, or a model folder (with model_index.json) to sample")
+    p.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} "
+                                     f"(default: all)")
+    p.add_argument("--num-videos", type=int_range(1),
+                   help=f"videos per set (default: {DEFAULT.num_videos})")
+    p.add_argument("--num-frames", "--frames", type=int_range(1),
+                   help=f"frames per clip (default: {DEFAULT.num_frames})")
+    p.add_argument("--resolution", type=int_range(8),
+                   help="clip side in pixels (default: native, the model's sample size or the "
+                        "fake folder's own frame size; the real set is brought to it)")
+    p.add_argument("--seed", type=SEED, help=f"sampling seed (default: {DEFAULT.seed})")
+    p.add_argument("--class-labels", type=_labels,
+                   help="model: labels to cycle through; folder: one per video")
+    p.add_argument("--steps", dest="num_inference_steps", type=int_range(1, 10_000),
+                   help=f"sampling steps (default: {DEFAULT.num_inference_steps})")
+    p.add_argument("--guidance-scale", "--guidance", type=float_range(0),
+                   help="classifier-free guidance; default: the model's own "
+                        "(default_guidance_scale), else 2 for conditional models, else 1")
+    p.add_argument("--lambda", dest="lambda_", type=float_range(0, 1), metavar="LAMBDA",
+                   help="model: share of the noise common to the clip; default: the trained "
+                        "value")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="model: sample with this scheduler (default: the folder's own)")
+    p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",
+                   help="model: start from pure noise, not from the noised mean of the "
+                        "training data that the folder may hold (docs/training.md, "
+                        "'Signal leak')")
+    p.add_argument("--batch-size", type=int_range(1),
+                   help=f"videos per sampling/I3D batch (default: {DEFAULT.batch_size})")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--condition", choices=EVAL_CONDITIONS,
+                   help="a model conditioned on class and text: sample with captions (auto, "
+                        "text) or class labels alone (class); default: auto")
+    p.add_argument("--out", default="eval_report.json", help="JSON report path")
+    p.set_defaults(handler=run_eval)
+    return p
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from videofusion.evaluation import evaluate, format_table
+
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("command", "handler", "real", "fake", "device", "out")}
+    report = evaluate(args.real, args.fake, EvalProtocol(**settings), out=args.out,
+                      device=args.device)
+    print(format_table(report))
+    for note in report["warnings"]:
+        print(f"note: {note}")
+    print(f"wrote {args.out}")
+    return 0

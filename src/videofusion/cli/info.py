@@ -1,0 +1,102 @@
+"""``videofusion info``: what a model folder holds, read from its files (nothing built)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from videofusion.safety import check_safetensors
+
+
+def add_info_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("info", help="describe a model folder",
+                              description="Components, parameter counts, conditioning, lambda "
+                                          "and sample size of a VideoFusionPipeline folder.")
+    p.add_argument("model_dir", nargs="?", help="a VideoFusionPipeline folder")
+    p.add_argument("--model-dir", dest="model_dir_flag", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_info)
+    return p
+
+
+def model_info(folder: Path) -> dict:
+    """A pipeline folder's description from model_index.json, configs and safetensors headers."""
+    from safetensors import safe_open
+
+    index_file = folder / "model_index.json"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    if not index_file.is_file():
+        raise ValueError(f"{folder} is not a VideoFusionPipeline folder (no model_index.json)")
+    index = json.loads(index_file.read_text())
+    check_safetensors(folder)
+    components, parameters = {}, {}
+    for name, spec in index.items():
+        # components are [library, class] pairs; other lists are settings (signal_leak_mean)
+        if name.startswith("_") or not (isinstance(spec, list) and len(spec) == 2
+                                        and isinstance(spec[1], str)):
+            continue
+        components[name] = spec[1]
+        files = sorted((folder / name).glob("*.safetensors"))
+        if files:
+            count = 0
+            for file in files:
+                with safe_open(str(file), framework="pt") as handle:
+                    for key in handle.keys():
+                        shape = handle.get_slice(key).get_shape()
+                        count += math.prod(shape)
+            parameters[name] = count
+    residual = json.loads((folder / "residual" / "config.json").read_text())
+    conditions = []
+    if residual.get("num_classes") is not None:
+        conditions.append(f"class ({residual['num_classes']} classes)")
+    if residual.get("cross_attention_dim"):
+        conditions.append(f"text ({index.get('text_encoder_kind') or 'unknown'} encoder)")
+    condition = " + ".join(conditions) or "none"
+    summary_file = folder.parent / "train_summary.json"
+    return {
+        "model_dir": str(folder),
+        "kind": "videofusion" if "base" in components else "vdm (no base generator)",
+        "components": components,
+        "parameters": {**parameters, "total": sum(parameters.values())},
+        "condition": condition,
+        "default_lambda": index.get("default_lambda"),
+        "default_guidance_scale": index.get("default_guidance_scale"),
+        "sample_size": index.get("sample_size"),
+        "residual_input": index.get("residual_input"),
+        "fps": index.get("fps"),
+        "training": json.loads(summary_file.read_text()) if summary_file.is_file() else None,
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    folder = args.model_dir or args.model_dir_flag
+    if folder is None:
+        raise ValueError("pass a model folder: videofusion info PATH")
+    info = model_info(Path(folder))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model folder:   {info['model_dir']}")
+    print(f"kind:           {info['kind']}")
+    for name, cls in info["components"].items():
+        count = info["parameters"].get(name)
+        print(f"  {name:<12}  {cls}" + (f"  {count:,} parameters" if count else ""))
+    print(f"parameters:     {info['parameters']['total']:,}")
+    print(f"conditioning:   {info['condition']}")
+    print(f"lambda:         {info['default_lambda']}")
+    if info["default_guidance_scale"] is not None:
+        print(f"guidance:       {info['default_guidance_scale']} (the model's default)")
+    print(f"sample size:    {info['sample_size']}x{info['sample_size']}")
+    print(f"residual input: {info['residual_input']}")
+    training = info["training"]
+    if training:
+        print(f"trained:        {training['steps']} steps "
+              f"({training['base_pretrain_steps']} image + {training['joint_steps']} joint), "
+              f"{training['wall_clock_seconds']:.0f} s, {training['frames']} frames at "
+              f"{training['resolution']} px")
+    return 0
+
+

@@ -1,0 +1,178 @@
+"""``videofusion sample``: videos from a trained pipeline folder, as mp4 + GIF + PNG sheet."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from videofusion.assets import DEFAULT_MODEL_DIR
+from videofusion.choices import SCHEDULERS
+from videofusion.safety import (
+    check_output_dir,
+    check_safetensors,
+    check_size,
+    float_range,
+    format_bytes,
+    int_range,
+)
+
+from .arguments import SEED, grid_shape
+
+
+def add_sample_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "sample", help="generate videos with a trained model",
+        description="Sample videos (spec §4). --base-seed / --residual-seed give every video the "
+                    "same base noise (same content) or the same residual noise (same motion).")
+    p.add_argument("--model-dir", help="a VideoFusionPipeline folder (e.g. OUTPUT/pipeline)")
+    p.add_argument("--prompt", help="text prompt (text-conditioned models)")
+    p.add_argument("--class-label", type=int_range(0), nargs="+",
+                   help="class label(s) (class models)")
+    p.add_argument("--num-videos", type=int_range(1), default=4, help="videos per prompt or label")
+    p.add_argument("--frames", type=int_range(2), default=16)
+    p.add_argument("--resolution", type=int_range(8), help="default: the model's sample size")
+    p.add_argument("--steps", type=int_range(1, 10_000), default=50, help="denoising steps")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="default: the model folder's own scheduler")
+    p.add_argument("--eta", type=float_range(0, 1), default=0.0,
+                   help="DDIM stochasticity, in [0, 1]")
+    p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",
+                   help="start from pure noise, not from the noised mean of the training "
+                        "data that the folder may hold (docs/training.md, 'Signal leak')")
+    p.add_argument("--lambda", dest="lambda_", type=float_range(0, 1), metavar="LAMBDA",
+                   help="share of the noise common to the clip; default: the trained value")
+    p.add_argument("--guidance", type=float_range(0),
+                   help="classifier-free guidance scale; default: the model's own "
+                        "(default_guidance_scale in model_index.json), else 2 for conditional "
+                        "models, else 1")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--base-seed", type=SEED, help="one base noise for all videos (same content)")
+    p.add_argument("--residual-seed", type=SEED,
+                   help="one residual noise for all videos (same motion)")
+    p.add_argument("--image", metavar="PATH",
+                   help="image-to-video: this image is the key frame (frame FRAMES // 2) of "
+                        "every video, resized to the sample size")
+    p.add_argument("--control-grid", type=grid_shape, metavar="R,C",
+                   help="an R x C grid instead: rows share the base noise (content), columns "
+                        "the residual noise (motion); writes control_grid.png and .gif")
+    p.add_argument("--fps", type=int_range(1, 240), help="default: the model's fps")
+    p.add_argument("--scale", type=int_range(1, 64),
+                   help="pixel enlargement of the files; default to 128 px")
+    p.add_argument("--out", default="samples", help="output folder")
+    p.set_defaults(handler=run_sample)
+    return p
+
+
+def load_pipeline(model_dir: str | None):
+    """The pipeline in ``model_dir`` (or the bundled default), with clear errors."""
+    if model_dir is None:
+        if not DEFAULT_MODEL_DIR.is_dir():
+            raise ValueError("no default model is bundled yet: pass --model-dir "
+                             "(a folder written by 'videofusion train', e.g. OUTPUT/pipeline)")
+        model_dir = DEFAULT_MODEL_DIR
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder} is not a VideoFusionPipeline folder (no model_index.json)")
+    from diffusers.utils import logging as diffusers_logging
+
+    from videofusion.pipeline import VideoFusionPipeline
+
+    diffusers_logging.disable_progress_bar()  # keep stderr for the sampling bar and errors
+    check_safetensors(folder)
+    return VideoFusionPipeline.from_pretrained(folder)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    if args.control_grid and (args.image or args.base_seed is not None
+                              or args.residual_seed is not None):
+        raise ValueError("--control-grid draws its own base and residual noise: it takes no "
+                         "--image, --base-seed or --residual-seed")
+    videos = (args.control_grid[0] * args.control_grid[1] if args.control_grid else
+              len(args.class_label or [0]) * args.num_videos)
+    check_video_size(videos, args.frames, args.resolution or 0)
+    image = None
+    if args.image is not None:
+        from videofusion.pipeline import read_image
+
+        image = read_image(args.image)
+    files = (("control_grid.png", "control_grid.gif") if args.control_grid else
+             ("contact_sheet.png", *(f"video_{i:03d}.{ext}" for i in range(videos)
+                                     for ext in ("mp4", "gif"))))
+    check_output_dir(args.out, "--out", files)
+    pipe = load_pipeline(args.model_dir)
+    import torch
+
+    from videofusion.video_io import contact_sheet, write_gif, write_mp4
+
+    pipe.use_scheduler(args.scheduler)
+    resolution = args.resolution or pipe.config.sample_size
+    check_video_size(videos, args.frames, resolution)
+    pipe.model.check_resolution(resolution // pipe.vae_scale_factor,
+                                resolution // pipe.vae_scale_factor)
+    guidance = args.guidance if args.guidance is not None else pipe.default_guidance
+    out = Path(args.out)
+    fps = args.fps or pipe.config.fps
+    scale = args.scale or max(1, 128 // resolution)
+    if args.control_grid:
+        from videofusion.control import content_motion_grid
+
+        grid = content_motion_grid(
+            pipe, *args.control_grid, prompt=args.prompt, class_labels=args.class_label,
+            num_frames=args.frames, height=resolution, width=resolution,
+            num_inference_steps=args.steps, guidance_scale=guidance, lambda_=args.lambda_,
+            eta=args.eta, seed=args.seed, signal_leak=args.signal_leak)
+        for path in grid.save(out, fps, scale):
+            print(path)
+        return 0
+    groups = len(args.class_label) if args.class_label else 1
+    batch = groups * args.num_videos
+    side = resolution // pipe.vae_scale_factor
+    channels = pipe.residual.config.out_channels
+    noise = {}
+    if args.base_seed is not None:
+        noise["base_noise"] = shared_noise((channels, side, side), batch, args.base_seed)
+    if args.residual_seed is not None:
+        noise["residual_noise"] = shared_noise((channels, args.frames, side, side), batch,
+                                               args.residual_seed)
+    videos = pipe(
+        prompt=args.prompt, class_labels=args.class_label, num_frames=args.frames,
+        height=resolution, width=resolution, num_inference_steps=args.steps,
+        guidance_scale=guidance, lambda_=args.lambda_,
+        generator=torch.Generator().manual_seed(args.seed), num_videos=args.num_videos,
+        eta=args.eta, image=image, signal_leak=args.signal_leak, **noise,
+    ).frames
+    for i, video in enumerate(videos):
+        for path in (write_mp4(video, out / f"video_{i:03d}.mp4", fps, scale),
+                     write_gif(video, out / f"video_{i:03d}.gif", fps, scale)):
+            print(path)
+    print(contact_sheet(videos, out / "contact_sheet.png", scale=max(1, 64 // resolution)))
+    return 0
+
+
+def check_video_size(videos: int, frames: int, resolution: int) -> None:
+    """Refuse, before any work, videos above the CLI's bounds or this machine's memory, saying
+    what their frames alone would need (fp32 RGB; the model needs several times more)."""
+    from videofusion.config import MAX_BATCH, MAX_FRAMES, MAX_RESOLUTION
+
+    what = f"{videos} videos of {frames} frames" + (f" at {resolution} px" if resolution else "")
+    need = 4 * 3 * videos * frames * max(resolution, 8) ** 2
+    for option, value, limit in (("--frames", frames, MAX_FRAMES),
+                                 ("--resolution", resolution, MAX_RESOLUTION),
+                                 ("--num-videos x labels", videos, MAX_BATCH)):
+        if value > limit:
+            raise ValueError(f"{option} must be <= {limit}, got {value} ({what} would need "
+                             f"{'' if resolution else 'at least '}{format_bytes(need)} for the "
+                             "frames alone)")
+    check_size(what, need // 4)
+
+
+def shared_noise(shape: tuple[int, ...], batch: int, seed: int):
+    """One draw of ``shape`` from ``seed``, the same for every video of the batch."""
+    import torch
+
+    draw = torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed))
+    return draw.expand(batch, *shape).clone()
+
+

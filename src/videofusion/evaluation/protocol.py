@@ -1,0 +1,89 @@
+"""``EvalProtocol``: every setting an evaluation's numbers depend on, in one record.
+
+FVD, KVD and IS change with the number of videos, their length and size, and how the model
+was sampled, so the protocol travels whole from the command line to the report, where it is
+written next to the numbers. Torch-free: ``videofusion eval --help`` reads its defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from videofusion.choices import (
+    EVAL_CONDITIONS,
+    METRICS,
+    PROTOCOL_FRAMES,
+    SCHEDULERS,
+)
+
+SET_METRICS = frozenset({"fvd", "kvd", "fvd_digits"})  # need a covariance: >= 2 videos per set
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """``"fvd,kvd"`` or a sequence -> validated names in :data:`~videofusion.choices.METRICS`
+    order."""
+    names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else list(metrics)
+    names = [m for m in names if m]
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown or not names:
+        raise ValueError(f"metrics: choose from {','.join(METRICS)}, got {metrics!r}")
+    return tuple(m for m in METRICS if m in names)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """What is measured and how the videos are made.
+
+    ``resolution`` ``None`` is the native size: a model's sample size, else the fake folder's own
+    frame size; the real set is brought to the fake set's size. Sampling settings (``seed`` to
+    ``batch_size``) apply when the fake side is a model folder; ``None`` means the model's own
+    (guidance: ``default_guidance_scale``; lambda: the trained value; scheduler: the folder's).
+    ``class_labels``: for a model, labels to cycle through; for a folder, one per video.
+    ``condition``: what a model conditioned on class and text is sampled with (auto: captions).
+    ``real_options`` go to ``MovingDigits`` when the real set is the moving-digits test split.
+    """
+
+    metrics: tuple[str, ...] = METRICS
+    num_videos: int = 256
+    num_frames: int = PROTOCOL_FRAMES
+    resolution: tuple[int, int] | None = None
+    seed: int = 0
+    class_labels: tuple[int, ...] | None = None
+    num_inference_steps: int = 50
+    guidance_scale: float | None = None
+    lambda_: float | None = None
+    scheduler: str | None = None
+    signal_leak: bool = True
+    condition: str = "auto"
+    batch_size: int = 8  # videos per sampling batch; a stochastic sampler's noise follows it
+    real_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "metrics", parse_metrics(self.metrics))
+        for name in ("num_videos", "num_frames", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.resolution is not None:
+            side = self.resolution
+            set_(self, "resolution", (side, side) if isinstance(side, int)
+                 else tuple(int(v) for v in side))
+        if self.class_labels is not None:
+            set_(self, "class_labels", tuple(int(c) for c in self.class_labels))
+        if self.condition not in EVAL_CONDITIONS:
+            raise ValueError(f"condition must be one of {EVAL_CONDITIONS}, got {self.condition!r}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {tuple(SCHEDULERS)}, "
+                             f"got {self.scheduler!r}")
+        set_(self, "real_options", dict(self.real_options or {}))
+
+    def replace(self, **changes) -> EvalProtocol:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready, as recorded in reports (``lambda_`` is written ``lambda``)."""
+        out = dataclasses.asdict(self)
+        out["lambda"] = out.pop("lambda_")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
