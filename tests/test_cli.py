@@ -48,8 +48,8 @@ def test_sample_writes_mp4_gif_and_contact_sheet(model_dir, tmp_path, capsys):
 
 def test_sample_guides_with_the_models_default_unless_told(model_dir, tmp_path, monkeypatch):
     used = []
-    call = VideoFusionPipeline.__call__
-    monkeypatch.setattr(VideoFusionPipeline, "__call__", lambda self, *a, **kw: (
+    call = VideoFusionPipeline.plan  # every sampling path of the CLI plans first
+    monkeypatch.setattr(VideoFusionPipeline, "plan", lambda self, *a, **kw: (
         used.append(kw["guidance_scale"]), call(self, *a, **kw))[1])
     recorded = tmp_path / "guided"
     pipe = VideoFusionPipeline.from_pretrained(model_dir)
@@ -82,13 +82,13 @@ def test_sample_keeps_the_model_scheduler_unless_asked(tmp_path, monkeypatch):
     VideoFusionPipeline(residual=tiny_residual(num_classes=10), base=tiny_base(num_classes=10),
                         scheduler=DDPMScheduler(), sample_size=8).save_pretrained(folder)
     used = []
-    original = VideoFusionPipeline.__call__
+    original = VideoFusionPipeline.generate
 
     def spy(self, *args, **kwargs):
         used.append(type(self.scheduler).__name__)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(VideoFusionPipeline, "__call__", spy)
+    monkeypatch.setattr(VideoFusionPipeline, "generate", spy)
     for extra in ([], ["--scheduler", "ddim"]):
         assert main(["sample", "--model-dir", str(folder), "--class-label", "1", "--frames", "4",
                      "--num-videos", "1", "--steps", "2", "--out", str(tmp_path / "out"),

@@ -107,42 +107,36 @@ def run_sample(args: argparse.Namespace) -> int:
     from videofusion.video_io import contact_sheet, write_gif, write_mp4
 
     pipe.use_scheduler(args.scheduler)
-    resolution = args.resolution or pipe.config.sample_size
-    check_video_size(videos, args.frames, resolution)
-    pipe.model.check_resolution(resolution // pipe.vae_scale_factor,
-                                resolution // pipe.vae_scale_factor)
     guidance = args.guidance if args.guidance is not None else pipe.default_guidance
+    settings = dict(num_frames=args.frames, height=args.resolution, width=args.resolution,
+                    num_inference_steps=args.steps, guidance_scale=guidance,
+                    lambda_=args.lambda_, eta=args.eta, signal_leak=args.signal_leak)
     out = Path(args.out)
-    fps = args.fps or pipe.config.fps
-    scale = args.scale or max(1, 128 // resolution)
     if args.control_grid:
         from videofusion.control import content_motion_grid
 
-        grid = content_motion_grid(
-            pipe, *args.control_grid, prompt=args.prompt, class_labels=args.class_label,
-            num_frames=args.frames, height=resolution, width=resolution,
-            num_inference_steps=args.steps, guidance_scale=guidance, lambda_=args.lambda_,
-            eta=args.eta, seed=args.seed, signal_leak=args.signal_leak)
-        for path in grid.save(out, fps, scale):
+        resolution = args.resolution or pipe.config.sample_size
+        check_video_size(videos, args.frames, resolution)
+        grid = content_motion_grid(pipe, *args.control_grid, prompt=args.prompt,
+                                   class_labels=args.class_label, seed=args.seed, **settings)
+        for path in grid.save(out, args.fps or pipe.config.fps, args.scale
+                              or max(1, 128 // resolution)):
             print(path)
         return 0
-    groups = len(args.class_label) if args.class_label else 1
-    batch = groups * args.num_videos
-    side = resolution // pipe.vae_scale_factor
-    channels = pipe.residual.config.out_channels
+    plan = pipe.plan(args.prompt, args.class_label, num_videos=args.num_videos, image=image,
+                     **settings)
+    resolution = plan.height
+    check_video_size(plan.batch, args.frames, resolution)
+    _, channels, frames, side, _ = plan.latent_shape  # (batch, C, frames, h, w)
     noise = {}
     if args.base_seed is not None:
-        noise["base_noise"] = shared_noise((channels, side, side), batch, args.base_seed)
+        noise["base_noise"] = shared_noise((channels, side, side), plan.batch, args.base_seed)
     if args.residual_seed is not None:
-        noise["residual_noise"] = shared_noise((channels, args.frames, side, side), batch,
+        noise["residual_noise"] = shared_noise((channels, frames, side, side), plan.batch,
                                                args.residual_seed)
-    videos = pipe(
-        prompt=args.prompt, class_labels=args.class_label, num_frames=args.frames,
-        height=resolution, width=resolution, num_inference_steps=args.steps,
-        guidance_scale=guidance, lambda_=args.lambda_,
-        generator=torch.Generator().manual_seed(args.seed), num_videos=args.num_videos,
-        eta=args.eta, image=image, signal_leak=args.signal_leak, **noise,
-    ).frames
+    videos = pipe.generate(plan, torch.Generator().manual_seed(args.seed), **noise)
+    fps = args.fps or pipe.config.fps
+    scale = args.scale or max(1, 128 // resolution)
     for i, video in enumerate(videos):
         for path in (write_mp4(video, out / f"video_{i:03d}.mp4", fps, scale),
                      write_gif(video, out / f"video_{i:03d}.gif", fps, scale)):

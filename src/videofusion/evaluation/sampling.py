@@ -82,8 +82,6 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
         guidance_scale = 1.0 if conditioning == "none" else pipe.default_guidance
     num_videos, num_frames, seed = protocol.num_videos, protocol.num_frames, protocol.seed
     generator = torch.Generator().manual_seed(seed)
-    side = size // pipe.vae_scale_factor
-    latent_channels = pipe.residual.config.out_channels
     chunks = []
     with tqdm(total=num_videos, desc="sampling", unit="video", disable=not progress) as bar:
         for start in range(0, num_videos, protocol.batch_size):
@@ -93,19 +91,21 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
                 else {"class_labels": labels[start:stop]} if conditioning == "class"
                 else {"num_videos": stop - start}
             )
+            plan = pipe.plan(**condition, num_frames=num_frames, height=size, width=size,
+                             num_inference_steps=protocol.num_inference_steps,
+                             guidance_scale=guidance_scale, lambda_=protocol.lambda_,
+                             signal_leak=protocol.signal_leak)
+            _, latent_channels, _, h, w = plan.latent_shape  # (batch, C, frames, h, w)
             # z_T drawn video by video, so a video does not depend on the batch size; a
             # stochastic scheduler's fresh noise then follows each video's own z_T (FreshNoise).
             # base (1, C, h, w) and residual (1, C, frames, h, w) noise per video
-            noise = [(torch.randn(1, latent_channels, side, side, generator=generator),
-                      torch.randn(1, latent_channels, num_frames, side, side, generator=generator))
+            noise = [(torch.randn(1, latent_channels, h, w, generator=generator),
+                      torch.randn(1, latent_channels, num_frames, h, w, generator=generator))
                      for _ in range(start, stop)]
-            frames = pipe(**condition, num_frames=num_frames, height=size, width=size,
-                          num_inference_steps=protocol.num_inference_steps,
-                          guidance_scale=guidance_scale, lambda_=protocol.lambda_,
-                          generator=torch.Generator().manual_seed(seed + 1 + start),
-                          base_noise=torch.cat([b for b, _ in noise]),
-                          residual_noise=torch.cat([r for _, r in noise]), progress=False,
-                          signal_leak=protocol.signal_leak).frames
+            frames = pipe.generate(plan, torch.Generator().manual_seed(seed + 1 + start),
+                                   base_noise=torch.cat([b for b, _ in noise]),
+                                   residual_noise=torch.cat([r for _, r in noise]),
+                                   progress=False)
             chunks.append(to_uint8(_resize(frames, resolution)))
             bar.update(stop - start)
     sampling = {"num_inference_steps": protocol.num_inference_steps,
@@ -114,7 +114,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
                 "channels": channels, "seed": seed,
                 "lambda": (protocol.lambda_ if protocol.lambda_ is not None
                            else pipe.config.default_lambda),
-                "signal_leak_mean": (None if pipe.signal_leak(protocol.signal_leak) is None
+                "signal_leak_mean": (None if plan.signal_leak is None
                                      else pipe.config.signal_leak_mean)}
     return VideoSet(np.concatenate(chunks), labels, str(path), conditioning=conditioning,
                     sampling=sampling)
