@@ -16,6 +16,7 @@ runs it alone.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -66,8 +67,8 @@ class Request:
     """One generation as the page asks for it; ``check`` refuses what is out of bounds."""
 
     model: str
-    prompt: str = ""
     class_label: str = NO_CLASS
+    prompt: str = ""
     frames: float = 16
     sampler: str = OWN_SAMPLER
     steps: float = DEFAULT_STEPS
@@ -157,37 +158,55 @@ class Studio:
         self.workdir = Path(workdir)
         self._pipelines: dict = {}
         self._cancel = threading.Event()
+        self._loading = threading.Lock()
         self._runs = 0
 
     def pipeline(self, name: str):
-        """The pipeline of model ``name``, loaded once; its own scheduler kept aside, since
-        ``use_scheduler`` replaces it."""
-        if name not in self._pipelines:
-            pipe = load_pipeline(self.models[name])
-            self._pipelines[name] = (pipe, pipe.scheduler)
+        """The pipeline of model ``name``, loaded once (a second caller waits for the first);
+        its own scheduler kept aside, since ``use_scheduler`` replaces it."""
+        with self._loading:
+            if name not in self._pipelines:
+                pipe = load_pipeline(self.models[name])
+                self._pipelines[name] = (pipe, pipe.scheduler)
         return self._pipelines[name][0]
 
     def defaults(self, name: str) -> dict:
-        """What the page shows for model ``name`` before the user changes anything."""
-        pipe = self.pipeline(name)
-        accepts = pipe.conditioning
-        classes = [NO_CLASS] + [str(c) for c in range(accepts.num_classes or 0)]
+        """What the page offers for model ``name``, read from its folder's JSON files without
+        loading it (the page comes up before torch and diffusers are imported). Guidance and
+        lambda stay empty: the pipeline's own (``default_guidance``, ``default_lambda``)."""
+        folder = self.models[name]
+        try:
+            index = json.loads((folder / "model_index.json").read_text())
+            residual = json.loads((folder / "residual" / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{folder} is not a readable VideoFusionPipeline folder "
+                             f"({one_line(err)})") from None
+        classes = [NO_CLASS] + [str(c) for c in range(residual.get("num_classes") or 0)]
         return {"classes": classes, "class_label": classes[min(1, len(classes) - 1)],
-                "text": accepts.text, "guidance": pipe.default_guidance,
-                "lambda": float(pipe.config.default_lambda), "size": pipe.config.sample_size,
-                "fps": pipe.config.fps}
+                "text": residual.get("cross_attention_dim") is not None,
+                "size": index.get("sample_size")}
+
+    def warm_up(self) -> None:
+        """Load the first model and run it once (two frames, one step), so the first click
+        pays neither the imports nor the text encoder's loading."""
+        name = next(iter(self.models))
+        self.generate(Request(name, self.defaults(name)["class_label"], frames=2, steps=1),
+                      keep=False)
 
     def cancel(self) -> str:
         self._cancel.set()
         return "Cancelling at the next denoising step..."
 
     def generate(self, request: Request,
-                 on_step: Callable[[int, int, str], None] | None = None) -> Result:
-        """Run ``request``; any failure comes back as ``Result.message``, never raised."""
+                 on_step: Callable[[int, int, str], None] | None = None,
+                 keep: bool = True) -> Result:
+        """Run ``request``; any failure comes back as ``Result.message``, never raised.
+        ``keep=False`` writes no files."""
         self._cancel.clear()
         start = time.perf_counter()
         try:
-            result = self._generate(request.check(self.models), on_step or (lambda *a: None))
+            result = self._generate(request.check(self.models), on_step or (lambda *a: None),
+                                    keep)
         except Cancelled:
             return Result("Cancelled.")
         except (ValueError, FileNotFoundError) as err:
@@ -199,7 +218,7 @@ class Studio:
         result.message += f" in {result.seconds:.1f} s."
         return result
 
-    def _generate(self, request: Request, on_step) -> Result:
+    def _generate(self, request: Request, on_step, keep: bool) -> Result:
         import torch
 
         from .decomposition import decompose
@@ -252,6 +271,13 @@ class Studio:
                                        progress=False)
                 video = pipe.postprocess(pipe.decode(latents), "np")[0]
         parts = decompose(video[:clip_frames], plan.lambdas.numpy())
+        what = (f"{len(video)} frames" if not request.long_frames
+                else f"a long video of {len(video)} frames")
+        message = (f"Generated {what} at {pipe.config.sample_size} px (content seed "
+                   f"{request.content_seed}, motion seed {request.motion_seed}, guidance "
+                   f"{guidance:g}, λ {plan.lambdas.min().item():g})")
+        if not keep:
+            return Result(message)
         self._runs += 1
         out = self.workdir / f"run_{self._runs:05d}"
         scale = max(1, 128 // pipe.config.sample_size)
@@ -263,12 +289,8 @@ class Studio:
         Image.fromarray(upscale(to_uint8(parts.key_frame), scale)).save(key)
         maps = contact_sheet(parts.difference_maps[None], out / "difference_maps.png",
                              scale=max(1, scale // 2))
-        what = (f"{len(video)} frames" if not request.long_frames
-                else f"a long video of {len(video)} frames")
-        return Result(f"Generated {what} at {pipe.config.sample_size} px (content seed "
-                      f"{request.content_seed}, motion seed {request.motion_seed})",
-                      out / "video.mp4", out / "contact_sheet.png", key, maps, parts.rows(),
-                      request.content_seed, request.motion_seed)
+        return Result(message, out / "video.mp4", out / "contact_sheet.png", key, maps,
+                      parts.rows(), request.content_seed, request.motion_seed)
 
 
 def seeded_normal(shape: tuple[int, ...], seed: int):
@@ -340,9 +362,11 @@ def build_app(studio: Studio):
                     sampler = gr.Dropdown(list(SAMPLERS), value=OWN_SAMPLER, label="Sampler",
                                           elem_id="sampler")
                     steps = gr.Number(DEFAULT_STEPS, label="Steps", elem_id="steps")
-                    guidance = gr.Number(d["guidance"], label="Guidance", elem_id="guidance")
-                    lambda_ = gr.Number(d["lambda"], label="λ (share of shared noise, 0-1)",
-                                        elem_id="lambda")
+                    guidance = gr.Number(None, label="Guidance (empty: the model's own)",
+                                         elem_id="guidance")
+                    lambda_ = gr.Number(None, elem_id="lambda",
+                                        label="λ, share of the noise shared by the clip, 0-1 "
+                                              "(empty: the model's own)")
                     long_frames = gr.Number(0, label="Long video: total frames (0 = one clip)",
                                             elem_id="long_frames")
                 image = gr.File(label="Image-to-video: key frame (optional, ≤ 10 MB)",
@@ -368,21 +392,19 @@ def build_app(studio: Studio):
         def on_model(name):
             try:
                 d = studio.defaults(name)
-            except (ValueError, OSError) as err:
-                return (gr.update(), gr.update(), gr.update(), gr.update(),
-                        f"Error: {one_line(err)}")
+            except ValueError as err:
+                return gr.update(), gr.update(), f"Error: {one_line(err)}"
             return (gr.update(choices=d["classes"], value=d["class_label"]),
-                    gr.update(visible=d["text"]), d["guidance"], d["lambda"],
-                    f"Model: {name}")
+                    gr.update(visible=d["text"]), f"Model: {name}")
 
-        model.change(on_model, model, [class_label, prompt, guidance, lambda_, status])
+        model.change(on_model, model, [class_label, prompt, status])
 
         def run(model, prompt, class_label, frames, sampler, steps, guidance, lambda_,
                 content_seed, content_lock, motion_seed, motion_lock, image, long_frames,
                 progress=gr.Progress()):  # noqa: B008 (Gradio's way to ask for a bar)
             content_seed = content_seed if content_lock else new_seed()
             motion_seed = motion_seed if motion_lock else new_seed()
-            request = Request(model, prompt or "", class_label, frames, sampler, steps,
+            request = Request(model, class_label, prompt or "", frames, sampler, steps,
                               guidance, lambda_, content_seed, motion_seed, image, long_frames)
             result = studio.generate(
                 request, lambda done, total, what: progress((done, total), unit=what))
@@ -451,7 +473,9 @@ def run_studio(args: argparse.Namespace) -> int:
         print(f"videofusion studio: http://{args.host}:{port} (Ctrl+C stops it)", flush=True)
         app.launch(server_name=args.host, server_port=port, share=args.share,
                    max_file_size=MAX_UPLOAD_BYTES, show_error=False, quiet=True,
-                   inbrowser=False, ssr_mode=False, theme=theme)
+                   inbrowser=False, ssr_mode=False, theme=theme, prevent_thread_lock=True)
+        studio.warm_up()  # the page is up; a click meanwhile waits for the model
+        app.block_thread()
     except KeyboardInterrupt:
         pass
     finally:
