@@ -43,6 +43,7 @@ def test_decomposition_measures_change_from_the_key_frame():
     ("steps", 0, "steps must lie in"),
     ("guidance", float("nan"), "guidance must lie in"),
     ("lambda_", 1.5, "λ must lie in"),
+    ("lambda_", "half", "λ must be a number"),
     ("content_seed", -1, "content seed must lie in"),
     ("motion_seed", "abc", "motion seed must be a number"),
     ("long_frames", 8, "long-video length must be 0"),
@@ -53,6 +54,13 @@ def test_out_of_range_input_is_one_line(field, value, message):
         MODEL, frames=value)
     with pytest.raises(ValueError, match=message):
         request.check(SHIPPED_MODELS)
+
+
+def test_empty_guidance_and_lambda_are_the_models_own():
+    request = Request(MODEL, guidance="", lambda_=" ").check(SHIPPED_MODELS)
+    assert (request.guidance, request.lambda_) == (None, None)
+    request = Request(MODEL, guidance="3", lambda_="0.25").check(SHIPPED_MODELS)
+    assert (request.guidance, request.lambda_) == (3.0, 0.25)
 
 
 def test_uploads_that_are_not_images_or_too_large_are_refused(tmp_path, monkeypatch):

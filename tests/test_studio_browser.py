@@ -26,6 +26,9 @@ from videofusion.studio import free_port
 from videofusion.video_io import read_video
 
 REQUIRED = os.environ.get("VIDEOFUSION_REQUIRE_BROWSER") == "1"
+SCREENSHOT = os.environ.get("VIDEOFUSION_STUDIO_SCREENSHOT")
+# few steps and frames for CI; the screenshot shows the shipped model's own setting
+FRAMES, STEPS = (16, 25) if SCREENSHOT else (8, 4)
 
 
 def _need(reason: str):
@@ -107,7 +110,7 @@ def test_studio_in_chromium(studio_url):
             status = page.locator("#status")
 
             def set_number(elem_id: str, value) -> None:
-                box = page.locator(f"#{elem_id} input")
+                box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
                 box.fill(str(value))
                 box.press("Tab")
 
@@ -124,16 +127,16 @@ def test_studio_in_chromium(studio_url):
             # a class, few steps, few frames
             page.locator("#class_label input").click()
             page.get_by_role("option", name="7", exact=True).click()
-            set_number("frames", 8)
-            set_number("steps", 4)
+            set_number("frames", FRAMES)
+            set_number("steps", STEPS)
             set_number("content_seed", 11)
             expect(page.locator("#content_lock input")).to_be_checked()
             expect(page.locator("#motion_lock input")).not_to_be_checked()
             print(f"first video in the page {run('Generated'):.1f} s after the click")
-            assert "Generated 8 frames" in status.inner_text()
+            assert f"Generated {FRAMES} frames" in status.inner_text()
             video_src = page.locator("#video video").get_attribute("src")
             frames = read_video_bytes(fetch(absolute(url, video_src)), tmp_path / "a.mp4")
-            assert frames.shape == (8, 128, 128, 3)  # 8 frames of 32 px, shown 4x
+            assert frames.shape == (FRAMES, 128, 128, 3)  # 32 px frames, shown 4x
             key_a = png(fetch(absolute(url, page.locator("#key_frame img")
                                        .get_attribute("src"))))
             motion_a = page.locator("#motion_seed input").input_value()
@@ -150,17 +153,17 @@ def test_studio_in_chromium(studio_url):
             np.testing.assert_array_equal(key_a, key_b)  # bitwise: the base noise fixes it
             assert np.abs(frames_b.astype(int) - frames.astype(int)).mean() > 0  # new motion
             expect(page.locator("#decomposition")).to_contain_text("base share")
-            if os.environ.get("VIDEOFUSION_STUDIO_SCREENSHOT"):
-                page.screenshot(path=os.environ["VIDEOFUSION_STUDIO_SCREENSHOT"],
-                                full_page=True)
+            if SCREENSHOT:
+                page.screenshot(path=SCREENSHOT, full_page=True)
 
             # a bad value: a message in the page, then the server serves the next request
             set_number("lambda", 2)
             run("Error")
             assert "λ must lie in [0.0, 1.0]" in status.inner_text()
             assert "Traceback" not in page.content()
-            set_number("lambda", 0.5)
+            set_number("lambda", "")  # empty: the model's own
             run("Generated")
+            assert "λ 0.5" in status.inner_text()
 
             # cancel: a long run stops at the next step, and the page says so
             set_number("steps", 200)

@@ -72,8 +72,8 @@ class Request:
     frames: float = 16
     sampler: str = OWN_SAMPLER
     steps: float = DEFAULT_STEPS
-    guidance: float | None = None
-    lambda_: float | None = None
+    guidance: float | str | None = None  # None or "": the model's own
+    lambda_: float | str | None = None
     content_seed: float = 0
     motion_seed: float = 1
     image: str | None = None  # path of an uploaded key frame
@@ -90,10 +90,14 @@ class Request:
         self.motion_seed = _bounded("seed", self.motion_seed, integer=True, name="motion seed")
         self.long_frames = _bounded("long_frames", self.long_frames or 0, integer=True,
                                     name="long-video length")
-        if self.guidance is not None:
+        if self.guidance is not None and str(self.guidance).strip():
             self.guidance = _bounded("guidance", self.guidance)
-        if self.lambda_ is not None:
+        else:
+            self.guidance = None
+        if self.lambda_ is not None and str(self.lambda_).strip():
             self.lambda_ = _bounded("lambda", self.lambda_, name="λ")
+        else:
+            self.lambda_ = None
         if self.long_frames and self.long_frames <= self.frames:
             raise ValueError(f"long-video length must be 0 (off) or more than the clip's "
                              f"{self.frames} frames, got {self.long_frames}")
@@ -159,6 +163,7 @@ class Studio:
         self._pipelines: dict = {}
         self._cancel = threading.Event()
         self._loading = threading.Lock()
+        self._running = threading.Lock()  # the queue's worker and the warm-up take turns
         self._runs = 0
 
     def pipeline(self, name: str):
@@ -193,15 +198,19 @@ class Studio:
         self.generate(Request(name, self.defaults(name)["class_label"], frames=2, steps=1),
                       keep=False)
 
-    def cancel(self) -> str:
+    def cancel(self) -> None:
+        """Stop the running generation at its next denoising step (or clip)."""
         self._cancel.set()
-        return "Cancelling at the next denoising step..."
 
     def generate(self, request: Request,
                  on_step: Callable[[int, int, str], None] | None = None,
                  keep: bool = True) -> Result:
         """Run ``request``; any failure comes back as ``Result.message``, never raised.
         ``keep=False`` writes no files."""
+        with self._running:
+            return self._guarded(request, on_step, keep)
+
+    def _guarded(self, request: Request, on_step, keep: bool) -> Result:
         self._cancel.clear()
         start = time.perf_counter()
         try:
@@ -362,11 +371,11 @@ def build_app(studio: Studio):
                     sampler = gr.Dropdown(list(SAMPLERS), value=OWN_SAMPLER, label="Sampler",
                                           elem_id="sampler")
                     steps = gr.Number(DEFAULT_STEPS, label="Steps", elem_id="steps")
-                    guidance = gr.Number(None, label="Guidance (empty: the model's own)",
-                                         elem_id="guidance")
-                    lambda_ = gr.Number(None, elem_id="lambda",
-                                        label="λ, share of the noise shared by the clip, 0-1 "
-                                              "(empty: the model's own)")
+                    # text, not numbers: an empty Number reads as 0, and empty means the model's
+                    guidance = gr.Textbox("", label="Guidance", elem_id="guidance",
+                                          placeholder="the model's own")
+                    lambda_ = gr.Textbox("", elem_id="lambda", placeholder="the model's own",
+                                         label="λ, share of the noise shared by the clip, 0-1")
                     long_frames = gr.Number(0, label="Long video: total frames (0 = one clip)",
                                             elem_id="long_frames")
                 image = gr.File(label="Image-to-video: key frame (optional, ≤ 10 MB)",
@@ -374,15 +383,16 @@ def build_app(studio: Studio):
             with gr.Column(scale=2):
                 status = gr.Markdown("Pick a class or a prompt and press Generate.",
                                      elem_id="status")
-                video = gr.Video(label="Video", autoplay=True, loop=True, elem_id="video",
-                                 interactive=False)
+                with gr.Row():
+                    video = gr.Video(label="Video", autoplay=True, loop=True, elem_id="video",
+                                     interactive=False, height=320, scale=2)
+                    key_frame = gr.Image(label="Key frame (drawn by the base generator)",
+                                         elem_id="key_frame", interactive=False, height=320,
+                                         scale=1)
                 sheet = gr.Image(label="Contact sheet (every frame)", elem_id="sheet",
                                  interactive=False)
-                with gr.Row():
-                    key_frame = gr.Image(label="Key frame (drawn by the base generator)",
-                                         elem_id="key_frame", interactive=False)
-                    maps = gr.Image(label="Difference from the key frame, per frame",
-                                    elem_id="difference_maps", interactive=False)
+                maps = gr.Image(label="Difference from the key frame, per frame",
+                                elem_id="difference_maps", interactive=False)
                 table = gr.Dataframe(
                     headers=["frame", "λ", "base share", "residual share", "difference"],
                     label="Decomposition per frame", elem_id="decomposition",
@@ -418,8 +428,11 @@ def build_app(studio: Studio):
             run, [model, prompt, class_label, frames, sampler, steps, guidance, lambda_,
                   content_seed, content_lock, motion_seed, motion_lock, image, long_frames],
             [video, sheet, key_frame, maps, table, status, content_seed, motion_seed],
-            concurrency_limit=1, concurrency_id="generate")
-        cancel.click(studio.cancel, None, status)  # its own worker: runs beside a generation
+            concurrency_limit=1, concurrency_id="generate",
+            show_progress_on=[video])  # the bar on the video; the status line changes once
+        # its own worker, so it runs beside a generation; no output, since the generation's own
+        # "Cancelled." could arrive first and be overwritten
+        cancel.click(studio.cancel, None, None)
     return app
 
 
