@@ -228,10 +228,11 @@ class Studio:
         return result
 
     def _generate(self, request: Request, on_step, keep: bool) -> Result:
+        import numpy as np
         import torch
 
         from .decomposition import decompose
-        from .long_video import iter_long_video
+        from .long_video import iter_long_video, num_clips
         from .pipeline import read_image
         from .video_io import contact_sheet, to_uint8, upscale, write_mp4
 
@@ -255,17 +256,18 @@ class Studio:
                 raise Cancelled
             on_step(done, total, what)
 
-        if request.long_frames:
+        if request.long_frames:  # progress and cancel per clip: iter_long_video owns the steps
+            overlap = min(4, clip_frames // 2)
+            total = num_clips(request.long_frames, clip_frames, overlap)
             clips = []
-            for i, clip in enumerate(iter_long_video(
-                    pipe, request.long_frames, clip_frames, min(4, clip_frames // 2),
-                    prompt=prompt, class_labels=labels, num_inference_steps=request.steps,
+            check_cancel(0, total, "clips")
+            for clip in iter_long_video(
+                    pipe, request.long_frames, clip_frames, overlap, prompt=prompt,
+                    class_labels=labels, num_inference_steps=request.steps,
                     guidance_scale=guidance, lambda_=request.lambda_, generator=motion,
-                    base_noise=base, progress=False)):
-                check_cancel(i, -(-request.long_frames // clip_frames), "clips")
+                    base_noise=base, progress=False):
                 clips.append(clip[0])
-            import numpy as np
-
+                check_cancel(len(clips), total, "clips")
             video = np.concatenate(clips)
         else:
             residual = seeded_normal(plan.latent_shape, request.motion_seed)
@@ -415,7 +417,8 @@ def build_app(studio: Studio):
             content_seed = content_seed if content_lock else new_seed()
             motion_seed = motion_seed if motion_lock else new_seed()
             request = Request(model, class_label, prompt or "", frames, sampler, steps,
-                              guidance, lambda_, content_seed, motion_seed, image, long_frames)
+                              guidance=guidance, lambda_=lambda_, content_seed=content_seed,
+                              motion_seed=motion_seed, image=image, long_frames=long_frames)
             result = studio.generate(
                 request, lambda done, total, what: progress((done, total), unit=what))
             if result.video is None:
