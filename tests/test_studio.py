@@ -118,3 +118,23 @@ def test_studio_parser_defaults_to_loopback():
     args = parser.parse_args(["studio"])
     assert (args.host, args.share, args.model_dir) == ("127.0.0.1", False, [])
     assert args.handler is studio.run_studio
+
+
+def test_the_studios_seeds_are_the_command_lines(shipped, tmp_path, one_thread):
+    """Content seed S and motion seed R draw what `videofusion sample --base-seed S
+    --residual-seed R` draws (cli.shared_noise) for one video: the same video."""
+    import torch
+    from PIL import Image
+
+    from videofusion.video_io import contact_sheet
+
+    result = shipped.generate(Request(MODEL, "3", frames=4, steps=2, content_seed=5,
+                                      motion_seed=7))
+    pipe = shipped.pipeline(MODEL)
+    draw = [torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed))
+            for shape, seed in (((3, 32, 32), 5), ((3, 4, 32, 32), 7))]
+    frames = pipe(class_labels=[3], num_frames=4, num_inference_steps=2,
+                  guidance_scale=pipe.default_guidance, base_noise=draw[0],
+                  residual_noise=draw[1], progress=False).frames
+    expected = np.array(Image.open(contact_sheet(frames, tmp_path / "sheet.png", scale=2)))
+    np.testing.assert_array_equal(np.array(Image.open(result.sheet)), expected)

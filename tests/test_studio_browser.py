@@ -171,6 +171,27 @@ def test_studio_in_chromium(studio_url):
             expect(page.get_by_text("denoising steps").first).to_be_visible(timeout=60_000)
             page.locator("#cancel").click()
             expect(status).to_contain_text("Cancelled", timeout=60_000)
+
+            # uploads: not an image (the studio's message), too large (Gradio's, by
+            # max_file_size); then the page generates again
+            notes = tmp_path / "notes.png"
+            notes.write_text("not a picture")
+            page.locator("#image input[type=file]").set_input_files(str(notes))
+            set_number("steps", STEPS)
+            run("Error")
+            assert "not an image" in status.inner_text()
+            page.reload()
+            expect(generate).to_be_visible(timeout=60_000)
+            big = tmp_path / "big.png"
+            big.write_bytes(bytes(11 * 1024 * 1024))
+            page.locator("#image input[type=file]").set_input_files(str(big))
+            expect(page.get_by_text("exceed the maximum allowed size").first).to_be_visible()
+            page.locator("#class_label input").click()
+            page.get_by_role("option", name="7", exact=True).click()
+            set_number("frames", FRAMES)
+            set_number("steps", STEPS)
+            run("Generated")
+            assert "Traceback" not in page.content()
         finally:
             browser.close()
 
