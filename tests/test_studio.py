@@ -1,0 +1,140 @@
+"""The studio's logic without a browser: the decomposition, the input checks, the seed locks
+on the shipped model (tests/test_studio_browser.py drives the page itself)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from videofusion import studio
+from videofusion.decomposition import decompose
+from videofusion.studio import SHIPPED_MODELS, Request, Studio
+
+MODEL = next(iter(SHIPPED_MODELS))
+
+
+def test_decomposition_of_a_still_clip_is_the_formula_and_no_difference():
+    frame = np.random.default_rng(0).random((4, 4, 3))
+    lam = 0.5
+    parts = decompose(np.stack([frame] * 5), [lam, lam, 1.0, lam, lam])
+    assert parts.key_index == 2
+    np.testing.assert_array_equal(parts.key_frame, frame)
+    assert parts.base_share[2] == 1.0
+    # x = x^k: base part sqrt(lam) x^k, residual part (1 - sqrt(lam)) x^k
+    expected = lam / (lam + (1 - np.sqrt(lam)) ** 2)
+    np.testing.assert_allclose(parts.base_share[[0, 1, 3, 4]], expected)
+    np.testing.assert_array_equal(parts.difference, 0)
+    assert parts.rows()[2] == [2, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_decomposition_measures_change_from_the_key_frame():
+    video = np.zeros((3, 2, 2, 1))
+    video[0] = 1.0
+    parts = decompose(video, [0.5, 1.0, 0.5])
+    np.testing.assert_allclose(parts.difference, [1.0, 0.0, 0.0])
+    assert parts.difference_maps.shape == video.shape
+    with pytest.raises(ValueError, match="one lambda per frame"):
+        decompose(video, [0.5, 1.0])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("frames", 1, "frames must lie in"),
+    ("frames", 8.5, "frames must be a whole number"),
+    ("steps", 0, "steps must lie in"),
+    ("guidance", float("nan"), "guidance must lie in"),
+    ("lambda_", 1.5, "λ must lie in"),
+    ("lambda_", "half", "λ must be a number"),
+    ("content_seed", -1, "content seed must lie in"),
+    ("motion_seed", "abc", "motion seed must be a number"),
+    ("long_frames", 8, "long-video length must be 0"),
+    ("sampler", "magic", "sampler must be one of"),
+])
+def test_out_of_range_input_is_one_line(field, value, message):
+    request = Request(MODEL, frames=16, **{field: value}) if field != "frames" else Request(
+        MODEL, frames=value)
+    with pytest.raises(ValueError, match=message):
+        request.check(SHIPPED_MODELS)
+
+
+def test_empty_guidance_and_lambda_are_the_models_own():
+    request = Request(MODEL, guidance="", lambda_=" ").check(SHIPPED_MODELS)
+    assert (request.guidance, request.lambda_) == (None, None)
+    request = Request(MODEL, guidance="3", lambda_="0.25").check(SHIPPED_MODELS)
+    assert (request.guidance, request.lambda_) == (3.0, 0.25)
+
+
+def test_uploads_that_are_not_images_or_too_large_are_refused(tmp_path, monkeypatch):
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    with pytest.raises(ValueError, match="not an image"):
+        Request(MODEL, image=str(text)).check(SHIPPED_MODELS)
+    monkeypatch.setattr(studio, "MAX_UPLOAD_BYTES", 8)
+    with pytest.raises(ValueError, match="the limit is"):
+        Request(MODEL, image=str(text)).check(SHIPPED_MODELS)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    return Studio(SHIPPED_MODELS, tmp_path_factory.mktemp("studio"))
+
+
+@pytest.mark.parametrize("sampler", ["model's own", "ddim"])
+def test_locked_content_keeps_the_key_frame_bitwise(shipped, sampler, one_thread):
+    """DDPM (the shipped model's own) renews noise every step; its base part follows the fixed
+    base noise (noise.FreshNoise), so the key frame depends on the content seed alone."""
+    runs = [shipped.generate(Request(MODEL, class_label="3", frames=6, steps=3, sampler=sampler,
+                                     content_seed=5, motion_seed=m))
+            for m in (1, 2)]
+    assert all(r.video is not None for r in runs), [r.message for r in runs]
+    from PIL import Image
+
+    keys = [np.array(Image.open(r.key_frame)) for r in runs]
+    np.testing.assert_array_equal(keys[0], keys[1])
+    sheets = [np.array(Image.open(r.sheet)) for r in runs]
+    assert not np.array_equal(sheets[0], sheets[1])  # the other frames moved differently
+    assert runs[0].table[3][2] == 1.0  # frame 6 // 2 is all base
+
+
+def test_generate_reports_bad_input_and_keeps_serving(shipped, tmp_path, one_thread):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    result = shipped.generate(Request(MODEL, class_label="3", frames=6, steps=2,
+                                      image=str(bad)))
+    assert result.video is None and result.message.startswith("Error: ")
+    assert "\n" not in result.message
+    result = shipped.generate(Request(MODEL, class_label="none", prompt="a blue digit 0",
+                                      frames=6, steps=2, long_frames=10))
+    assert result.video is not None, result.message
+    from videofusion.video_io import read_video
+
+    assert read_video(result.video).shape[0] == 10
+
+
+def test_studio_parser_defaults_to_loopback():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    studio.add_studio_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["studio"])
+    assert (args.host, args.share, args.model_dir) == ("127.0.0.1", False, [])
+    assert args.handler is studio.run_studio
+
+
+def test_the_studios_seeds_are_the_command_lines(shipped, tmp_path, one_thread):
+    """Content seed S and motion seed R draw what `videofusion sample --base-seed S
+    --residual-seed R` draws (cli.shared_noise) for one video: the same video."""
+    import torch
+    from PIL import Image
+
+    from videofusion.video_io import contact_sheet
+
+    result = shipped.generate(Request(MODEL, "3", frames=4, steps=2, content_seed=5,
+                                      motion_seed=7))
+    pipe = shipped.pipeline(MODEL)
+    draw = [torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed))
+            for shape, seed in (((3, 32, 32), 5), ((3, 4, 32, 32), 7))]
+    frames = pipe(class_labels=[3], num_frames=4, num_inference_steps=2,
+                  guidance_scale=pipe.default_guidance, base_noise=draw[0],
+                  residual_noise=draw[1], progress=False).frames
+    expected = np.array(Image.open(contact_sheet(frames, tmp_path / "sheet.png", scale=2)))
+    np.testing.assert_array_equal(np.array(Image.open(result.sheet)), expected)
