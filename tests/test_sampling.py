@@ -9,6 +9,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    PNDMScheduler,
 )
 from sampling_run import sample
 from torch import nn
@@ -299,6 +300,9 @@ class CountingFreshNoise(FreshNoise):
     (DDIMScheduler(), 0.0, 0),
     (DDIMScheduler(), 1.0, 3),
     (DPMSolverMultistepScheduler(), 0.0, 0),
+    (DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="sigma_min"),
+     0.0, 0),
+    (PNDMScheduler(skip_prk_steps=True), 0.0, 0),  # a step with no means to draw noise
     (DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), 0.0, 3),
     (EulerDiscreteScheduler(), 1.0, 0),
     (DDPMScheduler(), 0.0, 2),  # the last step (t = 0) adds no noise
@@ -322,15 +326,19 @@ def test_noise_is_drawn_only_by_steps_that_use_it(scheduler, eta, draws):
 def test_ddpm_step_is_diffusers_step_with_the_noise_injected():
     """ddpm_step rebuilds DDPM's step around the injected noise: given the very noise
     DDPMScheduler.step would draw itself, both give the same bits (clipping included)."""
-    scheduler = DDPMScheduler()
-    scheduler.set_timesteps(10)
     eps = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     z = 2 * torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    for t in scheduler.timesteps[[0, 5, -1]]:
-        own = scheduler.step(eps, t, z, generator=torch.Generator().manual_seed(3)).prev_sample
-        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(3))
-        injected = ddpm_step(scheduler, eps, t, z, lambda shape, dtype, noise=noise: noise)
-        assert torch.equal(own, injected)
+    # every step of a short schedule (750, 500, 250, 0: the step at 250 goes to abar_0, the
+    # last to abar = 1), for each noise scale DDPM can have without learning it
+    for variance_type in ("fixed_small", "fixed_small_log", "fixed_large"):
+        scheduler = DDPMScheduler(variance_type=variance_type)
+        scheduler.set_timesteps(4)
+        assert scheduler.timesteps.tolist() == [750, 500, 250, 0]
+        for t in scheduler.timesteps:
+            own = scheduler.step(eps, t, z, generator=torch.Generator().manual_seed(3))
+            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(3))
+            injected = ddpm_step(scheduler, eps, t, z, lambda shape, dtype, noise=noise: noise)
+            assert torch.equal(own.prev_sample, injected), (variance_type, int(t))
 
 
 def test_a_scheduler_that_draws_its_own_noise_is_refused():
@@ -338,6 +346,7 @@ def test_a_scheduler_that_draws_its_own_noise_is_refused():
         with pytest.raises(ValueError, match="draws its own fresh noise|variance_type"):
             noise_injecting_step(scheduler)
     with pytest.raises(ValueError, match=r"^EulerAncestralDiscreteScheduler draws its own "
-                                         r"fresh noise, independent for every frame"):
+                                         r"fresh noise, independent for every frame.*: use DDIM, "
+                                         r"DDPM, DPM-Solver or Euler$"):
         sample(VideoFusionModel(tiny_residual(), tiny_base()), EulerAncestralDiscreteScheduler(),
                (1, 3, 4, 8, 8), make_lambdas(4, 0.5), num_inference_steps=2)

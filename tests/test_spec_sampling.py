@@ -230,6 +230,12 @@ def test_defaults_fifty_silent_unguided_deterministic_steps(capsys):
                    condition=Condition(class_labels=torch.tensor([1])),
                    generator=torch.Generator().manual_seed(0), **kwargs)
     assert seen == list(range(50)) and capsys.readouterr().err == ""
+    # the 50 is the pipeline's default, which the helper above mirrors
+    from conftest import tiny_residual
+
+    from videofusion.pipeline import VideoFusionPipeline
+    pipe = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDIMScheduler(), sample_size=8)
+    assert pipe.plan(num_frames=FRAMES).num_inference_steps == 50
     # eta defaults to 0 (no fresh noise); eta = 1 draws fresh noise
     again = sample(model, DDIMScheduler(), (1, 2, FRAMES, 4, 4), lambdas,
                    num_inference_steps=50, eta=0.0,
@@ -318,7 +324,6 @@ def test_errors_say_exactly_what_is_wrong():
     with pytest.raises(ValueError, match=r"^image-to-video needs a base generator: the VDM "
                                          r"baseline has no base noise for the key frame to "
                                          r"carry$"):
-        check_key_frame(baseline, torch.zeros(1, 2, 4, 4), lambdas)
+        check_key_frame(baseline, lambdas)
     with pytest.raises(ValueError, match=r"^image-to-video needs lambda = 1 on the key frame"):
-        check_key_frame(model, torch.zeros(1, 2, 4, 4),
-                        torch.full((FRAMES,), 0.5))
+        check_key_frame(model, torch.full((FRAMES,), 0.5))

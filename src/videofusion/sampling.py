@@ -90,7 +90,7 @@ def implied_base_noise(z_t: torch.Tensor, key_frame: torch.Tensor,
 def initial_latents(
     scheduler,
     noise: DecomposedNoise,
-    num_inference_steps: int = 50,
+    num_inference_steps: int,
     *,
     signal_leak: torch.Tensor | None = None,
     key_frame: torch.Tensor | None = None,
@@ -172,7 +172,7 @@ def sample_decomposed(
     model.check_resolution(*latents.shape[-2:])
     lambdas = fresh_noise.lambdas.to(latents.device)
     if key_frame is not None:
-        check_key_frame(model, key_frame, lambdas)
+        check_key_frame(model, lambdas)
         key_frame = key_frame.to(latents)
     predict = partial(guided_noise_prediction, model, lambdas=lambdas,
                       condition=condition or Condition(), guidance_scale=guidance_scale,
@@ -198,8 +198,7 @@ def with_key_frame(z: torch.Tensor, key_frame: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def check_key_frame(model: VideoFusionModel, key_frame: torch.Tensor,
-                    lambdas: torch.Tensor) -> None:
+def check_key_frame(model: VideoFusionModel, lambdas: torch.Tensor) -> None:
     """Refuse a key frame that cannot carry the base noise (its shape: ``initial_latents``)."""
     if model.is_baseline:
         raise ValueError("image-to-video needs a base generator: the VDM baseline has no base "
