@@ -70,9 +70,12 @@ def prepare(name: str, spec: dict, common: list[str]) -> Path:
     return work
 
 
-def mutmut(work: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+def mutmut(work: Path, *args: str, capture: bool = False,
+           tests: list[str] = ()) -> subprocess.CompletedProcess:
     # mutmut puts mutants/src first on sys.path itself (before the editable install's path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           # mutmut hands pytest a set of tests; tests/conftest.py runs them in the table's order
+           "VIDEOFUSION_TEST_ORDER": ",".join(tests)}
     env.pop("PYTHONPATH", None)
     exe = Path(sys.executable).with_name("mutmut")
     return subprocess.run([str(exe), *args], cwd=work, env=env, text=True,
@@ -115,7 +118,8 @@ def main() -> None:
         if not args.report_only:
             work = prepare(name, spec, table["common_pytest_args"])
             print(f"== {name}: mutating src/videofusion/{spec['file']}", flush=True)
-            mutmut(work, "run", "--max-children", "1", *spec.get("mutants", []))
+            mutmut(work, "run", "--max-children", "1", *spec.get("mutants", []),
+                   tests=spec["tests"])
         seconds = time.monotonic() - started
         statuses = results(work)
         if spec.get("mutants"):
