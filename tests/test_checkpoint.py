@@ -269,7 +269,10 @@ def test_an_unreadable_trainer_state_is_corrupt_and_named(saved, text):
     (folder / STATE_FILE).write_text(text)
     with pytest.raises(CorruptCheckpoint) as err:
         verify_checkpoint(folder)
-    assert str(folder / STATE_FILE) in one_line(err) and "unreadable" in str(err.value)
+    line = one_line(err)
+    kind = {'{"step": ': "JSONDecodeError", '{"k": 1}': "KeyError", '[1]': "TypeError"}.get(
+        text, "ValueError" if text == '{"step": "two"}' else "TypeError")
+    assert line.startswith(f"checkpoint file {folder / STATE_FILE} is unreadable ({kind}: "), line
 
 
 def test_a_missing_trainer_state_is_corrupt(saved):
@@ -309,6 +312,10 @@ def test_a_pickle_accelerate_never_writes_is_refused_unread(saved, tmp_path, nam
         assert line.startswith(f"checkpoint file {path} is a pickle that videofusion never "
                                "writes and never loads (it could run code); refusing this "
                                "checkpoint"), line
+        hint = (" (older videofusion wrote its trainer state so: convert it with python "
+                "scripts/migrate_checkpoints.py RUN_DIR)")
+        assert line.endswith("refusing this checkpoint" + hint) == (
+            name == "custom_checkpoint_0.pkl")
         assert ("migrate_checkpoints.py" in line) == (name == "custom_checkpoint_0.pkl")
     assert not marker.exists()
 
@@ -348,6 +355,9 @@ def test_the_cause_of_a_weights_only_refusal_is_one_short_line():
                                   "posix.system was not an allowed global by default."))
     assert cause == "Unsupported global: GLOBAL posix.system"
     assert ckpt._cause(Exception(boilerplate)) == "not plain tensors"
+    docs = "\nCheck the documentation of torch.load to learn more.\n"
+    assert ckpt._cause(Exception(boilerplate + docs)) == "not plain tensors"
+    assert ckpt._cause(Exception(docs + "Unsupported operand 7")) == "Unsupported operand 7"
 
 
 def test_load_checkpoint_says_which_checkpoint_failed_to_load(saved, tmp_path):
@@ -355,7 +365,20 @@ def test_load_checkpoint_says_which_checkpoint_failed_to_load(saved, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(CorruptCheckpoint) as err:
         load_checkpoint(accelerator, folder)
-    assert one_line(err).startswith(f"checkpoint {folder} cannot be loaded: "), err.value
+    line = one_line(err)
+    assert line.startswith(f"checkpoint {folder} cannot be loaded: "), line
+    cause = err.value.__cause__
+    assert isinstance(cause, OSError | RuntimeError | KeyError | ValueError)
+    assert line == f"checkpoint {folder} cannot be loaded: {type(cause).__name__}: {cause}"
+
+
+def test_loading_unpickles_no_code_even_after_the_callers_verification(saved, tmp_path):
+    accelerator, folder = saved
+    marker = tmp_path / "pwned"
+    torch.save({"state": Payload(marker)}, folder / "optimizer.bin")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(accelerator, folder, verified=True)
+    assert not marker.exists()
 
 
 def test_load_checkpoint_trusts_the_callers_verification(saved, monkeypatch):
