@@ -217,7 +217,7 @@ def test_a_round_trip_restores_weights_optimizer_rng_and_state_exactly(tmp_path,
 
 def test_saving_a_step_again_replaces_it_and_clears_a_killed_attempt(tmp_path, trained):
     accelerator, _, _ = trained
-    root = tmp_path / "checkpoints"
+    root = tmp_path / "new" / "run" / "checkpoints"  # folders made as needed
     save_checkpoint(accelerator, root, 3, {"try": 1})
     (root / ".tmp-step-000003").mkdir()
     (root / ".tmp-step-000003" / "leftover.json").write_text("{}")
