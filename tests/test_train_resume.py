@@ -92,6 +92,21 @@ def test_no_ema_without_ema_decay(tmp_path):
     assert trainer.ema is None and trainer.state.ema is None
 
 
+def test_a_finished_run_writes_its_outputs_once(straight):
+    """checkpoint_every and sample_every beyond the run: one checkpoint and one sample folder,
+    both of the last step; the loss plot, the TensorBoard log and the config next to them."""
+    out, trainer = straight
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000007"]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000007"]
+    assert (out / "loss_curve.png").is_file() and (out / "pipeline" / "model_index.json").is_file()
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    assert TrainConfig.from_yaml(out / "config.yaml").learning_rate == BASE_LR
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (summary["steps"], summary["this_run_steps"], summary["nonfinite_steps_skipped"]) == (
+        7, 7, 0)
+    assert summary["pipeline"] == str(out / "pipeline")
+
+
 def test_each_stage_has_its_own_warm_up_and_decay(straight):
     out, _ = straight
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -116,6 +131,9 @@ def test_resume_says_where_it_resumed_and_where_it_stopped(tmp_path, capsys):
     said = capsys.readouterr().out
     assert f"videofusion: stopped at step 2 of 3 ({out / 'pipeline'} holds this step's weights)" \
         "; continue with --resume" in said
+    first = json.loads((out / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    stale = out / "checkpoints" / ".tmp-step-000003"  # a killed run's unfinished checkpoint
+    stale.mkdir()
     assert train(config(tmp_path, base_pretrain_steps=1, max_steps=2, resume=True)) == \
         out / "pipeline"
     said = capsys.readouterr().out
@@ -123,6 +141,15 @@ def test_resume_says_where_it_resumed_and_where_it_stopped(tmp_path, capsys):
     assert "stopped at step" not in said and "starting fresh" not in said
     summary = json.loads((out / "train_summary.json").read_text())
     assert (summary["steps"], summary["this_run_steps"]) == (3, 1)
+    assert not stale.exists()
+    # the clock goes on from the checkpoint's time
+    last = json.loads((out / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
+    assert last["elapsed_seconds"] > first["elapsed_seconds"] > 0
+    assert summary["wall_clock_seconds"] >= round(last["elapsed_seconds"], 2) - 0.01
+    assert summary["this_run_seconds"] < summary["wall_clock_seconds"]
+    seconds = [json.loads(line)["seconds"] for line in
+               (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(seconds) == 3 and seconds[2] > first["elapsed_seconds"] >= seconds[1] > seconds[0]
 
 
 # ---- the trainer's own checkpoint files -------------------------------------------------------
