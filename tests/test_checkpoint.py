@@ -154,7 +154,7 @@ def test_atomic_directory_that_fails_leaves_the_old_folder_and_no_temporary_one(
 
 
 def test_atomic_write_text_replaces_the_file_and_leaves_no_temporary_file(tmp_path):
-    path = tmp_path / "new" / "log.json"
+    path = tmp_path / "new" / "run" / "log.json"  # folders made as needed
     assert atomic_write_text(path, "one") == path
     assert atomic_write_text(path, "two") == path
     assert path.read_text() == "two" and names(path.parent) == ["log.json"]
