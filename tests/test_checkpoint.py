@@ -153,6 +153,30 @@ def test_atomic_directory_that_fails_leaves_the_old_folder_and_no_temporary_one(
     assert names(tmp_path) == ["step-000004"] and (target / "a").read_text() == "old"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name an fd")
+def test_every_file_and_folder_is_on_disk_before_the_new_folder_takes_the_name(
+        tmp_path, monkeypatch):
+    """fsync of every file, of the finished folder and of its parent: a power cut after the
+    rename cannot leave a checkpoint whose files are empty."""
+    synced = []
+    real = os.fsync
+
+    def record(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(ckpt.os, "fsync", record)
+    target = tmp_path / "step-000001"
+    with atomic_directory(target) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "a.json").write_text("{}")
+        (tmp / "sub" / "b.safetensors").write_bytes(b"0")
+        tmp_name = str(tmp)
+    assert sorted(synced[:-1]) == sorted([f"{tmp_name}/a.json", f"{tmp_name}/sub/b.safetensors",
+                                          tmp_name])
+    assert synced[-1] == str(tmp_path)  # the rename itself
+
+
 def test_atomic_write_text_replaces_the_file_and_leaves_no_temporary_file(tmp_path):
     path = tmp_path / "new" / "run" / "log.json"  # folders made as needed
     assert atomic_write_text(path, "one") == path
