@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/mutation.py                 # every module of pyproject's table
     .venv/bin/python scripts/mutation.py noise objective # some of them
+    .venv/bin/python scripts/mutation.py --survivors noise  # only the last run's survivors
     make mutation MODULES="noise"                        # the same through make
 
 Each module (``[tool.videofusion.mutation.modules]`` in pyproject.toml) is mutated in its own
@@ -105,6 +106,9 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help=f"default: all of {sorted(table['modules'])}")
     parser.add_argument("--report-only", action="store_true",
                         help="print the scores of the last run without running again")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the last run's surviving mutants, with the checkout's "
+                             "current tests copied into the scratch copy")
     args = parser.parse_args()
     modules = args.modules or list(table["modules"])
     unknown = [m for m in modules if m not in table["modules"]]
@@ -115,7 +119,15 @@ def main() -> None:
         spec = table["modules"][name]
         work = SCRATCH / name
         started = time.monotonic()
-        if not args.report_only:
+        if args.survivors and not args.report_only:
+            survivors = sorted(k for k, v in results(work).items() if v == "survived")
+            for tests in (work / "tests", work / "mutants" / "tests"):
+                shutil.copytree(ROOT / "tests", tests, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            print(f"== {name}: re-running {len(survivors)} surviving mutants", flush=True)
+            if survivors:
+                mutmut(work, "run", "--max-children", "1", *survivors, tests=spec["tests"])
+        elif not args.report_only:
             work = prepare(name, spec, table["common_pytest_args"])
             print(f"== {name}: mutating src/videofusion/{spec['file']}", flush=True)
             mutmut(work, "run", "--max-children", "1", *spec.get("mutants", []),
