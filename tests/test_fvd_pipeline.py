@@ -251,6 +251,10 @@ def test_frechet_distance_of_singular_covariances_against_scipy_and_its_input_ch
     sigma = np.diag([1.0, -1e-12])
     assert frechet_distance(np.zeros(2), sigma, np.zeros(2), sigma) == pytest.approx(0, abs=1e-9)
     assert frechet_distance(np.zeros(2), sigma, np.ones(2), sigma) == pytest.approx(2.0)
+    # its square root takes that eigenvalue as 0: tr(s1) + tr(s2) - 2 (sqrt(1 * 1) + sqrt(0 * 1))
+    sigma = np.diag([1.0, -1e-6])
+    assert frechet_distance(np.zeros(2), sigma, np.zeros(2), np.eye(2)) == pytest.approx(
+        1 - 1e-6, rel=1e-9)
     mu, s = np.zeros(2), np.eye(2)
     for args, message in [((np.zeros(3), s, mu, s), r"mu1, mu2: expected two vectors of one "
                            r"length, got \(3,\), \(2,\)"),
