@@ -124,6 +124,8 @@ def main() -> None:
             for tests in (work / "tests", work / "mutants" / "tests"):
                 shutil.copytree(ROOT / "tests", tests, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("__pycache__"))
+            # which test calls which function: collected again, with the current tests
+            (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
             print(f"== {name}: re-running {len(survivors)} surviving mutants", flush=True)
             if survivors:
                 mutmut(work, "run", "--max-children", "1", *survivors, tests=spec["tests"])
