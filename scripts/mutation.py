@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -93,6 +94,19 @@ def results(work: Path) -> dict[str, str]:
     return found
 
 
+def share_module_fixture_calls(path: Path) -> None:
+    """What tests/conftest.py does for new runs, for a run's saved test map: a function called by
+    any test of a file counts as called by every test of that file (module-scoped fixtures)."""
+    data = json.loads(path.read_text())
+    by_file: dict[str, set[str]] = {}
+    for test in data["duration_by_test"]:
+        by_file.setdefault(test.split("::")[0], set()).add(test)
+    data["tests_by_mangled_function_name"] = {
+        name: sorted(set().union(*(by_file.get(t.split("::")[0], {t}) for t in tests)))
+        for name, tests in data["tests_by_mangled_function_name"].items()}
+    path.write_text(json.dumps(data))
+
+
 def score(statuses: dict[str, str]) -> tuple[float, Counter]:
     counts = Counter(statuses.values())
     tested = sum(counts.values()) - counts["skipped"] - counts["not checked"]
@@ -124,8 +138,7 @@ def main() -> None:
             for tests in (work / "tests", work / "mutants" / "tests"):
                 shutil.copytree(ROOT / "tests", tests, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("__pycache__"))
-            # which test calls which function: collected again, with the current tests
-            (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+            share_module_fixture_calls(work / "mutants" / "mutmut-stats.json")
             print(f"== {name}: re-running {len(survivors)} surviving mutants", flush=True)
             if survivors:
                 mutmut(work, "run", "--max-children", "1", *survivors, tests=spec["tests"])
