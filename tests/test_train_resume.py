@@ -143,6 +143,11 @@ def test_resume_says_where_it_resumed_and_where_it_stopped(tmp_path, capsys):
     summary = json.loads((out / "train_summary.json").read_text())
     assert (summary["steps"], summary["this_run_steps"]) == (3, 1)
     assert not stale.exists()
+    # a one-step stage 1 has its own schedule too, and the resumed stage 2 goes on with its own
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == pytest.approx(
+        [BASE_LR * linear_with_warmup(1, 1, 1)] +
+        [BASE_LR * linear_with_warmup(k, 2, 2) for k in (1, 2)], rel=1e-12, abs=0)
     # the clock goes on from the checkpoint's time
     last = json.loads((out / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
     assert last["elapsed_seconds"] > first["elapsed_seconds"] > 0
