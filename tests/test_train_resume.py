@@ -158,6 +158,38 @@ def test_resume_says_where_it_resumed_and_where_it_stopped(tmp_path, capsys):
     assert len(seconds) == 3 and seconds[2] > first["elapsed_seconds"] >= seconds[1] > seconds[0]
 
 
+def test_the_messages_of_an_ema_turned_on_an_overwrite_and_a_skipped_step(
+        tmp_path, capsys, monkeypatch):
+    import videofusion.train as train_module
+
+    out = tmp_path / "run"
+    small = dict(base_pretrain_steps=0, max_steps=2, sample_every=100)
+    train(config(tmp_path, ema_decay=0.0, stop_at_step=1, **small))
+    capsys.readouterr()
+    train(config(tmp_path, ema_decay=0.9, stop_at_step=1, resume=True, **small))
+    lines = capsys.readouterr().out.splitlines()
+    assert "videofusion: the checkpoint holds no EMA: the EMA starts from its weights" in lines
+
+    real = train_module.diffusion_loss
+    calls = []
+
+    def nan_at_step_two(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls.append(None)
+        return loss._replace(loss=loss.loss * float("nan")) if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", nan_at_step_two)
+    train(config(tmp_path, overwrite=True, max_nonfinite_steps=3, **{**small, "max_steps": 3}))
+    lines = capsys.readouterr().out.splitlines()
+    assert (f"videofusion: --overwrite: the old run waits in {out / '.overwritten-0'} until this "
+            "run's first checkpoint, then it is deleted") in lines
+    assert ("videofusion: step 2: non-finite loss or gradient norm, update skipped (1 in a row, "
+            "at most 3)") in lines
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["nonfinite_steps_skipped"] == 1
+    assert not (out / ".overwritten-0").exists()  # gone with the new run's first checkpoint
+
+
 # ---- the trainer's own checkpoint files -------------------------------------------------------
 
 def tiny_state(seed: int, ema: bool = True, steps: int = 3):
