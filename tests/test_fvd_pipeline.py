@@ -367,3 +367,32 @@ def test_a_user_classifier_is_evaluated_in_eval_mode_and_left_as_it_was():
     classifier.eval()
     classifier_inception_score(classifier, videos, batch_size=5)
     assert classifier.training is False
+
+
+def test_the_documented_defaults_batches_of_8_a_progress_bar_and_the_given_is_splits(capsys):
+    network = Recorder()
+    extractor = I3DFeatureExtractor(network)
+    real, fake = clips(9, frames=2, seed=0), clips(9, frames=2, seed=1, shift=30)
+    calls = [lambda: compute_fvd(real, fake, extractor),
+             lambda: compute_kvd(real, fake, extractor),
+             lambda: compute_video_metrics(real, fake, extractor)]
+    for call in calls:
+        network.inputs.clear()
+        capsys.readouterr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 2 frames, 9 videos for 6-d features: on purpose
+            call()
+        assert [len(x) for x in network.inputs] == [8, 1, 8, 1]
+        assert "I3D: 100%" in capsys.readouterr().err  # the bar, set by set
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for quiet in (lambda: compute_fvd(real, fake, extractor, progress=False),
+                      lambda: compute_kvd(real, fake, extractor, progress=False),
+                      lambda: compute_video_metrics(real, fake, extractor, progress=False)):
+            capsys.readouterr()
+            quiet()
+            assert capsys.readouterr().err == ""
+        metrics = compute_video_metrics(real, fake, extractor, is_splits=3, progress=False)
+        expected = metrics_from_features(features_of(real), features_of(fake), is_splits=3)
+    assert metrics["is_i3d_k400_std"] == pytest.approx(expected["is_i3d_k400_std"], rel=1e-6)
+    assert metrics["is_i3d_k400_std"] > 0
