@@ -174,6 +174,12 @@ def test_the_network_is_loaded_lazily_once(monkeypatch):
     assert loads == [None]
     assert isinstance(I3DFeatureExtractor.from_cache("somewhere").network, Recorder)
     assert loads == [None, "somewhere"]
+    # without an extractor, the metrics load the I3D themselves
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for metric in (compute_fvd, compute_kvd, compute_video_metrics):
+            metric(clips(3, frames=2), clips(3, frames=2, seed=1), progress=False)
+    assert loads == [None, "somewhere", None, None, None]
 
 
 # ---- the metrics of two sets, against independent computations --------------------------------
