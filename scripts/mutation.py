@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/mutation.py                 # every module of pyproject's table
     .venv/bin/python scripts/mutation.py noise objective # some of them
+    .venv/bin/python scripts/mutation.py --survivors noise  # only the last run's survivors
     make mutation MODULES="noise"                        # the same through make
 
 Each module (``[tool.videofusion.mutation.modules]`` in pyproject.toml) is mutated in its own
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -70,9 +72,12 @@ def prepare(name: str, spec: dict, common: list[str]) -> Path:
     return work
 
 
-def mutmut(work: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+def mutmut(work: Path, *args: str, capture: bool = False,
+           tests: list[str] = ()) -> subprocess.CompletedProcess:
     # mutmut puts mutants/src first on sys.path itself (before the editable install's path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           # mutmut hands pytest a set of tests; tests/conftest.py runs them in the table's order
+           "VIDEOFUSION_TEST_ORDER": ",".join(tests)}
     env.pop("PYTHONPATH", None)
     exe = Path(sys.executable).with_name("mutmut")
     return subprocess.run([str(exe), *args], cwd=work, env=env, text=True,
@@ -89,6 +94,19 @@ def results(work: Path) -> dict[str, str]:
     return found
 
 
+def share_module_fixture_calls(path: Path) -> None:
+    """What tests/conftest.py does for new runs, for a run's saved test map: a function called by
+    any test of a file counts as called by every test of that file (module-scoped fixtures)."""
+    data = json.loads(path.read_text())
+    by_file: dict[str, set[str]] = {}
+    for test in data["duration_by_test"]:
+        by_file.setdefault(test.split("::")[0], set()).add(test)
+    data["tests_by_mangled_function_name"] = {
+        name: sorted(set().union(*(by_file.get(t.split("::")[0], {t}) for t in tests)))
+        for name, tests in data["tests_by_mangled_function_name"].items()}
+    path.write_text(json.dumps(data))
+
+
 def score(statuses: dict[str, str]) -> tuple[float, Counter]:
     counts = Counter(statuses.values())
     tested = sum(counts.values()) - counts["skipped"] - counts["not checked"]
@@ -102,6 +120,9 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help=f"default: all of {sorted(table['modules'])}")
     parser.add_argument("--report-only", action="store_true",
                         help="print the scores of the last run without running again")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the last run's surviving mutants, with the checkout's "
+                             "current tests copied into the scratch copy")
     args = parser.parse_args()
     modules = args.modules or list(table["modules"])
     unknown = [m for m in modules if m not in table["modules"]]
@@ -112,10 +133,20 @@ def main() -> None:
         spec = table["modules"][name]
         work = SCRATCH / name
         started = time.monotonic()
-        if not args.report_only:
+        if args.survivors and not args.report_only:
+            survivors = sorted(k for k, v in results(work).items() if v == "survived")
+            for tests in (work / "tests", work / "mutants" / "tests"):
+                shutil.copytree(ROOT / "tests", tests, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            share_module_fixture_calls(work / "mutants" / "mutmut-stats.json")
+            print(f"== {name}: re-running {len(survivors)} surviving mutants", flush=True)
+            if survivors:
+                mutmut(work, "run", "--max-children", "1", *survivors, tests=spec["tests"])
+        elif not args.report_only:
             work = prepare(name, spec, table["common_pytest_args"])
             print(f"== {name}: mutating src/videofusion/{spec['file']}", flush=True)
-            mutmut(work, "run", "--max-children", "1", *spec.get("mutants", []))
+            mutmut(work, "run", "--max-children", "1", *spec.get("mutants", []),
+                   tests=spec["tests"])
         seconds = time.monotonic() - started
         statuses = results(work)
         if spec.get("mutants"):

@@ -10,6 +10,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS") or 2)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """``VIDEOFUSION_TEST_ORDER=a.py,b.py::test``: run those files in that order (the rest after,
+    each file's own order kept). ``scripts/mutation.py`` sets it to a module's test list, cheap
+    files first, so that with ``-x`` most mutants stop at a cheap failing test."""
+    listed = os.environ.get("VIDEOFUSION_TEST_ORDER", "")
+    order = [entry.split("::")[0] for entry in listed.split(",") if entry]
+    if order:
+        rank = {path: i for i, path in reversed(list(enumerate(order)))}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(order)))
+
+
+_MODULE_HITS: dict[str, set] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Mutation runs only: mutmut runs, for a mutant, the tests it saw call the mutated function;
+    a module-scoped fixture (a training run shared by several tests) calls it during the first
+    test only. Credit those calls to every later test of the file too (before mutmut's own
+    teardown hook files them), so that all tests that check the fixture's result run."""
+    if not os.environ.get("VIDEOFUSION_TEST_ORDER"):
+        return
+    try:
+        from mutmut.state import state
+    except ImportError:
+        return
+    hits = state()._stats
+    shared = _MODULE_HITS.setdefault(item.nodeid.split("::")[0], set())
+    shared.update(hits)
+    hits.update(shared)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from a second thread, and on a busy shared machine OpenMP's
