@@ -197,7 +197,7 @@ def number_options():
 
 
 BASES = {"train": TRAIN, "sample": SAMPLE, "eval": EVAL, "bench": BENCH,
-         "data render-dmc": DMC, "train-vae": VAE}
+         "data render-dmc": DMC, "train-vae": VAE, "studio": ["studio"]}
 FUZZ = [(" ".join(command), option, value)
         for command, option, kind in number_options()
         for value in (("x", "nan", "inf", "-inf", "1e400") if kind == "float" else
