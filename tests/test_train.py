@@ -162,7 +162,7 @@ def test_class_drop_sets_the_labels_odds_and_leaves_the_captions_at_cond_drop(
     trainer.captions = lambda prompts: prompts
     n = 20_000
     batch = {"class_label": torch.full((n,), 3), "caption": ["a red digit 3 moving left"] * n}
-    cond = trainer._condition(batch, torch.Generator().manual_seed(0))
+    cond = trainer.batch_condition(batch, torch.Generator().manual_seed(0)).plain()
     null_labels = (cond["class_labels"] == 10).float().mean().item()
     null_captions = sum(p == "" for p in cond["encoder_hidden_states"]) / n
     assert abs(null_labels - label_odds) < 0.015 and abs(null_captions - 0.1) < 0.015

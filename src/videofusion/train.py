@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, safety
 from . import training_report as report
 from . import training_setup as setup
+from .condition import Condition
 from .config import TrainConfig
 from .data import build_dataset
 from .noise import key_frame_index
@@ -302,7 +303,7 @@ class Trainer:
                                                                         shard, 0))
         data_gen = torch.Generator().manual_seed(shard_seed(config.seed, step, shard, 1))
         video = batch["video"].to(self.device)
-        cond = self._condition(batch, data_gen)
+        cond = self.batch_condition(batch, data_gen).plain()
         if stage == "image":
             k = config.image_frames_per_clip
             # only the drawn frames are encoded (latent space)
@@ -333,19 +334,19 @@ class Trainer:
 
         return encode_video(self.vae, video, self.config.vae_slice)
 
-    def _condition(self, batch: dict, generator: torch.Generator) -> dict:
-        """Labels and/or caption states, each dropped to its null value with ``cond_drop`` odds
-        (labels: ``class_drop`` if set; independently for ``class+text``, so the model also
-        learns each one alone)."""
-        condition, cond = self.config.condition, {}
+    def batch_condition(self, batch: dict, generator: torch.Generator) -> Condition:
+        """A batch's labels and/or caption states, each dropped to its null value with
+        ``cond_drop`` odds (labels: ``class_drop`` if set; independently for ``class+text``, so
+        the model also learns each one alone)."""
+        condition, cond = self.config.condition, Condition()
         if "class" in condition:
             drop = torch.rand(len(batch["caption"]), generator=generator) < self.config.label_drop
             labels = torch.where(drop, self.num_classes, batch["class_label"].long())
-            cond["class_labels"] = labels.to(self.device)
+            cond.class_labels = labels.to(self.device)
         if "text" in condition:
             drop = torch.rand(len(batch["caption"]), generator=generator) < self.config.cond_drop
             prompts = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"], strict=True)]
-            cond["encoder_hidden_states"] = self.captions(prompts)
+            cond.encoder_hidden_states = self.captions(prompts)
         return cond
 
     def _count_skipped(self, step: int, streak: int, progress) -> None:

@@ -202,8 +202,7 @@ def check_base(base: BaseGenerator, config: TrainConfig, channels: int,
     if unet.in_channels != channels:
         space = "the VAE's latents" if latent else "the data"
         raise ValueError(f"--base-from has {unet.in_channels} channels, {space} {channels}")
-    if base.is_class_conditioned != ("class" in config.condition) or \
-            base.is_text_conditioned != ("text" in config.condition):
+    if base.conditioning.name != config.condition:
         raise ValueError(f"--base-from is not conditioned like --condition {config.condition}")
     if captions is not None and unet.cross_attention_dim != captions.dim:
         raise ValueError(f"--base-from attends to {unet.cross_attention_dim}-d text states, "

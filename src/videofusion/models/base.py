@@ -14,6 +14,8 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
+from ..condition import Conditioning
+
 IMAGE_UNETS = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
 
 
@@ -30,12 +32,11 @@ class BaseGenerator(nn.Module):
         self.unet = unet
 
     @property
-    def is_text_conditioned(self) -> bool:
-        return isinstance(self.unet, UNet2DConditionModel)
-
-    @property
-    def is_class_conditioned(self) -> bool:
-        return self.unet.config.num_class_embeds is not None
+    def conditioning(self) -> Conditioning:
+        """What the image UNet accepts: its class table holds the labels and the null one."""
+        embeds = self.unet.config.num_class_embeds
+        return Conditioning(None if embeds is None else embeds - 1,
+                            isinstance(self.unet, UNet2DConditionModel))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> BaseGenerator:
@@ -63,11 +64,12 @@ class BaseGenerator(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the base noise from the noisy key frame ``(B, C, H, W)``."""
-        if not self.is_class_conditioned:
+        conditioning = self.conditioning
+        if not conditioning.classes:
             class_labels = None
         elif class_labels is None:
             raise ValueError("the base generator is class-conditioned: pass class_labels")
-        if self.is_text_conditioned:
+        if conditioning.text:
             if encoder_hidden_states is None:
                 raise ValueError(
                     "the base generator is text-conditioned: pass encoder_hidden_states"
