@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -23,15 +24,24 @@ from videofusion.metrics.coherence import key_frame_seam
 from videofusion.pipeline import VideoFusionPipeline
 from videofusion.sampling import alpha_bar_at, guided_noise_prediction, noise_injecting_step
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def as_frames(x: torch.Tensor):
     """Model space ``(B, C, F, H, W)`` in [-1, 1] -> numpy ``(B, F, H, W, C)`` in [0, 1]."""
     return ((x + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
 
 
+def shown_path(path: str) -> str:
+    """The model folder as recorded in the report: relative to the repository when inside it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL_DIR),
+                   help="a VideoFusionPipeline folder (default: the shipped model)")
     p.add_argument("--num-videos", type=int, default=16)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float)
@@ -65,8 +75,9 @@ def main() -> None:
     print(json.dumps({"final_seam": final}))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"model": args.model_dir, "guidance": guidance, "scheduler": args.scheduler,
-                       "steps": rows, "final_seam": final}, f, indent=2)
+            json.dump({"model": shown_path(args.model_dir), "guidance": guidance,
+                       "scheduler": args.scheduler, "steps": rows, "final_seam": final},
+                      f, indent=2)
 
 
 if __name__ == "__main__":
