@@ -26,6 +26,9 @@ I3D_METRICS = frozenset({"fvd", "kvd", "is"})  # on Kinetics-400 I3D features (m
 # What a model conditioned on both class and text is sampled with (auto: captions).
 EVAL_CONDITIONS = ("auto", "class", "text")
 MOVING_DIGITS = "moving-digits"  # the real set that is the moving-digits test split
+# What a sampling request gets when it names no length or step count (pipeline, CLI, evaluation).
+DEFAULT_NUM_FRAMES = 16
+DEFAULT_INFERENCE_STEPS = 50
 PROTOCOL_FRAMES = 16  # FVD's clip length (Unterthiner et al., 2018); I3D metrics warn otherwise
 
 # Data: scripted actions of rendered dm-control clips.

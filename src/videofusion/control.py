@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .choices import DEFAULT_NUM_FRAMES
 from .video_io import contact_sheet, to_uint8, write_gif
 
 
@@ -45,7 +46,7 @@ def content_motion_grid(
     *,
     prompt: str | None = None,
     class_labels: int | list[int] | None = None,
-    num_frames: int = 16,
+    num_frames: int = DEFAULT_NUM_FRAMES,
     height: int | None = None,
     width: int | None = None,
     seed: int = 0,

@@ -23,7 +23,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from . import long_video
-from .choices import OUTPUT_TYPES, SCHEDULERS
+from .choices import DEFAULT_INFERENCE_STEPS, DEFAULT_NUM_FRAMES, OUTPUT_TYPES, SCHEDULERS
 from .condition import Condition, Conditioning
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
@@ -234,10 +234,10 @@ class VideoFusionPipeline(DiffusionPipeline):
         prompt: str | list[str] | None = None,
         class_labels: int | list[int] | torch.Tensor | None = None,
         *,
-        num_frames: int = 16,
+        num_frames: int = DEFAULT_NUM_FRAMES,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
         guidance_scale: float = 1.0,
         lambda_: float | list[float] | None = None,
         num_videos: int = 1,
@@ -306,10 +306,10 @@ class VideoFusionPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str] | None = None,
         class_labels: int | list[int] | torch.Tensor | None = None,
-        num_frames: int = 16,
+        num_frames: int = DEFAULT_NUM_FRAMES,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
         guidance_scale: float = 1.0,
         lambda_: float | list[float] | None = None,
         generator: torch.Generator | None = None,

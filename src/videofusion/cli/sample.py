@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from videofusion.assets import DEFAULT_MODEL_DIR
-from videofusion.choices import SCHEDULERS
+from videofusion.choices import DEFAULT_INFERENCE_STEPS, DEFAULT_NUM_FRAMES, SCHEDULERS
 from videofusion.safety import (
     check_output_dir,
     check_safetensors,
@@ -29,9 +29,10 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--class-label", type=int_range(0), nargs="+",
                    help="class label(s) (class models)")
     p.add_argument("--num-videos", type=int_range(1), default=4, help="videos per prompt or label")
-    p.add_argument("--frames", type=int_range(2), default=16)
+    p.add_argument("--frames", type=int_range(2), default=DEFAULT_NUM_FRAMES)
     p.add_argument("--resolution", type=int_range(8), help="default: the model's sample size")
-    p.add_argument("--steps", type=int_range(1, 10_000), default=50, help="denoising steps")
+    p.add_argument("--steps", type=int_range(1, 10_000), default=DEFAULT_INFERENCE_STEPS,
+                   help="denoising steps")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="default: the model folder's own scheduler")
     p.add_argument("--eta", type=float_range(0, 1), default=0.0,

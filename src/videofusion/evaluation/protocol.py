@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from videofusion.choices import (
+    DEFAULT_INFERENCE_STEPS,
     EVAL_CONDITIONS,
     METRICS,
     PROTOCOL_FRAMES,
@@ -51,7 +52,7 @@ class EvalProtocol:
     resolution: tuple[int, int] | None = None
     seed: int = 0
     class_labels: tuple[int, ...] | None = None
-    num_inference_steps: int = 50
+    num_inference_steps: int = DEFAULT_INFERENCE_STEPS
     guidance_scale: float | None = None
     lambda_: float | None = None
     scheduler: str | None = None
