@@ -81,3 +81,19 @@ def test_bad_shapes_raise():
         decomposed_noise((2, 3, 8, 8), 0.5)
     with pytest.raises(ValueError, match="base_noise must have shape"):
         decomposed_noise((2, 3, 4, 8, 8), 0.5, base_noise=torch.zeros(2, 3, 4, 8, 8))
+
+
+def test_seeded_draw_is_one_draw_per_seed_shared_by_the_batch():
+    from videofusion.noise import seeded_draw
+
+    shape = (3, 4, 8, 8)
+    draw = seeded_draw(shape, seed=7, batch=3)
+    assert draw.shape == (3, *shape)
+    # the same standard normal draw for every video of the batch, a copy each (writable)
+    expected = torch.randn((1, *shape), generator=torch.Generator().manual_seed(7))[0]
+    for row in draw:
+        assert torch.equal(row, expected)
+    draw[0].zero_()
+    assert torch.equal(draw[1], expected)
+    assert torch.equal(seeded_draw(shape, seed=7), expected[None])
+    assert not torch.equal(seeded_draw(shape, seed=8)[0], expected)

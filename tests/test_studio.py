@@ -122,7 +122,7 @@ def test_studio_parser_defaults_to_loopback():
 
 def test_the_studios_seeds_are_the_command_lines(shipped, tmp_path, one_thread):
     """Content seed S and motion seed R draw what `videofusion sample --base-seed S
-    --residual-seed R` draws (cli.shared_noise) for one video: the same video."""
+    --residual-seed R` draws (noise.seeded_draw) for one video: the same video."""
     import torch
     from PIL import Image
 

@@ -148,6 +148,14 @@ class FreshNoise:
                                 residual_noise=residual, device=device, dtype=dtype)
 
 
+def seeded_draw(shape: tuple[int, ...], seed: int, batch: int = 1) -> torch.Tensor:
+    """One standard normal draw of ``shape`` from ``seed``, the same for each of ``batch`` videos
+    ``(batch, *shape)``: the part of the noise that ``--base-seed`` / ``--residual-seed`` and the
+    studio's content and motion locks fix (spec §5)."""
+    draw = torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed))
+    return draw.expand(batch, *shape).clone()
+
+
 def seeded_by(noise: torch.Tensor) -> torch.Generator:
     """A CPU generator whose seed is a hash of ``noise``'s float32 values: equal noises, equal
     streams, on any device."""

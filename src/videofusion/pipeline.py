@@ -28,6 +28,7 @@ from .condition import Condition, Conditioning
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, decomposed_noise, make_lambdas
+from .safety import check_safetensors
 from .sampling import initial_latents, sample_decomposed
 from .text import MiniLMTextEncoder, TextEncoder
 
@@ -400,6 +401,22 @@ class VideoFusionPipeline(DiffusionPipeline):
         (an mp4) and returns its path; see ``videofusion.long_video.generate_long``.
         """
         return long_video.generate_long(self, num_frames, clip_frames, overlap, **kwargs)
+
+
+def load_pipeline(folder: str | Path) -> VideoFusionPipeline:
+    """A model folder, checked first: a missing folder is ``FileNotFoundError``, one without
+    ``model_index.json`` or with unsafe weights ``ValueError`` (one line each, for the CLI and
+    the studio). Diffusers' loading bar is turned off to keep stderr for sampling and errors."""
+    from diffusers.utils import logging as diffusers_logging
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder} is not a VideoFusionPipeline folder (no model_index.json)")
+    diffusers_logging.disable_progress_bar()
+    check_safetensors(folder)
+    return VideoFusionPipeline.from_pretrained(folder)
 
 
 def image_to_tensor(image) -> torch.Tensor:

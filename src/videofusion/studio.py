@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .assets import DEFAULT_MODEL_DIR
-from .safety import check_safetensors, int_range
+from .safety import int_range
 
 # Bounds of the page's inputs: what keeps one CPU server answering, not what the model could do.
 LIMITS = {"frames": (2, 64), "steps": (1, 200), "guidance": (0.0, 20.0), "lambda": (0.0, 1.0),
@@ -171,6 +171,8 @@ class Studio:
         its own scheduler kept aside, since ``use_scheduler`` replaces it."""
         with self._loading:
             if name not in self._pipelines:
+                from .pipeline import load_pipeline
+
                 pipe = load_pipeline(self.models[name])
                 self._pipelines[name] = (pipe, pipe.scheduler)
         return self._pipelines[name][0]
@@ -233,6 +235,7 @@ class Studio:
 
         from .decomposition import decompose
         from .long_video import iter_long_video, num_clips
+        from .noise import seeded_draw
         from .pipeline import read_image
         from .video_io import contact_sheet, to_uint8, upscale, write_mp4
 
@@ -248,7 +251,7 @@ class Studio:
                          num_inference_steps=request.steps, guidance_scale=guidance,
                          lambda_=request.lambda_, image=image)
         _, channels, _, h, w = plan.latent_shape
-        base = seeded_normal((1, channels, h, w), request.content_seed)
+        base = seeded_draw((channels, h, w), request.content_seed)
         motion = torch.Generator().manual_seed(request.motion_seed)
 
         def check_cancel(done: int, total: int, what: str) -> None:
@@ -270,7 +273,7 @@ class Studio:
                 check_cancel(len(clips), total, "clips")
             video = np.concatenate(clips)
         else:
-            residual = seeded_normal(plan.latent_shape, request.motion_seed)
+            residual = seeded_draw(plan.latent_shape[1:], request.motion_seed)
             latents, fresh = pipe.prepare_latents(plan, motion, base, residual)
 
             def before_step(i: int, z):
@@ -302,28 +305,6 @@ class Studio:
                              scale=max(1, scale // 2))
         return Result(message, out / "video.mp4", out / "contact_sheet.png", key, maps,
                       parts.rows(), request.content_seed, request.motion_seed)
-
-
-def seeded_normal(shape: tuple[int, ...], seed: int):
-    """A standard normal draw of ``shape`` from ``seed``: the same draw as ``videofusion sample
-    --base-seed / --residual-seed`` for one video, so the studio's seeds reproduce there."""
-    import torch
-
-    return torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(seed))
-
-
-def load_pipeline(folder: str | Path):
-    """A model folder -> ``VideoFusionPipeline``, with one-line errors for a bad folder."""
-    folder = Path(folder)
-    if not (folder / "model_index.json").is_file():
-        raise ValueError(f"{folder} is not a VideoFusionPipeline folder (no model_index.json)")
-    from diffusers.utils import logging as diffusers_logging
-
-    from .pipeline import VideoFusionPipeline
-
-    diffusers_logging.disable_progress_bar()
-    check_safetensors(folder)
-    return VideoFusionPipeline.from_pretrained(folder)
 
 
 def one_line(err: Exception) -> str:

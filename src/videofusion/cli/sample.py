@@ -9,7 +9,6 @@ from videofusion.assets import DEFAULT_MODEL_DIR
 from videofusion.choices import DEFAULT_INFERENCE_STEPS, DEFAULT_NUM_FRAMES, SCHEDULERS
 from videofusion.safety import (
     check_output_dir,
-    check_safetensors,
     check_size,
     float_range,
     format_bytes,
@@ -71,18 +70,9 @@ def load_pipeline(model_dir: str | None):
             raise ValueError("no default model is bundled yet: pass --model-dir "
                              "(a folder written by 'videofusion train', e.g. OUTPUT/pipeline)")
         model_dir = DEFAULT_MODEL_DIR
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder not found: {folder}")
-    if not (folder / "model_index.json").is_file():
-        raise ValueError(f"{folder} is not a VideoFusionPipeline folder (no model_index.json)")
-    from diffusers.utils import logging as diffusers_logging
+    from videofusion.pipeline import load_pipeline as load_folder
 
-    from videofusion.pipeline import VideoFusionPipeline
-
-    diffusers_logging.disable_progress_bar()  # keep stderr for the sampling bar and errors
-    check_safetensors(folder)
-    return VideoFusionPipeline.from_pretrained(folder)
+    return load_folder(model_dir)
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -105,6 +95,7 @@ def run_sample(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model_dir)
     import torch
 
+    from videofusion.noise import seeded_draw
     from videofusion.video_io import contact_sheet, write_gif, write_mp4
 
     pipe.use_scheduler(args.scheduler)
@@ -131,10 +122,10 @@ def run_sample(args: argparse.Namespace) -> int:
     _, channels, frames, side, _ = plan.latent_shape  # (batch, C, frames, h, w)
     noise = {}
     if args.base_seed is not None:
-        noise["base_noise"] = shared_noise((channels, side, side), plan.batch, args.base_seed)
+        noise["base_noise"] = seeded_draw((channels, side, side), args.base_seed, plan.batch)
     if args.residual_seed is not None:
-        noise["residual_noise"] = shared_noise((channels, frames, side, side), plan.batch,
-                                               args.residual_seed)
+        noise["residual_noise"] = seeded_draw((channels, frames, side, side),
+                                              args.residual_seed, plan.batch)
     videos = pipe.generate(plan, torch.Generator().manual_seed(args.seed), **noise)
     fps = args.fps or pipe.config.fps
     scale = args.scale or max(1, 128 // resolution)
@@ -161,13 +152,3 @@ def check_video_size(videos: int, frames: int, resolution: int) -> None:
                              f"{'' if resolution else 'at least '}{format_bytes(need)} for the "
                              "frames alone)")
     check_size(what, need // 4)
-
-
-def shared_noise(shape: tuple[int, ...], batch: int, seed: int):
-    """One draw of ``shape`` from ``seed``, the same for every video of the batch."""
-    import torch
-
-    draw = torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed))
-    return draw.expand(batch, *shape).clone()
-
-
