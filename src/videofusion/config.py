@@ -79,6 +79,9 @@ class TrainConfig:
     condition: str = setting("none", "class+text: both, each dropped independently (either "
                                      "alone at sampling)", choices=CONDITIONS)
     residual_input: str = setting("paper", choices=RESIDUAL_INPUTS)
+    key_frame_correction: bool = setting(False, "beyond the paper: the key frame's prediction "
+                                                "adds the residual generator's correction, "
+                                                "learnt from the whole clip (spec §7)")
     base_channels: list[int] = setting(factory=lambda: [32, 64, 64], help="e.g. 32,64,64")
     residual_channels: list[int] = setting(factory=lambda: [16, 32, 64], help="e.g. 16,32,64")
     layers_per_block: int = setting(1)
@@ -185,6 +188,8 @@ class TrainConfig:
                  f"alone would need {size / 1e9:,.1f} GB)")
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         need(0.0 <= self.lambda_ <= 1.0, f"lambda must lie in [0, 1], got {self.lambda_}")
+        need(not (self.key_frame_correction and self.model == "vdm"),
+             "key_frame_correction needs model videofusion: the VDM baseline has no key frame")
         for name, value, choices in (
             ("model", self.model, MODEL_KINDS),
             ("condition", self.condition, CONDITIONS),

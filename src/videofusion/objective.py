@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .choices import LOSS_WEIGHTINGS
-from .noise import decomposed_noise
+from .noise import decomposed_noise, key_frame_index
 
 
 class Loss(NamedTuple):
@@ -57,8 +57,15 @@ def diffusion_loss(
                        encoder_hidden_states=encoder_hidden_states,
                        stop_gradient=stop_gradient, freeze_base=freeze_base)
     per_frame = (prediction.noise.float() - noise.float()).pow(2).mean(dim=(1, 3, 4))
+    per_clip = per_frame.mean(dim=1)  # (B,)
+    if prediction.key_frame_corrected:
+        # spec §7: the key frame's slot holds the residual generator's correction; the base
+        # generator keeps its image loss on the key frame as one more frame's term
+        key_noise = noise[:, :, key_frame_index(noise.shape[2])]
+        base_term = (prediction.base.float() - key_noise.float()).pow(2).mean(dim=(1, 2, 3))
+        per_clip = per_clip + base_term / noise.shape[2]
     weights = loss_weights(alpha_bar.float(), weighting, snr_gamma)  # (B,)
-    return Loss((weights[:, None] * per_frame).mean(), per_frame)
+    return Loss((weights * per_clip).mean(), per_frame)
 
 
 def loss_weights(alpha_bar: torch.Tensor, weighting: str, snr_gamma: float) -> torch.Tensor:

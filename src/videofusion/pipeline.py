@@ -83,6 +83,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         fps: int = 8,
         signal_leak_mean: list[float] | None = None,
         default_guidance_scale: float | None = None,
+        key_frame_correction: bool = False,
     ):
         super().__init__()
         self.register_modules(residual=residual, scheduler=scheduler, base=base, vae=vae,
@@ -90,7 +91,8 @@ class VideoFusionPipeline(DiffusionPipeline):
         self.register_to_config(text_encoder_kind=text_encoder_kind, residual_input=residual_input,
                                 sample_size=sample_size, default_lambda=default_lambda, fps=fps,
                                 signal_leak_mean=signal_leak_mean,
-                                default_guidance_scale=default_guidance_scale)
+                                default_guidance_scale=default_guidance_scale,
+                                key_frame_correction=key_frame_correction)
         self._text_encoder: TextEncoder | None = None
         self._model: VideoFusionModel | None = None
 
@@ -101,9 +103,11 @@ class VideoFusionPipeline(DiffusionPipeline):
         model = self._model
         if (model is None or model.residual is not self.residual
                 or getattr(model.base, "unet", None) is not self.base
-                or model.residual_input != self.config.residual_input):
+                or model.residual_input != self.config.residual_input
+                or model.key_frame_correction != self.config.key_frame_correction):
             model = self._model = VideoFusionModel(self.residual, self.base,
-                                                   self.config.residual_input)
+                                                   self.config.residual_input,
+                                                   self.config.key_frame_correction)
         return model
 
     @property

@@ -73,7 +73,9 @@ def guided_noise_prediction(
     )  # (B, C, F, H, W)
     if base is None:
         return residual
-    return combine_noise(base, residual, lambdas)
+    if key_frame is not None:  # the key frame is known: nothing to correct
+        return combine_noise(base, residual, lambdas)
+    return model.combine(base, residual, lambdas)
 
 
 def implied_base_noise(z_t: torch.Tensor, key_frame: torch.Tensor,

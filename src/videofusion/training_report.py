@@ -220,6 +220,7 @@ def training_pipeline(config: TrainConfig, model, noise_scheduler, vae, captions
         scheduler=DDIMScheduler.from_config(noise_scheduler.config, **clip_sample),
         vae=vae, **text,
         residual_input=config.residual_input, sample_size=config.resolution,
+        key_frame_correction=model.key_frame_correction,
         default_lambda=0.0 if model.is_baseline else config.lambda_,
         signal_leak_mean=signal_leak_mean,
     )

@@ -130,6 +130,7 @@ def build_training_model(config: TrainConfig, channels: int, resolution: int, nu
         text_dim=captions.dim if captions else 384,
         base_channels=config.base_channels, residual_channels=config.residual_channels,
         layers_per_block=config.layers_per_block, residual_input=config.residual_input,
+        key_frame_correction=config.key_frame_correction,
     )
     if config.base_from:
         model.base = BaseGenerator.from_pretrained(config.base_from)

@@ -66,6 +66,7 @@ def model_info(folder: Path) -> dict:
         "default_guidance_scale": index.get("default_guidance_scale"),
         "sample_size": index.get("sample_size"),
         "residual_input": index.get("residual_input"),
+        "key_frame_correction": bool(index.get("key_frame_correction", False)),
         "fps": index.get("fps"),
         "training": json.loads(summary_file.read_text()) if summary_file.is_file() else None,
     }
@@ -91,6 +92,8 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"guidance:       {info['default_guidance_scale']} (the model's default)")
     print(f"sample size:    {info['sample_size']}x{info['sample_size']}")
     print(f"residual input: {info['residual_input']}")
+    if info["key_frame_correction"]:
+        print("key frame:      corrected by the residual generator (spec §7)")
     training = info["training"]
     if training:
         print(f"trained:        {training['steps']} steps "

@@ -82,6 +82,7 @@ def build_model(
     residual_channels: Sequence[int] = (16, 32, 64),
     layers_per_block: int = 1,
     residual_input: str = "paper",
+    key_frame_correction: bool = False,
 ) -> VideoFusionModel:
     """VideoFusion (image base + light residual) or the VDM baseline at matched parameters.
 
@@ -99,7 +100,7 @@ def build_model(
                               in_channels=in_channels, **cond)
     base = build_base_unet(sample_size, channels, base_channels, layers_per_block, **cond)
     if kind == "videofusion":
-        return VideoFusionModel(residual, base, residual_input)
+        return VideoFusionModel(residual, base, residual_input, key_frame_correction)
     target = count_parameters(residual) + count_parameters(base)
     return VideoFusionModel(matched_residual(target, channels, residual_channels,
                                              layers_per_block, **cond))

@@ -34,6 +34,9 @@ class NoisePrediction(NamedTuple):
     noise: torch.Tensor  # epshat, (B, C, F, H, W)
     base: torch.Tensor | None  # bhat, (B, C, H, W); None for the VDM baseline
     residual: torch.Tensor  # rhat, (B, C, F, H, W)
+    # True when epshat^k = stop_gradient(bhat) + rhat^k (key-frame correction, spec §7): the
+    # objective then adds the base generator's own image loss on bhat.
+    key_frame_corrected: bool = False
 
 
 class VideoFusionModel(nn.Module):
@@ -47,10 +50,16 @@ class VideoFusionModel(nn.Module):
     extra channels. The last two are beyond the paper: with ``"key_frame_estimate"`` the
     residual generator sees, at every noise level, the content the key frame is heading to, so
     the other frames can follow it instead of guessing their own (the key-frame seam).
+
+    ``key_frame_correction`` (beyond the paper, spec §7): the key frame's prediction becomes
+    ``bhat + rhat^k``. In the paper the key frame is denoised by the base generator alone, which
+    never sees the other frames, while every other frame follows the whole clip; sampled that
+    way the two drift apart (the key-frame seam). The residual generator's key-frame output,
+    unused by the paper, learns the base generator's error from the whole clip instead.
     """
 
     def __init__(self, residual: nn.Module, base: nn.Module | None = None,
-                 residual_input: str = "paper"):
+                 residual_input: str = "paper", key_frame_correction: bool = False):
         super().__init__()
         if residual_input not in RESIDUAL_INPUTS:
             raise ValueError(
@@ -61,6 +70,10 @@ class VideoFusionModel(nn.Module):
         self.base = base
         self.residual = residual
         self.residual_input = residual_input
+        if key_frame_correction and base is None:
+            raise ValueError("key_frame_correction needs a base generator (the VDM baseline has "
+                             "no key frame)")
+        self.key_frame_correction = key_frame_correction
         in_channels = getattr(getattr(residual, "config", None), "in_channels", None)
         out_channels = getattr(getattr(residual, "config", None), "out_channels", None)
         if in_channels is not None and residual_input in KEY_FRAME_CHANNEL_INPUTS:
@@ -140,12 +153,26 @@ class VideoFusionModel(nn.Module):
             bhat = self.predict_base(z_t, timestep, **cond)
         bhat_others = bhat.detach() if stop_gradient else bhat
         rhat = self.predict_residual(z_t, bhat_others, timestep, alpha_bar, lambdas, **cond)
+        if self.key_frame_correction:
+            # the base generator learns from its own image loss (objective), not through rhat^k
+            return NoisePrediction(self.combine(bhat_others, rhat, lambdas), bhat, rhat, True)
         base_frames = bhat_others.unsqueeze(2).expand_as(rhat)
         if stop_gradient:
             key = torch.zeros(num_frames, dtype=torch.bool, device=z_t.device)
             key[key_frame_index(num_frames)] = True
             base_frames = torch.where(key.view(1, 1, -1, 1, 1), bhat.unsqueeze(2), base_frames)
         return NoisePrediction(combine_noise(base_frames, rhat, lambdas), bhat, rhat)
+
+    def combine(self, bhat: torch.Tensor, rhat: torch.Tensor,
+                lambdas: torch.Tensor) -> torch.Tensor:
+        """epshat from bhat ``(B, C, H, W)`` and rhat ``(B, C, F, H, W)`` (spec §4), with the
+        key frame's correction ``bhat + rhat^k`` when the model has one (spec §7)."""
+        noise = combine_noise(bhat, rhat, lambdas)  # (B, C, F, H, W)
+        if not self.key_frame_correction:
+            return noise
+        k = key_frame_index(rhat.shape[2])
+        key = (bhat + rhat[:, :, k]).unsqueeze(2)
+        return torch.cat([noise[:, :, :k], key, noise[:, :, k + 1:]], dim=2)
 
     def _residual_input(self, z_t, base, alpha_bar, lambdas):
         s = per_frame(lambdas, z_t)
