@@ -47,7 +47,7 @@ CASES = [
     (TRAIN + ["--sample-guidance", "nan"], "finite"),
     (TRAIN + ["--max-steps", "0"], "max_steps"),
     (TRAIN + ["--checkpoint-every", "0"], "checkpoint_every"),
-    (TRAIN + ["--max-nonfinite-steps", "0"], "max_nonfinite_steps"),
+    (TRAIN + ["--max-nonfinite-steps", "-1"], "max_nonfinite_steps"),
     (TRAIN + ["--num-workers", "-1"], "num_workers"),
     (TRAIN + ["--seed", "-1"], "seed"),
     (TRAIN + ["--base-channels", "8,x"], "base-channels"),

@@ -190,6 +190,45 @@ def test_the_messages_of_an_ema_turned_on_an_overwrite_and_a_skipped_step(
     assert not (out / ".overwritten-0").exists()  # gone with the new run's first checkpoint
 
 
+def test_without_the_nan_guard_the_host_waits_only_to_log_and_a_nan_stops_before_saving(
+        tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    import videofusion.train as train_module
+    from videofusion.train import TrainingDiverged
+
+    waits = []
+    real_reduce = Accelerator.reduce
+
+    def counted(self, tensor, *args, **kwargs):
+        waits.append(tuple(tensor.shape))
+        return real_reduce(self, tensor, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "reduce", counted)
+    small = dict(base_pretrain_steps=0, max_steps=6, sample_every=100, log_every=3,
+                 checkpoint_every=3)
+    train(config(tmp_path, max_nonfinite_steps=0, **small))
+    assert len(waits) == 2  # the two log flushes, none per step
+    waits.clear()
+    train(config(tmp_path, overwrite=True, **small))
+    assert len(waits) == 6 + 2  # with the guard: one verdict per optimizer step
+
+    real = train_module.diffusion_loss
+    calls = []
+
+    def nan_from_step_four(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls.append(None)
+        return loss._replace(loss=loss.loss * float("nan")) if len(calls) >= 4 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", nan_from_step_four)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="step 6: the logged loss is not finite"):
+        train(config(tmp_path, overwrite=True, max_nonfinite_steps=0, **small))
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved == ["step-000003"]  # step 6's weights, trained on a NaN, were never saved
+
+
 # ---- the trainer's own checkpoint files -------------------------------------------------------
 
 def tiny_state(seed: int, ema: bool = True, steps: int = 3):

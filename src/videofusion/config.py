@@ -145,7 +145,9 @@ class TrainConfig:
     # last good checkpoints stay
     max_nonfinite_steps: int = setting(5, "stop after this many steps in a row with a "
                                           "non-finite loss or gradient norm, each skipped "
-                                          "(default 5)")
+                                          "(default 5); 0: no guard and no wait for the device "
+                                          "per step, a non-finite loss stops the run at the "
+                                          "next log, before any checkpoint")
     # this invocation only (RUNTIME_FIELDS)
     resume: bool = setting(False, "continue from the latest checkpoint in OUTPUT/checkpoints "
                                   "(settings that change the model, data or objective may not "
@@ -203,9 +205,10 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
                      "checkpoints_total_limit", "sample_every", "sample_num", "sample_steps",
                      "log_every", "num_train_timesteps", "layers_per_block", "vae_slice",
-                     "image_frames_per_clip", "max_nonfinite_steps"):
+                     "image_frames_per_clip"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("base_pretrain_steps", "lr_warmup_steps", "num_workers"):
+        for name in ("base_pretrain_steps", "lr_warmup_steps", "num_workers",
+                     "max_nonfinite_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(0 <= self.seed < 2 ** 32, f"seed must lie in [0, 2**32), got {self.seed}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from functools import cached_property, partial
 from pathlib import Path
@@ -253,7 +254,11 @@ class Trainer:
             preview = stage == "joint" and (step % config.sample_every == 0
                                             or step == config.total_steps)
             if save or preview or step % config.log_every == 0 or step == end_step:
-                progress.set_postfix(stage=stage, loss=f"{self.log.flush():.4f}")
+                loss = self.log.flush()
+                if not config.max_nonfinite_steps and not math.isfinite(loss):
+                    self._diverged(step, "the logged loss is not finite (no NaN guard: "
+                                   "max_nonfinite_steps 0)", progress)
+                progress.set_postfix(stage=stage, loss=f"{loss:.4f}")
             if save:
                 self._checkpoint(step, elapsed_before + time.perf_counter() - started)
             if preview:
@@ -265,7 +270,8 @@ class Trainer:
     def _optimizer_step(self, batches, step: int, stage: str) -> tuple[torch.Tensor, bool]:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches: this process's
         ``[loss, key-frame loss, non-key-frame loss]`` (on the device) and whether the step was
-        taken. The NaN guard's verdict is the one value the host waits for on every step."""
+        taken. The NaN guard's verdict is the one value the host waits for on every step, as
+        torch's GradScaler does; ``max_nonfinite_steps`` 0 turns both off."""
         config, accelerator = self.config, self.accelerator
         totals = torch.zeros(3, device=self.device)  # loss, key-frame loss, non-key loss
         finite = True
@@ -276,7 +282,7 @@ class Trainer:
                 losses = self._loss(batch, step, shard, stage)
                 accelerator.backward(losses[0])
                 totals += losses.detach() / config.gradient_accumulation_steps
-                if accelerator.sync_gradients:
+                if accelerator.sync_gradients and config.max_nonfinite_steps:
                     norm = accelerator.clip_grad_norm_(self.module.parameters(),
                                                        config.max_grad_norm)
                     # NaN guard, summed over processes so that all of them skip alike. With
@@ -358,12 +364,14 @@ class Trainer:
                        f"({streak} in a row, at most {config.max_nonfinite_steps})")
         if streak >= config.max_nonfinite_steps:
             self.log.flush()  # the steps before this one, as they were logged
-            progress.close()  # the error starts a line of its own
-            last = checkpoint.latest_checkpoint(self.checkpoints)
-            raise TrainingDiverged(
-                f"training stopped at step {step}: the loss or gradient norm was not finite "
-                f"for {streak} steps in a row (max_nonfinite_steps); nothing was saved, "
-                f"the last good checkpoint is {last}")
+            self._diverged(step, f"the loss or gradient norm was not finite for {streak} steps "
+                                 "in a row (max_nonfinite_steps)", progress)
+
+    def _diverged(self, step: int, why: str, progress) -> None:
+        progress.close()  # the error starts a line of its own
+        last = checkpoint.latest_checkpoint(self.checkpoints)
+        raise TrainingDiverged(f"training stopped at step {step}: {why}; nothing was saved, "
+                               f"the last good checkpoint is {last}")
 
     def _stage(self, step: int) -> str:
         return "image" if step < self.config.base_pretrain_steps else "joint"
