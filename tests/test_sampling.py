@@ -10,6 +10,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    UniPCMultistepScheduler,
 )
 from sampling_run import sample
 from torch import nn
@@ -30,6 +31,7 @@ SCHEDULERS = {
     "ddpm": DDPMScheduler,
     "dpm": DPMSolverMultistepScheduler,
     "euler": EulerDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
 }
 
 
@@ -82,7 +84,7 @@ def test_oracle_ddim_reproduces_the_clip(lambda_):
     assert (out - target).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("name", ["ddpm", "dpm", "euler"])
+@pytest.mark.parametrize("name", ["ddpm", "dpm", "euler", "unipc"])
 def test_oracle_other_schedulers_reproduce_the_clip(name):
     out, target = oracle_sample(SCHEDULERS[name](), 0.5, steps=20)
     assert (out - target).abs().max() < 1e-3

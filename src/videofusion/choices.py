@@ -15,7 +15,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 
 # Sampling: name -> the diffusers scheduler class that samples with it.
 SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
-              "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
+              "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
+              "unipc": "UniPCMultistepScheduler"}
 
 # Pipeline outputs: numpy, PIL images, a tensor, or the raw latent.
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
