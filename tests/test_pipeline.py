@@ -165,6 +165,8 @@ def test_fixed_base_noise_and_fixed_residual_noise():
         ({"class_labels": [1], "lambda_": 1.5}, r"\[0, 1\]"),
         ({"class_labels": [1], "height": 7}, "not divisible"),
         ({"class_labels": [1], "output_type": "gif"}, "output_type"),
+        ({"class_labels": [1], "guidance_scale": None}, "guidance_scale must be a finite"),
+        ({"class_labels": [1], "guidance_scale": float("nan")}, "guidance_scale must be a fin"),
     ],
 )
 def test_bad_arguments_give_one_clear_error(kwargs, match):

@@ -12,6 +12,7 @@ generator it is the VDM baseline, sampled through the same code.
 from __future__ import annotations
 
 import errno
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,10 @@ class VideoFusionPipeline(DiffusionPipeline):
         batch size. A model that accepts both (``class+text``) takes either alone: the missing
         one is filled with its null (dropped-condition) value."""
         accepts = self.conditioning
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number (1: no guidance; the "
+                             f"model's default is pipe.default_guidance), got {guidance_scale!r}")
         if prompt is not None and not accepts.text:
             raise ValueError("this model is not text-conditioned: it takes no prompt")
         if class_labels is not None and not accepts.classes:

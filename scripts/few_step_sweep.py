@@ -1,0 +1,121 @@
+"""Few-step sampling of one model: steps vs quality vs seconds, against a reference setting.
+
+    python scripts/few_step_sweep.py [MODEL_DIR] --settings ddpm:25,dpm:8,unipc:8 \\
+        --num-videos 32 --out few_step.json
+
+The first setting is the reference. Every setting samples the same seeds, class-prompted and
+caption-prompted, and is scored with `videofusion eval`'s FVD (with its bootstrap spread), the
+digit metrics (content consistency, prompt adherence) and the coherence metrics. A setting
+holds quality when each metric is within 5 % of the reference's, or, for FVD, within its
+bootstrap spread (the larger of the two). Seconds per video are the median of ``--repeats``
+single-video calls of the loaded pipeline at the current thread count, after one warm-up call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+# metric -> whether larger is better (None: closer to the real clips' value is better)
+METRICS = {"fvd": False, "content_consistency": True, "prompt_adherence": True,
+           "key_frame_seam": None, "flicker": None, "colour_deviation": False, "jerk": False,
+           "palette_coverage": True}
+
+
+def parse_settings(text: str) -> list[tuple[str, int]]:
+    settings = []
+    for item in text.split(","):
+        name, _, steps = item.partition(":")
+        settings.append((name, int(steps)))
+    return settings
+
+
+def seconds_per_video(pipe, scheduler: str, steps: int, guidance: float,
+                      repeats: int) -> float:
+    pipe.use_scheduler(scheduler)
+    kwargs = {"class_labels": [3], "num_inference_steps": steps, "guidance_scale": guidance}
+    pipe(**kwargs, generator=torch.Generator().manual_seed(0))  # warm-up
+    times = []
+    for seed in range(repeats):
+        start = time.perf_counter()
+        pipe(**kwargs, generator=torch.Generator().manual_seed(seed))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def holds(metric: str, value: float, reference: float, spread: float | None,
+          real: float | None) -> bool:
+    """Within 5 % of the reference (or its bootstrap spread), or better than it."""
+    if value is None or reference is None:
+        return False
+    margin = max(0.05 * abs(reference), spread or 0.0)
+    better = METRICS[metric]
+    if better is None and real is not None:  # distance to the real clips' value
+        return abs(value - real) <= abs(reference - real) + margin
+    if better is True:
+        return value >= reference - margin
+    if better is False:
+        return value <= reference + margin
+    return abs(value - reference) <= margin
+
+
+def main(argv=None) -> int:
+    from videofusion import DEFAULT_MODEL_DIR
+    from videofusion.evaluation import evaluate
+    from videofusion.pipeline import load_pipeline
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR)
+    p.add_argument("--settings", default="ddpm:25,dpm:6,dpm:8,dpm:10,unipc:6,unipc:8,unipc:10",
+                   help="comma-separated scheduler:steps; the first is the reference")
+    p.add_argument("--guidance", type=float, help="default: the model's")
+    p.add_argument("--conditions", default="class,text")
+    p.add_argument("--num-videos", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("few_step.json"))
+    args = p.parse_args(argv)
+    settings = parse_settings(args.settings)
+    pipe = load_pipeline(args.model_dir)
+    guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    rows = []
+    for scheduler, steps in settings:
+        row = {"scheduler": scheduler, "steps": steps, "threads": torch.get_num_threads(),
+               "seconds_per_video": round(seconds_per_video(pipe, scheduler, steps,
+                                                            guidance, args.repeats), 3)}
+        for condition in args.conditions.split(","):
+            report = evaluate("moving-digits", args.model_dir, metrics="fvd,content,coherence",
+                              num_videos=args.num_videos, num_inference_steps=steps,
+                              scheduler=scheduler, guidance_scale=guidance,
+                              condition=condition, seed=args.seed, progress=False)
+            row[condition] = report["metrics"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    reference = rows[0]
+    for row in rows:
+        for condition in args.conditions.split(","):
+            got, ref = row[condition], reference[condition]
+            row[condition]["holds"] = {
+                m: holds(m, got.get(m), ref.get(m), ref.get(f"{m}_bootstrap_std"),
+                         ref.get(f"{m}_real"))
+                for m in METRICS if m in got}
+        row["holds_all"] = all(all(row[c]["holds"].values())
+                               for c in args.conditions.split(","))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": str(args.model_dir), "guidance": guidance,
+                                    "num_videos": args.num_videos, "seed": args.seed,
+                                    "rows": rows}, indent=2) + "\n")
+    print(f"{'setting':<10} {'s/video':>8} holds")
+    for row in rows:
+        print(f"{row['scheduler']}:{row['steps']:<5} {row['seconds_per_video']:>8.3f} "
+              f"{row['holds_all']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
