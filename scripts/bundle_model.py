@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from videofusion.checkpoint import atomic_directory
+from videofusion.choices import SCHEDULERS
 from videofusion.config import TrainConfig
 from videofusion.pipeline import VideoFusionPipeline
 
@@ -34,7 +35,7 @@ TARGET = Path(__file__).resolve().parents[1] / "src" / "videofusion" / "assets" 
 
 
 def training_record(run: Path, config_name: str, raw_weights: bool,
-                    guidance: float | None = None) -> dict:
+                    guidance: float | None = None, sampling: str = "") -> dict:
     """Steps and wall-clock seconds of the run, from its per-step log; the commands that
     reproduce it; its parent's record if it was fine-tuned (``init_from``)."""
     last = None
@@ -50,7 +51,7 @@ def training_record(run: Path, config_name: str, raw_weights: bool,
     if seconds is None:
         seconds = json.loads((run / "train_summary.json").read_text())["wall_clock_seconds"]
     export = " --raw-weights" if raw_weights else ""
-    bundle = export + ("" if guidance is None else f" --guidance {guidance:g}")
+    bundle = export + ("" if guidance is None else f" --guidance {guidance:g}") + sampling
     record = {"steps": last["step"], "image_steps": image_steps,
               "joint_steps": last["step"] - image_steps, "seconds": seconds,
               "seed": config["seed"], "batch_size": config["batch_size"],
@@ -99,13 +100,14 @@ def total_seconds(record: dict) -> float:
     return sum(r["seconds"] for r in lineage(record))
 
 
-def model_card(record: dict, parameters: dict, sampler: str, guidance: float) -> str:
+def model_card(record: dict, parameters: dict, sampler: str, steps: int,
+               guidance: float) -> str:
     config = record["config"]
     runs = lineage(record)
     seconds = total_seconds(record)
     base = (f"base generator {parameters['base']:,} + residual generator "
             f"{parameters['residual']:,}")
-    steps = " then ".join(
+    runs_text = " then ".join(
         f"{r['image_steps']:,} image steps (stage 1) + {r['joint_steps']:,} joint steps "
         f"(stage 2), batch {r['batch_size']}, seed {r['seed']}" for r in runs)
     weights = ("the raw weights of the last step (exported with `--raw-weights`)"
@@ -126,11 +128,12 @@ either works alone and classifier-free guidance works. Residual generator input:
 | | |
 |---|---|
 | parameters | {base} |
-| training | {steps} |
+| training | {runs_text} |
 | training time | {seconds:,.0f} s ({seconds / 3600:.1f} h) on a shared 2-core CPU (no GPU), fp32 |
 | weights | {weights} |
 | storage | fp16 safetensors (cast to fp32 when loaded) |
-| sampler | {sampler} (the scheduler in `scheduler/`; `videofusion sample --scheduler` overrides) |
+| sampler | {sampler}, {steps} steps (`scheduler/`, `default_inference_steps`; `--scheduler`, \
+`--steps` override) |
 | guidance | {guidance:g} by default (`default_guidance_scale`; `--guidance` overrides) |
 
 Retrain it (resumable; stop any time with Ctrl-C and continue with `--resume`; each
@@ -151,8 +154,11 @@ def main() -> None:
                         help="the configs/ file the run was started from")
     parser.add_argument("--raw-weights", action="store_true",
                         help="RUN/pipeline holds raw (not EMA) weights: say so in the card")
-    parser.add_argument("--scheduler", choices=("ddpm", "ddim"), default="ddpm",
+    parser.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="ddpm",
                         help="the sampler shipped with the model (default ancestral DDPM)")
+    parser.add_argument("--steps", type=int, default=25,
+                        help="its step count: the default of `videofusion sample` / `eval` / the "
+                             "studio for this model with that sampler (default 25)")
     parser.add_argument("--guidance", type=float,
                         help="the guidance scale measured best for this model: the default of "
                              "`videofusion sample` / `eval` for it (unset: 2)")
@@ -160,9 +166,12 @@ def main() -> None:
     if not (args.run / "pipeline" / "model_index.json").is_file():
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
                          "--config ... --resume --stop-at-step N`")
-    record = training_record(args.run, args.config_name, args.raw_weights, args.guidance)
+    sampling = f" --scheduler {args.scheduler} --steps {args.steps}"
+    record = training_record(args.run, args.config_name, args.raw_weights, args.guidance,
+                             sampling)
     pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
     pipe.use_scheduler(args.scheduler)
+    pipe.register_to_config(default_inference_steps=args.steps)
     if args.guidance is not None:
         pipe.register_to_config(default_guidance_scale=args.guidance)
     parameters = {"base": sum(p.numel() for p in pipe.base.parameters()),
@@ -170,7 +179,7 @@ def main() -> None:
     with atomic_directory(TARGET) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         shutil.copy(args.run / "config.yaml", Path(tmp) / "training_config.yaml")
-        card = model_card(record, parameters, type(pipe.scheduler).__name__,
+        card = model_card(record, parameters, type(pipe.scheduler).__name__, args.steps,
                           pipe.default_guidance)
         (Path(tmp) / "README.md").write_text(card)
         kept = {k: v for k, v in record.items() if k != "config"}

@@ -63,6 +63,21 @@ def test_default_guidance_is_the_folders_own_else_2_for_conditioned_models(tmp_p
     assert unconditional.default_guidance == 1.0  # nothing to guide by
 
 
+def test_default_steps_are_the_folders_own_for_its_own_sampler(tmp_path):
+    from videofusion.choices import DEFAULT_INFERENCE_STEPS
+
+    pipe = class_pipeline()
+    assert pipe.default_steps == DEFAULT_INFERENCE_STEPS
+    pipe.register_to_config(default_inference_steps=7)
+    pipe.save_pretrained(tmp_path)
+    loaded = VideoFusionPipeline.from_pretrained(tmp_path)
+    assert loaded.default_steps == 7
+    own = type(loaded.scheduler).__name__
+    other = next(name for name, cls in SCHEDULERS.items() if cls != own)
+    assert loaded.use_scheduler(other).default_steps == DEFAULT_INFERENCE_STEPS
+    assert loaded.use_scheduler(None).default_steps == DEFAULT_INFERENCE_STEPS  # still other's
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_use_scheduler_swaps_the_sampler_on_the_same_noise_schedule(name):
     pipe = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDIMScheduler(

@@ -138,3 +138,14 @@ def test_the_studios_seeds_are_the_command_lines(shipped, tmp_path, one_thread):
                   residual_noise=draw[1], progress=False).frames
     expected = np.array(Image.open(contact_sheet(frames, tmp_path / "sheet.png", scale=2)))
     np.testing.assert_array_equal(np.array(Image.open(result.sheet)), expected)
+
+
+def test_the_page_offers_the_folders_step_count_and_every_sampler(shipped):
+    import json
+
+    from videofusion.choices import SCHEDULERS
+    from videofusion.studio import SAMPLERS
+
+    index = json.loads((shipped.models[MODEL] / "model_index.json").read_text())
+    assert shipped.defaults(MODEL)["steps"] == index["default_inference_steps"]
+    assert set(SAMPLERS) > set(SCHEDULERS)

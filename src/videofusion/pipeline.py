@@ -85,6 +85,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         signal_leak_mean: list[float] | None = None,
         default_guidance_scale: float | None = None,
         key_frame_correction: bool = False,
+        default_inference_steps: int | None = None,
     ):
         super().__init__()
         self.register_modules(residual=residual, scheduler=scheduler, base=base, vae=vae,
@@ -93,8 +94,10 @@ class VideoFusionPipeline(DiffusionPipeline):
                                 sample_size=sample_size, default_lambda=default_lambda, fps=fps,
                                 signal_leak_mean=signal_leak_mean,
                                 default_guidance_scale=default_guidance_scale,
-                                key_frame_correction=key_frame_correction)
+                                key_frame_correction=key_frame_correction,
+                                default_inference_steps=default_inference_steps)
         self._text_encoder: TextEncoder | None = None
+        self._own_scheduler = type(scheduler).__name__  # what default_inference_steps is for
         self._model: VideoFusionModel | None = None
 
     @property
@@ -137,6 +140,16 @@ class VideoFusionPipeline(DiffusionPipeline):
         None: turned off, or a folder saved without it (sampled as spec §4 says)."""
         mean = self.config.get("signal_leak_mean")
         return None if not enabled or mean is None else torch.tensor(mean, dtype=torch.float32)
+
+    @property
+    def default_steps(self) -> int:
+        """The step count the CLI, the studio and evaluation use when none is given: the one
+        measured for this folder's own scheduler (``default_inference_steps``) while that
+        scheduler samples, else ``DEFAULT_INFERENCE_STEPS``."""
+        recorded = self.config.get("default_inference_steps")
+        if recorded is None or type(self.scheduler).__name__ != self._own_scheduler:
+            return DEFAULT_INFERENCE_STEPS
+        return int(recorded)
 
     @property
     def default_guidance(self) -> float:

@@ -31,17 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .assets import DEFAULT_MODEL_DIR
+from .choices import DEFAULT_INFERENCE_STEPS, SCHEDULERS
 from .safety import int_range
 
 # Bounds of the page's inputs: what keeps one CPU server answering, not what the model could do.
 LIMITS = {"frames": (2, 64), "steps": (1, 200), "guidance": (0.0, 20.0), "lambda": (0.0, 1.0),
           "seed": (0, 2 ** 32 - 1), "long_frames": (0, 512)}
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-# The shipped model's documented setting (README: DDPM 25 steps); the pipeline's own default is
-# 50, tuned for larger models.
-DEFAULT_STEPS = 25
 OWN_SAMPLER = "model's own"
-SAMPLERS = (OWN_SAMPLER, "ddim", "ddpm", "dpm", "euler")  # pipeline.SCHEDULERS, without torch
+SAMPLERS = (OWN_SAMPLER, *SCHEDULERS)
 NO_CLASS = "none"
 SHIPPED_MODELS = {"moving digits (shipped)": DEFAULT_MODEL_DIR}
 DECOMPOSITION_HELP = """
@@ -71,7 +69,7 @@ class Request:
     prompt: str = ""
     frames: float = 16
     sampler: str = OWN_SAMPLER
-    steps: float = DEFAULT_STEPS
+    steps: float = DEFAULT_INFERENCE_STEPS
     guidance: float | str | None = None  # None or "": the model's own
     lambda_: float | str | None = None
     content_seed: float = 0
@@ -180,7 +178,8 @@ class Studio:
     def defaults(self, name: str) -> dict:
         """What the page offers for model ``name``, read from its folder's JSON files without
         loading it (the page comes up before torch and diffusers are imported). Guidance and
-        lambda stay empty: the pipeline's own (``default_guidance``, ``default_lambda``)."""
+        lambda stay empty: the pipeline's own (``default_guidance``, ``default_lambda``); the
+        step count is the folder's (``default_inference_steps``, for its own sampler)."""
         folder = self.models[name]
         try:
             index = json.loads((folder / "model_index.json").read_text())
@@ -191,7 +190,8 @@ class Studio:
         classes = [NO_CLASS] + [str(c) for c in range(residual.get("num_classes") or 0)]
         return {"classes": classes, "class_label": classes[min(1, len(classes) - 1)],
                 "text": residual.get("cross_attention_dim") is not None,
-                "size": index.get("sample_size")}
+                "size": index.get("sample_size"),
+                "steps": index.get("default_inference_steps") or DEFAULT_INFERENCE_STEPS}
 
     def warm_up(self) -> None:
         """Load the first model and run it once (two frames, one step), so the first click
@@ -353,7 +353,7 @@ def build_app(studio: Studio):
                     frames = gr.Number(16, label=f"Frames ({low}-{high})", elem_id="frames")
                     sampler = gr.Dropdown(list(SAMPLERS), value=OWN_SAMPLER, label="Sampler",
                                           elem_id="sampler")
-                    steps = gr.Number(DEFAULT_STEPS, label="Steps", elem_id="steps")
+                    steps = gr.Number(d["steps"], label="Steps", elem_id="steps")
                     # text, not numbers: an empty Number reads as 0, and empty means the model's
                     guidance = gr.Textbox("", label="Guidance", elem_id="guidance",
                                           placeholder="the model's own")
@@ -386,11 +386,11 @@ def build_app(studio: Studio):
             try:
                 d = studio.defaults(name)
             except ValueError as err:
-                return gr.update(), gr.update(), f"Error: {one_line(err)}"
+                return gr.update(), gr.update(), gr.update(), f"Error: {one_line(err)}"
             return (gr.update(choices=d["classes"], value=d["class_label"]),
-                    gr.update(visible=d["text"]), f"Model: {name}")
+                    gr.update(visible=d["text"]), gr.update(value=d["steps"]), f"Model: {name}")
 
-        model.change(on_model, model, [class_label, prompt, status])
+        model.change(on_model, model, [class_label, prompt, steps, status])
 
         def run(model, prompt, class_label, frames, sampler, steps, guidance, lambda_,
                 content_seed, content_lock, motion_seed, motion_lock, image, long_frames,

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from videofusion.choices import EVAL_CONDITIONS, METRICS, MOVING_DIGITS, SCHEDULERS
+from videofusion.choices import (
+    DEFAULT_INFERENCE_STEPS,
+    EVAL_CONDITIONS,
+    METRICS,
+    MOVING_DIGITS,
+    SCHEDULERS,
+)
 from videofusion.evaluation.protocol import EvalProtocol
 from videofusion.safety import float_range, int_range
 
@@ -45,7 +51,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--class-labels", type=_labels,
                    help="model: labels to cycle through; folder: one per video")
     p.add_argument("--steps", dest="num_inference_steps", type=int_range(1, 10_000),
-                   help=f"sampling steps (default: {DEFAULT.num_inference_steps})")
+                   help="sampling steps; default: the model's own (default_inference_steps), "
+                        f"else {DEFAULT_INFERENCE_STEPS}")
     p.add_argument("--guidance-scale", "--guidance", type=float_range(0),
                    help="classifier-free guidance; default: the model's own "
                         "(default_guidance_scale), else 2 for conditional models, else 1")

@@ -64,6 +64,7 @@ def model_info(folder: Path) -> dict:
         "condition": condition,
         "default_lambda": index.get("default_lambda"),
         "default_guidance_scale": index.get("default_guidance_scale"),
+        "default_inference_steps": index.get("default_inference_steps"),
         "sample_size": index.get("sample_size"),
         "residual_input": index.get("residual_input"),
         "key_frame_correction": bool(index.get("key_frame_correction", False)),
@@ -90,6 +91,9 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"lambda:         {info['default_lambda']}")
     if info["default_guidance_scale"] is not None:
         print(f"guidance:       {info['default_guidance_scale']} (the model's default)")
+    if info["default_inference_steps"] is not None:
+        print(f"steps:          {info['default_inference_steps']} (the model's default, with "
+              "its own scheduler)")
     print(f"sample size:    {info['sample_size']}x{info['sample_size']}")
     print(f"residual input: {info['residual_input']}")
     if info["key_frame_correction"]:

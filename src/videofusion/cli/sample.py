@@ -30,8 +30,9 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-videos", type=int_range(1), default=4, help="videos per prompt or label")
     p.add_argument("--frames", type=int_range(2), default=DEFAULT_NUM_FRAMES)
     p.add_argument("--resolution", type=int_range(8), help="default: the model's sample size")
-    p.add_argument("--steps", type=int_range(1, 10_000), default=DEFAULT_INFERENCE_STEPS,
-                   help="denoising steps")
+    p.add_argument("--steps", type=int_range(1, 10_000),
+                   help="denoising steps; default: the model's own (default_inference_steps in "
+                        f"model_index.json), else {DEFAULT_INFERENCE_STEPS}")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="default: the model folder's own scheduler")
     p.add_argument("--eta", type=float_range(0, 1), default=0.0,
@@ -101,7 +102,7 @@ def run_sample(args: argparse.Namespace) -> int:
     pipe.use_scheduler(args.scheduler)
     guidance = args.guidance if args.guidance is not None else pipe.default_guidance
     settings = dict(num_frames=args.frames, height=args.resolution, width=args.resolution,
-                    num_inference_steps=args.steps, guidance_scale=guidance,
+                    num_inference_steps=args.steps or pipe.default_steps, guidance_scale=guidance,
                     lambda_=args.lambda_, eta=args.eta, signal_leak=args.signal_leak)
     out = Path(args.out)
     if args.control_grid:

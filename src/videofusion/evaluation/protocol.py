@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from videofusion.choices import (
-    DEFAULT_INFERENCE_STEPS,
     EVAL_CONDITIONS,
     METRICS,
     PROTOCOL_FRAMES,
@@ -40,7 +39,9 @@ class EvalProtocol:
     ``resolution`` ``None`` is the native size: a model's sample size, else the fake folder's own
     frame size; the real set is brought to the fake set's size. Sampling settings (``seed`` to
     ``batch_size``) apply when the fake side is a model folder; ``None`` means the model's own
-    (guidance: ``default_guidance_scale``; lambda: the trained value; scheduler: the folder's).
+    (guidance: ``default_guidance_scale``; lambda: the trained value; scheduler: the folder's;
+    steps: ``default_inference_steps`` with the folder's scheduler, else
+    ``DEFAULT_INFERENCE_STEPS``).
     ``class_labels``: for a model, labels to cycle through; for a folder, one per video.
     ``condition``: what a model conditioned on class and text is sampled with (auto: captions).
     ``real_options`` go to ``MovingDigits`` when the real set is the moving-digits test split.
@@ -52,7 +53,7 @@ class EvalProtocol:
     resolution: tuple[int, int] | None = None
     seed: int = 0
     class_labels: tuple[int, ...] | None = None
-    num_inference_steps: int = DEFAULT_INFERENCE_STEPS
+    num_inference_steps: int | None = None
     guidance_scale: float | None = None
     lambda_: float | None = None
     scheduler: str | None = None

@@ -80,6 +80,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
     guidance_scale = protocol.guidance_scale
     if guidance_scale is None:
         guidance_scale = 1.0 if conditioning == "none" else pipe.default_guidance
+    steps = protocol.num_inference_steps or pipe.default_steps
     num_videos, num_frames, seed = protocol.num_videos, protocol.num_frames, protocol.seed
     generator = torch.Generator().manual_seed(seed)
     chunks = []
@@ -92,7 +93,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
                 else {"num_videos": stop - start}
             )
             plan = pipe.plan(**condition, num_frames=num_frames, height=size, width=size,
-                             num_inference_steps=protocol.num_inference_steps,
+                             num_inference_steps=steps,
                              guidance_scale=guidance_scale, lambda_=protocol.lambda_,
                              signal_leak=protocol.signal_leak)
             _, latent_channels, _, h, w = plan.latent_shape  # (batch, C, frames, h, w)
@@ -108,7 +109,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
                                    progress=False)
             chunks.append(to_uint8(_resize(frames, resolution)))
             bar.update(stop - start)
-    sampling = {"num_inference_steps": protocol.num_inference_steps,
+    sampling = {"num_inference_steps": steps,
                 "guidance_scale": guidance_scale,
                 "scheduler": type(pipe.scheduler).__name__, "sample_size": size,
                 "channels": channels, "seed": seed,
