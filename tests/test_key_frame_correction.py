@@ -140,3 +140,21 @@ def test_pipeline_folder_records_the_correction(tmp_path):
     del old["key_frame_correction"]  # a folder written before the option existed
     (tmp_path / "m" / "model_index.json").write_text(json.dumps(old))
     assert not VideoFusionPipeline.from_pretrained(tmp_path / "m").model.key_frame_correction
+
+
+def test_timestep_weighting_weights_each_clips_base_term_with_its_own_timestep():
+    from videofusion.objective import loss_weights
+
+    plain, corrected = pair()
+    out = diffusion_loss(corrected, clip(), ALPHAS, make_lambdas(FRAMES, 0.5),
+                         generator=torch.Generator().manual_seed(7), weighting="v",
+                         snr_gamma=5.0)
+    t, b, _ = replayed_noise()
+    a = ALPHAS[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        bhat = plain.base(a.sqrt() * clip()[:, :, K] + (1 - a).sqrt() * b, t)
+    image_loss = (bhat - b).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    weights = loss_weights(ALPHAS[t], "v", 5.0)
+    assert not torch.allclose(weights[0], weights[1])
+    expected = (weights * (out.per_frame.mean(dim=1) + image_loss / FRAMES)).mean()
+    torch.testing.assert_close(out.loss, expected)
