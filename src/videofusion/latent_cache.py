@@ -69,6 +69,7 @@ class _Undecodable(Exception):
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
+    """The checksum of an entry: SHA-256 of the tensor's bytes."""
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
@@ -253,12 +254,16 @@ class LatentCache:
         channels, h, w = self.latent_size
         return channels, len(frames), h, w
 
-    def _manifest(self) -> dict:
+    def read_manifest(self) -> dict:
+        """The manifest as written, or ``{}`` when there is none or it is unreadable (the
+        entries describe themselves: nothing is lost but the cross-check)."""
         try:
             manifest = json.loads((self.folder / MANIFEST).read_text())
         except (OSError, ValueError):
-            return {}  # none yet, or unreadable: the entries describe themselves
-        return manifest if isinstance(manifest, dict) else {}
+            return {}
+        parts = ("vae", "data", "entries", "bad")
+        ok = isinstance(manifest, dict) and all(isinstance(manifest.get(k), dict) for k in parts)
+        return manifest if ok else {}
 
     def check(self, i: int, manifest: dict) -> tuple[str, str]:
         """Entry ``i``'s status (``valid``, ``new``, ``stale``, ``corrupt``, ``bad``: known
@@ -276,10 +281,17 @@ class LatentCache:
         try:
             tensors, metadata = _read(path)
             depends, sha = json.loads(metadata["depends"]), metadata["sha256"]
+            if not isinstance(depends, dict):
+                raise ValueError(f"depends is a {type(depends).__name__}")
         except Exception as err:  # SafetensorError, OSError, missing or bad metadata
             return "corrupt", f"unreadable ({' '.join(str(err).split())})"
-        if depends != self.depends(item):
-            return "stale", "its VAE, data settings or source differ"
+        expected = self.depends(item)
+        if depends != expected:
+            changed = next((what for part, what in (
+                ("vae", "another VAE"), ("data", "other data settings"),
+                ("item", "its source changed")) if depends.get(part) != expected[part]),
+                "another cache format")
+            return "stale", changed
         frames = self.source.frames(i)
         problem = _problem(tensors, sha, self.shape(frames), frames)
         if problem:
@@ -398,7 +410,7 @@ def prepare(folder: str | Path, dataset: Dataset, vae, *, slice_size: int = 8,
     started = time.perf_counter()
     cache = LatentCache(folder, dataset, vae)
     report = CacheReport(cache.folder, entries=len(dataset), written=write)
-    manifest = cache._manifest()
+    manifest = cache.read_manifest()
     todo = []
     for i in range(len(dataset)):
         status, why = cache.check(i, manifest)
