@@ -22,6 +22,8 @@ EVAL = ["eval", "--fake", "{model}", "--num-videos", "2", "--num-frames", "4",
 BENCH = ["bench", "--quick", "--out", "{tmp}/bench.json"]
 DMC = ["data", "render-dmc", "--out", "{tmp}/dmc", "--clips", "1"]
 VAE = ["train-vae", "--data", "moving-digits", "--resolution", "16", "--out", "{tmp}/vae"]
+CACHE = ["data", "cache-latents", "--frames", "4", "--resolution", "16", "--vae", "{tmp}/no_vae",
+         "--out", "{tmp}/cache"]
 
 CASES = [
     # train: numbers
@@ -119,6 +121,14 @@ CASES = [
     (DMC + ["--fps", "0"], "fps"),
     (DMC + ["--frame-interval", "nan"], "finite"),
     (DMC + ["--out", "{tmp}/a_file"], "a_file"),
+    # data cache-latents
+    (CACHE + ["--frames", "1"], "frames"),
+    (CACHE + ["--vae-slice", "0"], "vae_slice"),
+    (CACHE + ["--num-workers", "-1"], "num_workers"),
+    (CACHE, "no_vae"),
+    (CACHE + ["--out", "{tmp}/a_file"], "a_file"),
+    (CACHE[:-4] + ["--out", "{tmp}/cache"], "latent_cache needs vae"),
+    (CACHE[:-2], "no cache folder"),
     # train-vae
     (VAE + ["--lr", "nan"], "finite"),
     (VAE + ["--steps", "0"], "steps"),
@@ -197,7 +207,8 @@ def number_options():
 
 
 BASES = {"train": TRAIN, "sample": SAMPLE, "eval": EVAL, "bench": BENCH,
-         "data render-dmc": DMC, "train-vae": VAE, "studio": ["studio"]}
+         "data render-dmc": DMC, "data cache-latents": CACHE, "train-vae": VAE,
+         "studio": ["studio"]}
 FUZZ = [(" ".join(command), option, value)
         for command, option, kind in number_options()
         for value in (("x", "nan", "inf", "-inf", "1e400") if kind == "float" else

@@ -32,9 +32,10 @@ RUNTIME_FIELDS = ("resume", "stop_at_step", "raw_weights", "overwrite")
 # Settings that may change when a run is resumed: how long, how often, how visibly and with how
 # much memory it runs, never the model, the data or the objective (docs/training.md, "Safety").
 # ema_decay may change only from 0, which turns the EMA on.
-RESUMABLE = ("max_steps", "output_dir", "num_workers", "vae_slice", "gradient_checkpointing",
-             "mixed_precision", "checkpoint_every", "checkpoints_total_limit", "sample_every",
-             "sample_num", "sample_steps", "sample_guidance", "log_every", "max_nonfinite_steps")
+RESUMABLE = ("max_steps", "output_dir", "num_workers", "vae_slice", "latent_cache",
+             "gradient_checkpointing", "mixed_precision", "checkpoint_every",
+             "checkpoints_total_limit", "sample_every", "sample_num", "sample_steps",
+             "sample_guidance", "log_every", "max_nonfinite_steps")
 # Upper bounds that keep a typo from asking the allocator for terabytes.
 MAX_FRAMES, MAX_RESOLUTION, MAX_BATCH = 1024, 4096, 4096
 # YAML keys that are Python keywords.
@@ -72,6 +73,12 @@ class TrainConfig:
     vae: str | None = setting(None, "train in latent space: an AutoencoderKL folder or a folder "
                                     "with vae/ (Stable Diffusion, 'videofusion train-vae' output)")
     vae_slice: int = setting(8, "frames per VAE encode call (memory bound)")
+    # the VAE's latents of the training set, encoded once (videofusion.latent_cache)
+    latent_cache: str | None = setting(None, "with --vae: read the clips' latents from this "
+                                             "folder, each encoded once (missing, stale or "
+                                             "corrupt entries are encoded before the first "
+                                             "step; 'videofusion data cache-latents' builds it "
+                                             "ahead)")
     # model
     model: str = setting("videofusion", choices=MODEL_KINDS, group="model")
     lambda_: float = setting(0.5, "share of each frame's noise common to the clip (spec §1), "
@@ -234,6 +241,11 @@ class TrainConfig:
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         need(0 < self.beta_start < self.beta_end < 1,
              f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        need(self.latent_cache is None or self.vae is not None,
+             "latent_cache needs vae: the cache holds the VAE's latents")
+        need(self.latent_cache is None or
+             Path(self.latent_cache).resolve() != Path(self.output_dir).resolve(),
+             "latent_cache must be a folder of its own, not output_dir")
         need(self.text_encoder is None or "text" in self.condition,
              f"text_encoder needs condition text or class+text, got {self.condition!r}")
         for name in ("base_channels", "residual_channels"):

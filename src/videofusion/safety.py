@@ -34,10 +34,12 @@ class RunStopped(RuntimeError):
 
 
 class RunLock:
-    """An exclusive lock on a run folder, held by one process (``O_EXCL`` create)."""
+    """An exclusive lock on a run folder, held by one process (``O_EXCL`` create); ``option``
+    names the folder's setting in the error (a latent cache's writer takes one too)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, option: str = "output_dir"):
         self.path = Path(folder) / LOCK_FILE
+        self.option = option
         self.held = False
 
     def acquire(self) -> RunLock:
@@ -53,7 +55,7 @@ class RunLock:
                     owner = {"pid": "?", "host": "?"}
                 if owner is not None and (owner["pid"] == "?" or _alive(owner)):
                     raise ValueError(
-                        f"output_dir: {self.path.parent} is in use by another run (pid "
+                        f"{self.option}: {self.path.parent} is in use by another run (pid "
                         f"{owner.get('pid')} on {owner.get('host')}, lock file {self.path}); "
                         "wait for it, or delete the lock file if that run is gone") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
@@ -62,7 +64,7 @@ class RunLock:
                 handle.write(record)
             self.held = True
             return self
-        raise ValueError(f"output_dir: cannot take the lock {self.path} (another run races "
+        raise ValueError(f"{self.option}: cannot take the lock {self.path} (another run races "
                          "for this folder)")
 
     def _owner(self) -> dict | None:

@@ -43,7 +43,6 @@ from . import training_report as report
 from . import training_setup as setup
 from .condition import Condition
 from .config import TrainConfig
-from .data import build_dataset
 from .noise import key_frame_index
 from .objective import diffusion_loss, image_diffusion_loss
 
@@ -171,6 +170,8 @@ def train(config: TrainConfig) -> Path:
     without training further.
     """
     safety.check_output_dir(config.validate().output_dir, "output_dir")
+    if config.latent_cache:
+        safety.check_output_dir(config.latent_cache, "latent_cache")
     trainer = Trainer(config)
     try:
         return trainer.run()
@@ -198,11 +199,11 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         set_seed(config.seed)
         self.device = accelerator.device
+        self.log = report.MetricsLog(self.output, accelerator, config)
         self.vae, self.model_channels, self.model_resolution = setup.load_vae(config, self.device)
-        self.dataset = build_dataset(config.data, "train", config.frames, config.resolution,
-                                     channels=config.channels, **config.data_options)
-        if len(self.dataset) == 0:
-            raise ValueError(f"data: {config.data!r} holds no clips")
+        self.dataset = setup.training_set(config)
+        if config.latent_cache:
+            self.dataset = self._cached(self.dataset)
         self.num_classes = getattr(self.dataset, "num_classes", 0)
         if "class" in config.condition and not self.num_classes:
             raise ValueError(f"condition 'class' needs labelled data; {config.data!r} has none")
@@ -222,7 +223,21 @@ class Trainer:
         self.ema = (EMAModel(self.model.parameters(), decay=config.ema_decay, use_ema_warmup=True,
                              power=3 / 4) if config.ema_decay > 0 else None)
         self.state = TrainingState(self.ema, self._lr_scheduler(self._stage(0)))
-        self.log = report.MetricsLog(self.output, accelerator, config)
+
+    def _cached(self, dataset: Dataset) -> Dataset:
+        """The training set as latents from ``latent_cache``, which the main process builds
+        or repairs first; the others then only check it."""
+        from .latent_cache import prepare
+
+        config, accelerator = self.config, self.accelerator
+        with accelerator.main_process_first():
+            cached, found = prepare(config.latent_cache, dataset, self.vae,
+                                    slice_size=config.vae_slice, num_workers=config.num_workers,
+                                    write=accelerator.is_main_process)
+        if found.to_encode and not found.written:
+            raise ValueError(f"{found.line()}: the main process left entries to encode")
+        self.log.print(found.line())
+        return cached
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -308,12 +323,11 @@ class Trainer:
         noise_gen = torch.Generator(self.device).manual_seed(shard_seed(config.seed, step,
                                                                         shard, 0))
         data_gen = torch.Generator().manual_seed(shard_seed(config.seed, step, shard, 1))
-        video = batch["video"].to(self.device)
         cond = self.batch_condition(batch, data_gen).plain()
         if stage == "image":
             k = config.image_frames_per_clip
-            # only the drawn frames are encoded (latent space)
-            images = self._encode(random_frames(video, k, data_gen))  # (B, C, k, H, W)
+            # (B, C, k, H, W); only the drawn frames are encoded (latent space, no cache)
+            images = self._model_space(batch, partial(random_frames, k=k, generator=data_gen))
             images = images.transpose(1, 2).flatten(0, 1)  # (B * k, C, H, W)
             cond = {name: None if value is None else value.repeat_interleave(k, dim=0)
                     for name, value in cond.items()}
@@ -322,8 +336,8 @@ class Trainer:
                                         weighting=config.loss_weighting,
                                         snr_gamma=config.snr_gamma, **cond)
             return torch.stack([loss, loss.detach(), loss.detach()])
-        out = diffusion_loss(self.module, self._encode(video), self.alphas_cumprod, self.lambdas,
-                             generator=noise_gen, stop_gradient=config.stop_gradient,
+        out = diffusion_loss(self.module, self._model_space(batch), self.alphas_cumprod,
+                             self.lambdas, generator=noise_gen, stop_gradient=config.stop_gradient,
                              freeze_base=config.freeze_base, weighting=config.loss_weighting,
                              snr_gamma=config.snr_gamma, **cond)
         k = key_frame_index(config.frames)
@@ -331,9 +345,15 @@ class Trainer:
         others = torch.cat([per_frame[:, :k], per_frame[:, k + 1:]], dim=1)
         return torch.stack([out.loss, per_frame[:, k].mean(), others.mean()])
 
-    def _encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Pixels -> the frozen VAE's scaled latents (posterior mean, see ``videofusion.vae``),
-        ``vae_slice`` frames per call; unchanged in pixel space."""
+    def _model_space(self, batch: dict, select=None) -> torch.Tensor:
+        """A batch's clips as the model sees them, ``(B, C, F, H, W)``, after ``select`` (a
+        choice of frames): the latent cache's latents; or the pixels encoded by the frozen VAE
+        (the selected frames only, ``vae_slice`` per call; scaled posterior means, see
+        ``videofusion.vae``); or, in pixel space, the pixels."""
+        select = select or (lambda clips: clips)
+        if "latents" in batch:
+            return select(batch["latents"].to(self.device))
+        video = select(batch["video"].to(self.device))
         if self.vae is None:
             return video
         from .vae import encode_video
@@ -468,9 +488,10 @@ class Trainer:
     def signal_leak_mean(self) -> list[float]:
         """Per-channel mean of the first clips of the training data in model space: what
         z_T holds of the data besides noise (``sampling.initial_latents``' ``signal_leak``)."""
-        clips = [self.dataset[i]["video"] for i in range(min(len(self.dataset), 32))]
+        items = [self.dataset[i] for i in range(min(len(self.dataset), 32))]
+        key = "latents" if "latents" in items[0] else "video"
         with torch.no_grad():
-            video = self._encode(torch.stack(clips).to(self.device))  # (B, C, F, h, w)
+            video = self._model_space({key: torch.stack([item[key] for item in items])})
         return [round(float(m), 6) for m in video.double().mean(dim=(0, 2, 3, 4))]
 
     def _preview(self, step: int) -> None:

@@ -1,5 +1,6 @@
 """Building a training run from its ``TrainConfig``: the accelerator, the checks before any work,
-the frozen VAE, the text encoder, the model (with its starting weights) and the optimizer.
+the training set, the frozen VAE, the text encoder, the model (with its starting weights) and
+the optimizer.
 
 Everything here runs once, before the first step; the loop itself is ``videofusion.train``.
 """
@@ -16,6 +17,7 @@ from torch import nn
 
 from . import safety
 from .config import RESUMABLE, TrainConfig
+from .data import build_dataset
 from .models.base import BaseGenerator
 from .models.factory import build_model
 from .models.videofusion import KEY_FRAME_CHANNEL_INPUTS, VideoFusionModel
@@ -98,6 +100,15 @@ class CaptionEncoder:
             for caption, states in zip(missing, self.encoder(missing), strict=True):
                 self.cache[caption] = states
         return torch.stack([self.cache[c] for c in captions])
+
+
+def training_set(config: TrainConfig):
+    """The run's training clips: ``build_dataset`` with the config's data settings."""
+    dataset = build_dataset(config.data, "train", config.frames, config.resolution,
+                            channels=config.channels, **config.data_options)
+    if len(dataset) == 0:
+        raise ValueError(f"data: {config.data!r} holds no clips")
+    return dataset
 
 
 def load_vae(config: TrainConfig, device: torch.device):

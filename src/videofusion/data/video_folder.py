@@ -444,6 +444,15 @@ class VideoFolder(Dataset):
             first = int(rng.integers(free + 1))
         return list(range(first, first + self.span, self.frame_stride))
 
+    def read_frames(self, i: int, indices: Sequence[int]) -> torch.Tensor:
+        """Frames ``indices`` (ascending) of video ``i``, resized and cropped as every clip is:
+        float32 ``(channels, len(indices), H, W)`` in [-1, 1]. Raises on a video that cannot
+        deliver them; the latent cache (``videofusion.latent_cache``) reads through this too."""
+        entry = self.entries[i]
+        read = read_frame_folder if entry.is_frame_folder else read_video_file
+        frames = read(entry.path, indices, self.size, self.channels)
+        return to_clip_tensor(center_crop(frames, self.size))
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -455,15 +464,10 @@ class VideoFolder(Dataset):
             if self._bad[i]:
                 continue
             entry = self.entries[i]
-            read = read_frame_folder if entry.is_frame_folder else read_video_file
             try:
-                frames = read(entry.path, self.frame_indices(i), self.size, self.channels)
+                video = self.read_frames(i, self.frame_indices(i))
             except Exception as err:  # decoders raise many types on corrupt data
                 self._mark_bad(i, f"failed to decode ({err})")
                 continue
-            return {
-                "video": to_clip_tensor(center_crop(frames, self.size)),
-                "class_label": entry.class_label,
-                "caption": entry.caption,
-            }
+            return {"video": video, "class_label": entry.class_label, "caption": entry.caption}
         raise RuntimeError(f"every video in {self.root} failed to decode; see the warnings above")
