@@ -18,6 +18,14 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
               "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
               "unipc": "UniPCMultistepScheduler"}
 
+# Where and in what precision sampling and evaluation run (``videofusion.devices``): "auto" is
+# CUDA when present, else the CPU; "cuda:N" names one GPU. The dtype is that of the networks'
+# forward passes (autocast); latents and the scheduler's arithmetic stay fp32.
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("fp32", "fp16", "bf16")
+DEFAULT_DEVICE = "auto"
+DEFAULT_DTYPE = "fp32"
+
 # Pipeline outputs: numpy, PIL images, a tensor, or the raw latent.
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 

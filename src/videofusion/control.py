@@ -55,7 +55,7 @@ def content_motion_grid(
     """Sample the R x C grid with ``pipe`` (a ``VideoFusionPipeline``), for one prompt and/or
     class label. ``seed`` draws the R base noises, then the C residual noises, then seeds the
     sampler; other keyword arguments are those of the pipeline's ``plan`` (steps, guidance,
-    lambda, eta, signal leak) and ``progress``."""
+    lambda, eta, signal leak, dtype) and ``progress``."""
     if not isinstance(rows, int) or not isinstance(cols, int) or rows < 1 or cols < 1:
         raise ValueError(f"rows and cols must be integers >= 1, got {rows!r} and {cols!r}")
     for name in ("image", "base_noise", "residual_noise", "num_videos", "output_type"):

@@ -85,6 +85,7 @@ def iter_long_video(
     eta: float = 0.0,
     progress: bool = True,
     signal_leak: bool = True,
+    dtype: str | torch.dtype | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the frames of a long video clip by clip: numpy ``(batch, n, H, W, C)`` in [0, 1],
     ``n`` new frames per clip, ``num_frames`` in all.
@@ -97,7 +98,7 @@ def iter_long_video(
     plan = pipeline.plan(prompt, class_labels, num_frames=min(clip_frames, num_frames),
                          height=height, width=width, num_inference_steps=num_inference_steps,
                          guidance_scale=guidance_scale, lambda_=lambda_, num_videos=num_videos,
-                         eta=eta, signal_leak=signal_leak)
+                         eta=eta, signal_leak=signal_leak, dtype=dtype)
     batch, channels, _, h, w = plan.latent_shape
     frame_shape = (batch, channels, h, w)
     if base_noise is None:

@@ -88,6 +88,10 @@ def decomposed_noise(
     (``shape``) to fix that part and draw only the other one: that is how content and motion
     are controlled separately (spec §5). The base noise is drawn before the residual noise, so
     one seed gives one video whatever is fixed.
+
+    Every part is drawn on ``generator``'s device (CPU without one) and then moved to
+    ``device``, as diffusers' ``randn_tensor`` does: one seed then gives the same noise for a
+    model on any device, and a CPU generator can serve a CUDA model.
     """
     if len(shape) != 5:
         raise ValueError(
@@ -95,16 +99,16 @@ def decomposed_noise(
         )
     batch, channels, frames, height, width = (int(s) for s in shape)
     lambdas = make_lambdas(frames, lambdas)
-    if device is None:
-        device = generator.device if generator is not None else "cpu"
+    source = generator.device if generator is not None else torch.device("cpu")
+    device = source if device is None else device
     base_shape = (batch, channels, height, width)
     if base_noise is None:
-        base_noise = torch.randn(base_shape, generator=generator, device=device, dtype=dtype)
+        base_noise = torch.randn(base_shape, generator=generator, device=source, dtype=dtype)
     elif tuple(base_noise.shape) != base_shape:
         raise ValueError(f"base_noise must have shape {base_shape}, got {tuple(base_noise.shape)}")
     if residual_noise is None:
         residual_noise = torch.randn(
-            tuple(shape), generator=generator, device=device, dtype=dtype
+            tuple(shape), generator=generator, device=source, dtype=dtype
         )
     elif tuple(residual_noise.shape) != tuple(shape):
         raise ValueError(

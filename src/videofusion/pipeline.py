@@ -26,6 +26,7 @@ from PIL import Image
 from . import long_video
 from .choices import DEFAULT_INFERENCE_STEPS, DEFAULT_NUM_FRAMES, OUTPUT_TYPES, SCHEDULERS
 from .condition import Condition, Conditioning
+from .devices import resolve_dtype
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, decomposed_noise, make_lambdas
@@ -58,6 +59,7 @@ class SamplingPlan:
     eta: float = 0.0
     key_frame: torch.Tensor | None = None  # (batch, channels, h, w), model space
     signal_leak: torch.Tensor | None = None  # (channels,): z_T's data mean, or pure noise
+    dtype: torch.dtype = torch.float32  # the networks' forward passes (autocast); latents: fp32
 
     @property
     def batch(self) -> int:
@@ -267,10 +269,12 @@ class VideoFusionPipeline(DiffusionPipeline):
         eta: float = 0.0,
         image=None,
         signal_leak: bool = True,
+        dtype: str | torch.dtype | None = None,
     ) -> SamplingPlan:
         """``check_inputs`` and ``prepare_condition`` of a request (``__call__``'s arguments),
         with every default decided (the lambdas validate ``num_frames``): the plan the later
         stages follow."""
+        dtype = resolve_dtype(dtype)
         height, width = self.check_inputs(height, width, num_videos)
         condition, batch = self.prepare_condition(prompt, class_labels, num_videos,
                                                   guidance_scale)
@@ -281,7 +285,8 @@ class VideoFusionPipeline(DiffusionPipeline):
                  width // factor)
         key_frame = None if image is None else self.encode_image(image, batch, height, width)
         return SamplingPlan(height, width, shape, lambdas, condition, guidance_scale,
-                            num_inference_steps, eta, key_frame, self.signal_leak(signal_leak))
+                            num_inference_steps, eta, key_frame, self.signal_leak(signal_leak),
+                            dtype)
 
     def prepare_latents(self, plan: SamplingPlan, generator: torch.Generator | None = None,
                         base_noise: torch.Tensor | None = None,
@@ -307,7 +312,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         return sample_decomposed(
             self.model, self.scheduler, latents, fresh_noise, condition=plan.condition,
             guidance_scale=plan.guidance_scale, eta=plan.eta, key_frame=plan.key_frame,
-            before_step=before_step, progress=progress,
+            before_step=before_step, progress=progress, dtype=plan.dtype,
         )
 
     @torch.no_grad()
@@ -345,6 +350,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         progress: bool = True,
         image=None,
         signal_leak: bool = True,
+        dtype: str | torch.dtype | None = None,
     ) -> VideoFusionPipelineOutput | tuple:
         """Generate videos. ``num_videos`` per prompt/label (or in all, when unconditional).
 
@@ -356,11 +362,13 @@ class VideoFusionPipeline(DiffusionPipeline):
         or ``(batch, C, H, W)`` in [0, 1], or a list of those (one per video); it is resized to
         the sample size. ``signal_leak=False`` starts from pure noise even if the folder holds
         its training data's mean (``signal_leak_mean``; ``initial_latents`` says why).
+        ``dtype`` (``"fp16"``, ``"bf16"`` or a torch dtype) runs the networks under autocast;
+        the latents and the scheduler stay fp32 (``sample_decomposed``).
         """
         plan = self.plan(prompt, class_labels, num_frames=num_frames, height=height, width=width,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          lambda_=lambda_, num_videos=num_videos, eta=eta, image=image,
-                         signal_leak=signal_leak)
+                         signal_leak=signal_leak, dtype=dtype)
         frames = self.generate(plan, generator, base_noise, residual_noise, output_type, progress)
         return VideoFusionPipelineOutput(frames=frames) if return_dict else (frames,)
 

@@ -147,6 +147,7 @@ def sample_decomposed(
     key_frame: torch.Tensor | None = None,
     before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Two-step decomposed sampling (spec §4) from z_T ``latents`` ``(B, C, F, H, W)`` over the
     scheduler's timesteps (``initial_latents`` sets them). Returns z_0.
@@ -170,6 +171,10 @@ def sample_decomposed(
     b, not the b the image was noised with, and pins the key frame to b_T although DDPM-like
     steps renew the base. The returned key frame is the image itself (schedulers whose last
     step stops short of abar = 1 would leave a trace of noise).
+
+    ``dtype`` float16 or bfloat16 runs the networks' forward passes under autocast, for speed
+    on a GPU; the latents, epshat and the scheduler's arithmetic stay in the latents' dtype,
+    where rounding would add up over the steps.
     """
     model.check_resolution(*latents.shape[-2:])
     lambdas = fresh_noise.lambdas.to(latents.device)
@@ -187,9 +192,10 @@ def sample_decomposed(
             if before_step is not None:
                 z = before_step(i, z)
             alpha_bar = alpha_bar_at(scheduler, t, i).to(z)
-            eps = predict(scheduler.scale_model_input(z, t), t.to(z.device).expand(batch),
-                          alpha_bar.expand(batch))
-            z = step(eps, t, z, fresh_noise)
+            with torch.autocast(z.device.type, dtype, enabled=dtype != torch.float32):
+                eps = predict(scheduler.scale_model_input(z, t), t.to(z.device).expand(batch),
+                              alpha_bar.expand(batch))
+            z = step(eps.to(z.dtype), t, z, fresh_noise)
     return z if key_frame is None else with_key_frame(z, key_frame)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from videofusion.choices import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPES
+from videofusion.devices import device_name
 from videofusion.safety import int_range
 
 PROG = "videofusion"
@@ -22,6 +24,24 @@ def one_line(err: Exception) -> str:
     text = str(err) if not isinstance(err, FileNotFoundError) or not err.filename else (
         f"{err.strerror}: {err.filename}" if err.strerror else str(err))
     return " ".join(text.split())
+
+
+def device(text: str) -> str:
+    """``--device``: a name ``videofusion.devices`` knows (whether CUDA is there is checked
+    when the command runs, before any work)."""
+    try:
+        return device_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, the same on every command that samples."""
+    p.add_argument("--device", type=device, default=DEFAULT_DEVICE,
+                   help="auto (CUDA when present, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
+                   help="precision of the networks' forward passes (autocast); latents and the "
+                        "scheduler stay fp32 (docs/devices.md)")
 
 
 def integers(text: str, example: str = "16,32,64") -> list[int]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 
 from videofusion.choices import (
+    DEFAULT_DEVICE,
     DEFAULT_INFERENCE_STEPS,
+    DTYPES,
     EVAL_CONDITIONS,
     METRICS,
     MOVING_DIGITS,
@@ -18,7 +20,7 @@ from videofusion.choices import (
 from videofusion.evaluation.protocol import EvalProtocol
 from videofusion.safety import float_range, int_range
 
-from .arguments import SEED, integers
+from .arguments import SEED, device, integers
 
 DEFAULT = EvalProtocol()
 
@@ -67,7 +69,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         "'Signal leak')")
     p.add_argument("--batch-size", type=int_range(1),
                    help=f"videos per sampling/I3D batch (default: {DEFAULT.batch_size})")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--device", type=device, default=DEFAULT_DEVICE,
+                   help="auto (CUDA when present, else cpu), cpu, cuda or cuda:N; under "
+                        "'accelerate launch' each process takes its own GPU")
+    p.add_argument("--dtype", choices=DTYPES,
+                   help="precision of the sampling networks' forward passes (autocast; I3D and "
+                        f"the metrics stay fp32); default: {DEFAULT.dtype}")
     p.add_argument("--condition", choices=EVAL_CONDITIONS,
                    help="a model conditioned on class and text: sample with captions (auto, "
                         "text) or class labels alone (class); default: auto")
@@ -77,12 +84,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from videofusion.evaluation import evaluate, format_table
+    from videofusion.evaluation import evaluate, format_table, shards
 
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("command", "handler", "real", "fake", "device", "out")}
     report = evaluate(args.real, args.fake, EvalProtocol(**settings), out=args.out,
                       device=args.device)
+    if not shards.is_main_process():
+        return 0
     print(format_table(report))
     for note in report["warnings"]:
         print(f"note: {note}")

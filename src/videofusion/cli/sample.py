@@ -15,7 +15,7 @@ from videofusion.safety import (
     int_range,
 )
 
-from .arguments import SEED, grid_shape
+from .arguments import SEED, add_device_options, grid_shape
 
 
 def add_sample_parser(subparsers) -> argparse.ArgumentParser:
@@ -59,6 +59,7 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int_range(1, 240), help="default: the model's fps")
     p.add_argument("--scale", type=int_range(1, 64),
                    help="pixel enlargement of the files; default to 128 px")
+    add_device_options(p)
     p.add_argument("--out", default="samples", help="output folder")
     p.set_defaults(handler=run_sample)
     return p
@@ -93,7 +94,10 @@ def run_sample(args: argparse.Namespace) -> int:
              ("contact_sheet.png", *(f"video_{i:03d}.{ext}" for i in range(videos)
                                      for ext in ("mp4", "gif"))))
     check_output_dir(args.out, "--out", files)
-    pipe = load_pipeline(args.model_dir)
+    from videofusion.devices import resolve_device
+
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.model_dir).to(device)
     import torch
 
     from videofusion.noise import seeded_draw
@@ -103,7 +107,8 @@ def run_sample(args: argparse.Namespace) -> int:
     guidance = args.guidance if args.guidance is not None else pipe.default_guidance
     settings = dict(num_frames=args.frames, height=args.resolution, width=args.resolution,
                     num_inference_steps=args.steps or pipe.default_steps, guidance_scale=guidance,
-                    lambda_=args.lambda_, eta=args.eta, signal_leak=args.signal_leak)
+                    lambda_=args.lambda_, eta=args.eta, signal_leak=args.signal_leak,
+                    dtype=args.dtype)
     out = Path(args.out)
     if args.control_grid:
         from videofusion.control import content_motion_grid
@@ -127,6 +132,7 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.residual_seed is not None:
         noise["residual_noise"] = seeded_draw((channels, frames, side, side),
                                               args.residual_seed, plan.batch)
+    # a CPU generator whatever the device: one seed, one video on CPU and GPU
     videos = pipe.generate(plan, torch.Generator().manual_seed(args.seed), **noise)
     fps = args.fps or pipe.config.fps
     scale = args.scale or max(1, 128 // resolution)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from videofusion.choices import I3D_METRICS, MOVING_DIGITS, PROTOCOL_FRAMES
 
+from . import shards
 from .protocol import SET_METRICS, EvalProtocol, parse_metrics
 from .report import build_report, format_table, write_report
 from .sampling import sample_model
@@ -104,9 +105,13 @@ def evaluate(
     videos or a model folder (sampled). ``protocol``: what to measure and how (default
     :class:`EvalProtocol`); ``settings`` are :class:`EvalProtocol` fields that replace its
     values, e.g. ``evaluate(real, fake, metrics="fvd", num_videos=64)``. ``extractor``: an
-    ``I3DFeatureExtractor`` to reuse. ``device``: default cuda if available, else cpu.
+    ``I3DFeatureExtractor`` to reuse. ``device``: ``auto`` (default: CUDA when present), ``cpu``,
+    ``cuda[:N]`` (``videofusion.devices``). Under ``accelerate launch`` (or torchrun) the
+    processes share the sampling and I3D out (:mod:`.shards`), each on its own GPU, and only
+    the main process writes ``out`` and shows progress; every process returns the report.
     """
     from videofusion.data.transforms import parse_resolution
+    from videofusion.devices import resolve_device
     from videofusion.safety import check_output_file
 
     protocol = (protocol or EvalProtocol()).replace(**settings)
@@ -115,10 +120,8 @@ def evaluate(
     _check_paths(real, fake, protocol)
     if out is not None:
         check_output_file(out, "out")
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = shards.process_device(resolve_device(device))
+    progress = progress and shards.is_main_process()
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -135,6 +138,6 @@ def evaluate(
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     report = build_report(real_set, fake_set, protocol, values, list(dict.fromkeys(notes)))
-    if out is not None:
+    if out is not None and shards.is_main_process():
         write_report(report, out)
     return report

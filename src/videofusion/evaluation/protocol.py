@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from videofusion.choices import (
+    DEFAULT_DTYPE,
+    DTYPES,
     EVAL_CONDITIONS,
     METRICS,
     PROTOCOL_FRAMES,
@@ -44,6 +46,8 @@ class EvalProtocol:
     ``DEFAULT_INFERENCE_STEPS``).
     ``class_labels``: for a model, labels to cycle through; for a folder, one per video.
     ``condition``: what a model conditioned on class and text is sampled with (auto: captions).
+    ``dtype``: the precision of a model's forward passes while sampling; it changes the videos,
+    so it is recorded (the device is not: it changes them only up to float rounding).
     ``real_options`` go to ``MovingDigits`` when the real set is the moving-digits test split.
     """
 
@@ -59,6 +63,7 @@ class EvalProtocol:
     scheduler: str | None = None
     signal_leak: bool = True
     condition: str = "auto"
+    dtype: str = DEFAULT_DTYPE  # the sampling networks' forward passes (autocast)
     batch_size: int = 8  # videos per sampling batch; a stochastic sampler's noise follows it
     real_options: dict = field(default_factory=dict)
 
@@ -76,6 +81,8 @@ class EvalProtocol:
             set_(self, "class_labels", tuple(int(c) for c in self.class_labels))
         if self.condition not in EVAL_CONDITIONS:
             raise ValueError(f"condition must be one of {EVAL_CONDITIONS}, got {self.condition!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {tuple(SCHEDULERS)}, "
                              f"got {self.scheduler!r}")

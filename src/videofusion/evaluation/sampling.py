@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import shards
 from .protocol import EvalProtocol
 from .sets import VideoSet, to_uint8
 
@@ -66,6 +67,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
     A model conditioned on class and text is sampled with captions, or with class labels alone
     for ``condition="class"``. The guidance scale defaults to the pipeline's
     ``default_guidance`` (as ``videofusion sample``), 1 when a model is sampled unconditionally.
+    Under a multi-process launch each process samples its share of the batches (``shards``).
     """
     import torch
 
@@ -83,10 +85,11 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
     steps = protocol.num_inference_steps or pipe.default_steps
     num_videos, num_frames, seed = protocol.num_videos, protocol.num_frames, protocol.seed
     generator = torch.Generator().manual_seed(seed)
+    share = shards.my_share(num_videos, protocol.batch_size)
     chunks = []
-    with tqdm(total=num_videos, desc="sampling", unit="video", disable=not progress) as bar:
-        for start in range(0, num_videos, protocol.batch_size):
-            stop = min(start + protocol.batch_size, num_videos)
+    with tqdm(total=len(share), desc="sampling", unit="video", disable=not progress) as bar:
+        for batch in shards.batches(num_videos, protocol.batch_size):
+            start, stop = batch.start, batch.stop
             condition = (
                 {"prompt": prompts[start:stop]} if prompts is not None
                 else {"class_labels": labels[start:stop]} if conditioning == "class"
@@ -95,14 +98,17 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
             plan = pipe.plan(**condition, num_frames=num_frames, height=size, width=size,
                              num_inference_steps=steps,
                              guidance_scale=guidance_scale, lambda_=protocol.lambda_,
-                             signal_leak=protocol.signal_leak)
+                             signal_leak=protocol.signal_leak, dtype=protocol.dtype)
             _, latent_channels, _, h, w = plan.latent_shape  # (batch, C, frames, h, w)
             # z_T drawn video by video, so a video does not depend on the batch size; a
             # stochastic scheduler's fresh noise then follows each video's own z_T (FreshNoise).
-            # base (1, C, h, w) and residual (1, C, frames, h, w) noise per video
+            # base (1, C, h, w) and residual (1, C, frames, h, w) noise per video, drawn on the
+            # CPU by every process (another process's share too), then moved
             noise = [(torch.randn(1, latent_channels, h, w, generator=generator),
                       torch.randn(1, latent_channels, num_frames, h, w, generator=generator))
-                     for _ in range(start, stop)]
+                     for _ in batch]
+            if start not in share:
+                continue
             frames = pipe.generate(plan, torch.Generator().manual_seed(seed + 1 + start),
                                    base_noise=torch.cat([b for b, _ in noise]),
                                    residual_noise=torch.cat([r for _, r in noise]),
@@ -117,5 +123,6 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
                            else pipe.config.default_lambda),
                 "signal_leak_mean": (None if plan.signal_leak is None
                                      else pipe.config.signal_leak_mean)}
-    return VideoSet(np.concatenate(chunks), labels, str(path), conditioning=conditioning,
+    videos = shards.gather(np.concatenate(chunks) if chunks else None)
+    return VideoSet(videos, labels, str(path), conditioning=conditioning,
                     sampling=sampling)

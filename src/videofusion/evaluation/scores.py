@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from videofusion.choices import I3D_METRICS, METRICS, MOVING_DIGITS
 
+from . import shards
 from .sets import VideoSet
 
 _DIGIT_CHUNK = 64  # videos per pass of the digit networks (and per progress-bar step)
@@ -46,7 +47,10 @@ def compute_metrics(
     device="cpu",
     progress: bool = True,
 ) -> dict[str, float | None]:
-    """The requested metrics of ``fake`` against ``real`` (per-video ones for both sets)."""
+    """The requested metrics of ``fake`` against ``real`` (per-video ones for both sets).
+
+    I3D, the costly network, is shared out among the processes of a multi-process launch
+    (``shards``); the cheap digit networks and coherence run whole in every process."""
     from videofusion.metrics import digits, fvd
 
     metrics = set(metrics)
@@ -54,8 +58,8 @@ def compute_metrics(
     if metrics & I3D_METRICS:
         extractor = extractor if extractor is not None else fvd.I3DFeatureExtractor.from_cache()
         extractor = extractor.to(device)
-        fake_i3d, _ = extractor.embed(fake.videos, batch_size, progress)
-        real_i3d, _ = extractor.embed(real.videos, batch_size, progress)
+        fake_i3d = shards.embed(extractor, fake.videos, batch_size, progress)
+        real_i3d = shards.embed(extractor, real.videos, batch_size, progress)
         values = fvd.metrics_from_features(real_i3d, fake_i3d, metrics=metrics & I3D_METRICS)
         result.update({k: v for k, v in values.items() if k not in ("num_real", "num_fake")})
     if metrics & {"content", "motion", "fvd_digits"}:
