@@ -5,6 +5,7 @@ import shutil
 import signal
 
 import pytest
+import torch
 from conftest import tiny_base, tiny_residual
 from diffusers import DDIMScheduler
 
@@ -82,6 +83,9 @@ CASES = [
     (SAMPLE + ["--class-label", "-1"], "--class-label"),
     (SAMPLE + ["--class-label", "10"], "class"),
     (SAMPLE + ["--control-grid", "0,3"], "--control-grid"),
+    (SAMPLE + ["--device", "gpu"], "--device"),
+    (SAMPLE + ["--device", "cuda:x"], "cuda:N"),
+    (SAMPLE + ["--dtype", "fp8"], "--dtype"),
     # sample: paths
     (SAMPLE + ["--model-dir", "{tmp}/no_model"], "no_model"),
     (SAMPLE + ["--model-dir", "{corrupt}"], "diffusion_pytorch_model.safetensors"),
@@ -105,6 +109,8 @@ CASES = [
     (EVAL + ["--seed", "-1"], "seed"),
     (EVAL + ["--metrics", "bogus"], "bogus"),
     (EVAL + ["--out", "{tmp}/a_dir"], "a_dir"),
+    (EVAL + ["--device", "tpu"], "--device"),
+    (EVAL + ["--dtype", "fp64"], "--dtype"),
     # bench
     (BENCH + ["--frames", "0"], "frames"),
     (BENCH + ["--steps", "-1"], "steps"),
@@ -137,6 +143,9 @@ CASES = [
     (VAE + ["--kl-weight", "inf"], "finite"),
     (VAE + ["--out", "{tmp}/a_file"], "a_file"),
 ]
+if not torch.cuda.is_available():  # CUDA asked for where there is none
+    CASES += [(SAMPLE + ["--device", "cuda"], "CUDA is not available"),
+              (EVAL + ["--device", "cuda:0"], "CUDA is not available")]
 
 
 @pytest.fixture(scope="module")

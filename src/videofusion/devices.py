@@ -16,7 +16,7 @@ def device_name(name: str) -> str:
     """``name`` if it is one of ``DEVICES`` or ``cuda:N``; a ``ValueError`` naming the choices
     otherwise."""
     kind, _, index = str(name).partition(":")
-    if kind in DEVICES and not index or kind == "cuda" and index.isdigit():
+    if name in DEVICES or kind == "cuda" and index.isdigit():
         return str(name)
     raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {name!r}")
 

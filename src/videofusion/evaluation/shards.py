@@ -17,10 +17,12 @@ import numpy as np
 
 @cache
 def state():
-    """accelerate's view of the launch: rank, process count, this process's device."""
+    """accelerate's view of the launch: rank, process count, this process's device (gloo
+    between CPU processes where there is no GPU, as in training)."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def is_main_process() -> bool:
