@@ -26,7 +26,7 @@ TESTS = Path(__file__).parent
 def test_two_processes_give_the_report_of_one(tmp_path, capsys):
     model = tmp_path / "model"
     VideoFusionPipeline(residual=tiny_residual(num_classes=10), base=tiny_base(num_classes=10),
-                        scheduler=DDPMScheduler(), sample_size=8).save_pretrained(model)
+                        scheduler=DDPMScheduler(), sample_size=16).save_pretrained(model)
     flags = ["eval", "--fake", str(model), "--num-videos", "5", "--num-frames", "9",
              "--batch-size", "2", "--steps", "2", "--metrics", "fvd,kvd,is,content,motion",
              "--device", "cpu"]
