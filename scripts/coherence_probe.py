@@ -1,10 +1,12 @@
 """Coherence metrics of a model folder beside the real clips' (issue: coherent videos).
 
-    python scripts/coherence_probe.py MODEL_DIR [--num-videos 16] [--steps 25] [--out FILE]
+    python scripts/coherence_probe.py MODEL_DIR [--num-videos 16] [--steps 25] [--out FILE] \
+        [--long-videos 4]
 
 Samples ``--num-videos`` class-prompted and as many caption-prompted videos with the folder's
 default sampler and guidance (or ``--guidance``/``--scheduler``), and prints the coherence
-numbers of each set and of as many real test clips.
+numbers of each set and of as many real test clips. ``--long-videos N`` adds the seam at the
+joins of N class-prompted long videos (40 frames, clips of 16 overlapping by 4).
 """
 
 from __future__ import annotations
@@ -18,6 +20,27 @@ from videofusion.evaluation import EvalProtocol, load_moving_digits, sample_mode
 from videofusion.metrics.coherence import coherence_metrics
 
 
+def long_video_seam_of(args, num_videos: int, frames: int = 40, clip: int = 16,
+                       overlap: int = 4) -> dict:
+    import numpy as np
+    import torch
+
+    from videofusion.long_video import iter_long_video
+    from videofusion.metrics.coherence import long_video_seam
+    from videofusion.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model_dir).use_scheduler(args.scheduler)
+    guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    chunks = list(iter_long_video(pipe, frames, clip, overlap,
+                                  class_labels=list(range(num_videos)),
+                                  num_inference_steps=args.steps, guidance_scale=guidance,
+                                  num_videos=1, progress=False,
+                                  generator=torch.Generator().manual_seed(args.seed)))
+    videos = np.concatenate(chunks, axis=1)  # (batch, frames, H, W, C)
+    return {"videos": num_videos, "frames": frames, "clip_frames": clip, "overlap": overlap,
+            "seam": long_video_seam(videos, clip, overlap)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir")
@@ -27,6 +50,7 @@ def main() -> None:
     p.add_argument("--scheduler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conditions", default="class,text")
+    p.add_argument("--long-videos", type=int, default=0)
     p.add_argument("--out")
     args = p.parse_args()
     report = {"model": args.model_dir, "steps": args.steps, "guidance": args.guidance,
@@ -43,6 +67,9 @@ def main() -> None:
         report[condition] = coherence_metrics(fake, digits=True)
         report[condition]["seconds"] = round(time.perf_counter() - start, 1)
         print(condition, json.dumps(report[condition]))
+    if args.long_videos:
+        report["long_video"] = long_video_seam_of(args, args.long_videos)
+        print("long video", json.dumps(report["long_video"]))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
