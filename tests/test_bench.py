@@ -7,7 +7,15 @@ import statistics
 import pytest
 import torch
 
-from videofusion.bench import BenchConfig, Worker, markdown_report, run_benchmark
+from videofusion.bench import (
+    KINDS,
+    BenchConfig,
+    Worker,
+    check_config,
+    flop_counter,
+    markdown_report,
+    run_benchmark,
+)
 from videofusion.cli import main
 
 
@@ -16,7 +24,8 @@ def tiny_config(**overrides):
                          residual_channels=(8, 16), repeats=2, memory_steps=1,
                          train_resolution=8, train_batch=1, train_repeats=2, long_frames=(),
                          long_resolution=8, long_steps=1, clip_frames=4, overlap=1, threads=1,
-                         rss_memory=False, matmul_size=128)
+                         rss_memory=False, matmul_size=128, peer_levels=2, peer_text_dim=64,
+                         peer_tokens=2)
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -47,6 +56,8 @@ def test_tiny_run_writes_the_headline_keys_and_tables(tmp_path):
         "utilization": min(r["videofusion"]["gflop_per_step"] * 2
                            / median(r["videofusion"]["seconds"]) / r["matmul_peak_gflops"]
                            for r in rows),
+        "sampling_peer_latency_ratio": max(median(r["videofusion"]["seconds"])
+                                           / median(r["peer"]["seconds"]) for r in rows),
     }
     for key, value in expected.items():
         assert math.isfinite(saved[key]) and saved[key] == pytest.approx(value, rel=1e-9), key
@@ -58,13 +69,30 @@ def test_tiny_run_writes_the_headline_keys_and_tables(tmp_path):
     assert [(row["resolution"], row["guided"]) for row in saved["sampling"]] == [
         (8, False), (8, True)]
     for row in saved["sampling"]:
-        vf, vdm = row["videofusion"], row["vdm"]
-        assert len(vf["seconds"]) == len(vdm["seconds"]) == 2
+        vf, vdm, peer = row["videofusion"], row["vdm"], row["peer"]
+        assert len(vf["seconds"]) == len(vdm["seconds"]) == len(peer["seconds"]) == 2
         # like for like: parameter-matched baseline, and the base runs on one frame only
         assert abs(vf["parameters"]["total"] / vdm["parameters"]["total"] - 1) < 0.15
         assert vf["gflop_per_step"] < vdm["gflop_per_step"]
         assert vf["peak_memory_mb"] > 0 and vf["rss_peak_mb"] is None
         assert row["matmul_peak_gflops"] > 0
+        # the peer: diffusers' UNet3DConditionModel, matched to VideoFusion's parameter count
+        # (nearer than the VDM baseline here), timed in the same worker, no base generator
+        assert abs(peer["parameters"]["total"] / vf["parameters"]["total"] - 1) < 0.05
+        assert peer["parameters"]["base"] == 0 and peer["widths"] == [8, 24]
+        assert peer["gflop_per_step"] > 0 and peer["peak_memory_mb"] > 0
+        # its ratio columns are the measured medians' ratios
+        for key, num, den in [("peer_latency_ratio", vf, peer),
+                              ("vdm_peer_latency_ratio", vdm, peer)]:
+            assert row[key] == pytest.approx(median(num["seconds"]) / median(den["seconds"]),
+                                             rel=1e-9), key
+        assert row["peer_cpu_time_ratio"] == pytest.approx(
+            vf["cpu_seconds_per_video"] / peer["cpu_seconds_per_video"], rel=1e-9)
+        assert row["peer_memory_ratio"] == pytest.approx(
+            vf["peak_memory_mb"] / peer["peak_memory_mb"], rel=1e-9)
+        assert row["vdm_peer_memory_ratio"] == pytest.approx(
+            vdm["peak_memory_mb"] / peer["peak_memory_mb"], rel=1e-9)
+        assert row["peer_rss_memory_ratio"] is None
     guided, unguided = saved["sampling"][1], saved["sampling"][0]
     assert guided["vdm"]["gflop_per_step"] == pytest.approx(2 * unguided["vdm"]["gflop_per_step"],
                                                             rel=0.05)
@@ -72,6 +100,15 @@ def test_tiny_run_writes_the_headline_keys_and_tables(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert table == markdown_report(report)
     assert "| 8x8 | none |" in table and "sampling_latency_ratio" in table
+    assert "UNet3DConditionModel" in table and "| sampling_peer_latency_ratio |" in table
+    for row in rows:  # the peer table's row: its parameters and its ratio to VideoFusion
+        guidance = "CFG 3.0" if row["guided"] else "none"
+        assert (f"| 8x8 | {guidance} | {row['videofusion']['parameters']['total'] / 1e6:.2f}M / "
+                f"{row['peer']['parameters']['total'] / 1e6:.2f}M | (8, 24) | "
+                f"{row['peer']['seconds_per_video']:.2f} | **{row['peer_latency_ratio']:.3f}** |"
+                ) in table
+    assert saved["sampling_vdm_peer_latency_ratio"] == max(r["vdm_peer_latency_ratio"]
+                                                           for r in rows)
 
 
 def test_fresh_process_memory_and_long_video_workers(in_process_worker):
@@ -113,5 +150,45 @@ def test_flags_reach_the_configuration(monkeypatch):
 
 def test_profile_gives_top_operator_tables(in_process_worker):
     tables = in_process_worker.profile(8, False, rows=5)
-    assert set(tables) == {"videofusion", "vdm"}
+    assert set(tables) == set(KINDS) == {"videofusion", "vdm", "peer"}
     assert all("aten::" in table and "Self CPU" in table for table in tables.values())
+
+
+def test_peer_is_parameter_matched_at_the_default_size(in_process_worker):
+    """At the benchmark's default models (5.8M parameters) the peer is diffusers'
+    UNet3DConditionModel with its default width ratios (1, 2, 4, 4), within 2% of VideoFusion
+    (the VDM baseline is within 5%); it samples through the VDM baseline's loop."""
+    from diffusers import UNet3DConditionModel
+
+    from videofusion.models.factory import count_parameters
+
+    in_process_worker.config = BenchConfig(threads=1)
+    for guided in (False, True):
+        models = in_process_worker.models(32, guided)
+        vf, vdm, peer = (count_parameters(models[kind]) for kind in KINDS)
+        assert abs(peer / vf - 1) < 0.02 and abs(vdm / vf - 1) < 0.05
+        network = models["peer"].residual
+        assert isinstance(network.unet, UNet3DConditionModel) and models["peer"].is_baseline
+        assert network.config.block_out_channels == (24, 48, 96, 96)
+        assert network.unet.config.cross_attention_dim == 384
+        assert network.config.num_classes == (10 if guided else None)
+        sample = torch.randn(2, 3, 4, 32, 32)
+        labels = torch.tensor([0, 10]) if guided else None
+        out = network(sample, torch.tensor([999, 999]), class_labels=labels)
+        assert out.shape == sample.shape
+
+
+def test_flops_count_cpu_attention():
+    """torch's FlopCounterMode counts CPU flash attention as zero; the benchmark's does not."""
+    q = torch.randn(2, 4, 64, 16, requires_grad=True)
+    with flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+    forward = 2 * 2 * (2 * 4 * 64 * 64 * 16)  # q k^T and (attention) v
+    assert counter.get_total_flops() == forward * 3.5  # backward: 2.5x the forward
+
+
+def test_peer_levels_must_divide_the_resolution():
+    with pytest.raises(ValueError, match="peer's down-sampling factor 8"):
+        check_config(tiny_config(peer_levels=4, resolutions=(12,)))
+    with pytest.raises(ValueError, match="peer_levels"):
+        check_config(tiny_config(peer_levels=5))

@@ -1,4 +1,5 @@
-"""What the decomposition saves: VideoFusion against the parameter-matched VDM baseline (spec §4).
+"""What the decomposition saves: VideoFusion against the parameter-matched VDM baseline (spec §4),
+and against the ecosystem's video UNet at the same parameter count.
 
 The base generator runs on one frame per clip and step, the lighter residual generator on all
 frames (spec §4); the paper reports about 57.5% lower latency and 21.8% lower memory than a
@@ -10,6 +11,14 @@ standard video diffusion model. ``run_benchmark`` measures, in one run on this m
 - hardware use: FLOPs of one sampler step (``FlopCounterMode``), the achieved FLOP/s, and the
   machine's fp32 matmul peak from timed ``torch.mm`` in the same process;
 - long videos (spec §5): time and peak memory for several lengths.
+
+The sampling rows time a third model, the peer (kind ``"peer"``): diffusers'
+``UNet3DConditionModel``, the network of diffusers' ``TextToVideoSDPipeline``, with its block
+widths searched to VideoFusion's parameter count (``videofusion.models.peer.matched_peer``) and a
+small fixed text embedding for its cross attention. It is sampled by the VDM baseline's loop
+(plain epsilon prediction on all frames; guidance batches the null and conditional passes), at
+the same frames, resolution, steps and guidance, interleaved with the other two in the same
+worker. Training is timed for VideoFusion and the VDM baseline only.
 
 Protocol. Measurements run in worker processes (``python -m videofusion.bench --worker``).
 Times: one worker per configuration holds both models and alternates them (VF, VDM, VDM, VF,
@@ -46,13 +55,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .choices import MODEL_KINDS as KINDS
+from .choices import MODEL_KINDS
+
+KINDS = (*MODEL_KINDS, "peer")  # sampled; "peer": diffusers' UNet3DConditionModel
+TRAIN_KINDS = MODEL_KINDS  # trained
 
 TARGETS = {  # (key, bound, direction): the project's targets on a 2-core CPU in fp32
     "sampling_latency_ratio": (0.40, "<="),
     "sampling_memory_ratio": (0.70, "<="),
     "training_step_ratio": (0.70, "<="),
     "utilization": (0.50, ">="),
+    # issue 26: VideoFusion at least 10x faster per video than the parameter-matched peer
+    "sampling_peer_latency_ratio": (0.10, "<="),
 }
 
 
@@ -85,6 +99,9 @@ class BenchConfig:
     rss_memory: bool = True
     matmul_size: int = 2048
     seed: int = 0
+    peer_levels: int = 4  # UNet3DConditionModel's levels (diffusers' default: 4)
+    peer_text_dim: int = 384  # its cross_attention_dim: the project's text dim (MiniLM)
+    peer_tokens: int = 4  # tokens of its fixed text embedding
 
     @classmethod
     def quick(cls, **overrides) -> BenchConfig:
@@ -106,7 +123,7 @@ def run_benchmark(config: BenchConfig, out: str | Path | None = None,
     check_config(config)
     started = time.time()
     report = {"config": asdict(config), "machine": machine_info(config),
-              "command": " ".join(sys.argv), "memory_method": "tensor"}
+              "command": " ".join(sys.argv), "memory_method": "tensor", "kinds": list(KINDS)}
     report["machine"]["load_average_start"] = _load_average()
     rows = [(res, guided) for res in config.resolutions for guided in config.guidance]
 
@@ -122,7 +139,7 @@ def run_benchmark(config: BenchConfig, out: str | Path | None = None,
     if config.rss_memory:
         jobs = [{"task": "sampling_memory", "resolution": res, "guided": guided, "kind": kind}
                 for res, guided in rows for kind in KINDS]
-        jobs += [{"task": "training_memory", "kind": kind} for kind in KINDS]
+        jobs += [{"task": "training_memory", "kind": kind} for kind in TRAIN_KINDS]
         log(f"memory: {len(jobs)} fresh workers")
         # resident memory does not depend on contention, so these workers may share the CPU
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -173,8 +190,15 @@ def check_config(config: BenchConfig) -> None:
         if res < factor or res % factor:
             raise ValueError(f"resolution {res} is not a multiple of the networks' "
                              f"down-sampling factor {factor}")
+    if not 1 <= config.peer_levels <= 4:  # models.peer.WIDTH_RATIOS has 4
+        raise ValueError(f"peer_levels must be in [1, 4], got {config.peer_levels}")
+    factor = 2 ** (config.peer_levels - 1)
+    for res in config.resolutions:
+        if res < factor or res % factor:
+            raise ValueError(f"resolution {res} is not a multiple of the peer's "
+                             f"down-sampling factor {factor}")
     for name in ("frames", "steps", "repeats", "memory_steps", "train_batch", "train_repeats",
-                 "long_steps", "threads"):
+                 "long_steps", "threads", "peer_text_dim", "peer_tokens"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.frames < 2:
@@ -217,7 +241,8 @@ def sampling_row(resolution, guided, timing, rss, steps) -> dict:
             "cpu_seconds_per_video": statistics.median(t["cpu_seconds"]),
             "peak_memory_mb": t["tensor_peak_mb"],
             "rss_peak_mb": mem.get("peak_mb"), "rss_baseline_mb": mem.get("baseline_mb"),
-            "parameters": t["parameters"], "gflop_per_step": t["flops_per_step"] / 1e9,
+            "parameters": t["parameters"], "widths": t.get("widths"),
+            "gflop_per_step": t["flops_per_step"] / 1e9,
             "achieved_gflops": achieved, "utilization": achieved / peak,
             "warmup_seconds": t["warmup_seconds"],
         }
@@ -228,13 +253,21 @@ def sampling_row(resolution, guided, timing, rss, steps) -> dict:
     row["memory_ratio"] = _ratio(row, "peak_memory_mb")
     row["rss_memory_ratio"] = _ratio(row, "rss_peak_mb")
     row["flop_ratio"] = _ratio(row, "gflop_per_step")
+    # against the peer: VideoFusion / peer and VDM / peer
+    row["peer_latency_ratio"] = _ratio(row, "seconds_per_video", "videofusion", "peer")
+    row["vdm_peer_latency_ratio"] = _ratio(row, "seconds_per_video", "vdm", "peer")
+    row["peer_cpu_time_ratio"] = _ratio(row, "cpu_seconds_per_video", "videofusion", "peer")
+    row["peer_memory_ratio"] = _ratio(row, "peak_memory_mb", "videofusion", "peer")
+    row["vdm_peer_memory_ratio"] = _ratio(row, "peak_memory_mb", "vdm", "peer")
+    row["peer_rss_memory_ratio"] = _ratio(row, "rss_peak_mb", "videofusion", "peer")
+    row["peer_flop_ratio"] = _ratio(row, "gflop_per_step", "videofusion", "peer")
     return row
 
 
 def training_row(timing, rss) -> dict:
     row = {"resolution": timing["resolution"], "batch": timing["batch"]}
     peak = statistics.median(timing["matmul_gflops"])
-    for kind in KINDS:
+    for kind in TRAIN_KINDS:
         t = timing[kind]
         seconds = statistics.median(t["seconds"])
         mem = rss.get(("training_memory", None, None, kind), {})
@@ -252,9 +285,9 @@ def training_row(timing, rss) -> dict:
     return row
 
 
-def _ratio(row: dict, key: str) -> float | None:
-    vf, vdm = row["videofusion"][key], row["vdm"][key]
-    return None if vf is None or vdm is None else vf / vdm
+def _ratio(row: dict, key: str, num: str = "videofusion", den: str = "vdm") -> float | None:
+    a, b = row[num][key], row[den][key]
+    return None if a is None or b is None else a / b
 
 
 def summary(sampling: list[dict], training: dict) -> dict:
@@ -268,13 +301,19 @@ def summary(sampling: list[dict], training: dict) -> dict:
         "training_step_ratio": training["step_ratio"],
         "utilization": min(row["videofusion"]["utilization"] for row in sampling
                            if row["resolution"] == largest),
+        "sampling_peer_latency_ratio": max(row["peer_latency_ratio"] for row in sampling),
     }
     targets = {}
     for key, (bound, direction) in TARGETS.items():
         met = values[key] <= bound if direction == "<=" else values[key] >= bound
         targets[key] = {"value": values[key], "target": f"{direction} {bound}", "met": met}
     extra = {"sampling_cpu_time_ratio": max(row["cpu_time_ratio"] for row in sampling),
-             "sampling_rss_memory_ratio": max(rss) if rss else None}
+             "sampling_rss_memory_ratio": max(rss) if rss else None,
+             "sampling_vdm_peer_latency_ratio": max(row["vdm_peer_latency_ratio"]
+                                                    for row in sampling),
+             "sampling_peer_memory_ratio": max(row["peer_memory_ratio"] for row in sampling),
+             "sampling_vdm_peer_memory_ratio": max(row["vdm_peer_memory_ratio"]
+                                                   for row in sampling)}
     return {**values, **extra, "targets": targets}
 
 
@@ -345,6 +384,8 @@ def markdown_report(report: dict) -> str:
             f"{vf['achieved_gflops']:.1f} | {vdm['achieved_gflops']:.1f} | "
             f"{row['matmul_peak_gflops']:.1f} | **{vf['utilization']:.2f}** | "
             f"{vdm['utilization']:.2f} |")
+    if all("peer" in row for row in report["sampling"]):
+        lines += peer_table(report)
     t = report["training"]
     vf, vdm = t["videofusion"], t["vdm"]
     lines += [
@@ -381,6 +422,40 @@ def markdown_report(report: dict) -> str:
         lines.append(f"| {key} | {t['value']:.3f} | {t['target']} | "
                      f"{'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def peer_table(report: dict) -> list[str]:
+    """The peer's rows: diffusers' UNet3DConditionModel against VideoFusion and VDM."""
+    c = report["config"]
+    lines = [
+        "",
+        f"Peer: diffusers' `UNet3DConditionModel` (the network of `TextToVideoSDPipeline`), "
+        f"{c['peer_levels']} levels, block widths searched to VideoFusion's parameter count, "
+        f"cross attention to a fixed {c['peer_tokens']}x{c['peer_text_dim']} text embedding; "
+        "sampled by the VDM baseline's loop, interleaved with the other two in the same worker. "
+        "Ratios are VideoFusion / peer and VDM / peer (below 1: faster or smaller than the "
+        "peer).",
+        "",
+        "| resolution | guidance | params VF / peer | peer widths | s/video peer | "
+        "latency VF/peer | latency VDM/peer | VF speed-up | CPU-time VF/peer | peak MB peer | "
+        "memory VF/peer | memory VDM/peer | RSS MB peer | RSS VF/peer | GFLOP/step peer "
+        "| util peer |",
+        "|" + "---|" * 16,
+    ]
+    for row in report["sampling"]:
+        vf, peer = row["videofusion"], row["peer"]
+        lines.append(
+            f"| {row['resolution']}x{row['resolution']} | "
+            f"{'CFG ' + str(c['guidance_scale']) if row['guided'] else 'none'} | "
+            f"{vf['parameters']['total'] / 1e6:.2f}M / {peer['parameters']['total'] / 1e6:.2f}M"
+            f" | {tuple(peer.get('widths') or ())} | {peer['seconds_per_video']:.2f} | "
+            f"**{row['peer_latency_ratio']:.3f}** | {row['vdm_peer_latency_ratio']:.3f} | "
+            f"{1 / row['peer_latency_ratio']:.1f}x | {row['peer_cpu_time_ratio']:.3f} | "
+            f"{_mb(peer['peak_memory_mb'])} | **{row['peer_memory_ratio']:.3f}** | "
+            f"{row['vdm_peer_memory_ratio']:.3f} | {_mb(peer['rss_peak_mb'])} | "
+            f"{_x(row['peer_rss_memory_ratio'])} | {peer['gflop_per_step']:.2f} | "
+            f"{peer['utilization']:.2f} |")
+    return lines
 
 
 # ---------------------------------------------------------------- workers (one process each)
@@ -471,14 +546,29 @@ class Worker:
         return max(totals, default=0) / 2**20
 
     def models(self, resolution: int, guided: bool, kinds=KINDS) -> dict:
-        from .models.factory import build_model
+        """``kinds`` built for ``resolution``, class-conditioned when ``guided``. The peer
+        (``videofusion.models.peer``) is matched to the VideoFusion model's parameter count and
+        takes its class labels (each mapped to a fixed text embedding)."""
+        from .models.factory import build_model, count_parameters
+        from .models.peer import matched_peer
+        from .models.videofusion import VideoFusionModel
 
         c = self.config
-        return {kind: build_model(kind, resolution, c.channels,
-                                  condition="class" if guided else "none",
-                                  base_channels=c.base_channels,
-                                  residual_channels=c.residual_channels).to(self.device)
-                for kind in kinds}
+
+        def ours(kind):
+            return build_model(kind, resolution, c.channels,
+                               condition="class" if guided else "none",
+                               base_channels=c.base_channels,
+                               residual_channels=c.residual_channels)
+
+        built = {kind: ours(kind) for kind in kinds if kind != "peer"}
+        if "peer" in kinds:
+            videofusion = built.get("videofusion") or ours("videofusion")
+            peer = matched_peer(count_parameters(videofusion), c.channels, c.peer_levels,
+                                videofusion.residual.config.num_classes, c.peer_text_dim,
+                                c.peer_tokens)
+            built["peer"] = VideoFusionModel(peer)  # no base: the VDM baseline's sampler
+        return {kind: built[kind].to(self.device) for kind in kinds}
 
     def pipeline(self, model, resolution: int):
         from diffusers import DDIMScheduler
@@ -507,9 +597,7 @@ class Worker:
 
     def step_flops(self, pipe, guided: bool) -> int:
         """FLOPs of one sampler step: a one-step pipeline call under ``FlopCounterMode``."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             self.sample_call(pipe, guided, 1)()
         return counter.get_total_flops()
 
@@ -542,6 +630,7 @@ class Worker:
                 "parameters": {"base": count_parameters(model.base),
                                "residual": count_parameters(model.residual),
                                "total": count_parameters(model)},
+                "widths": list(model.residual.config.block_out_channels),
                 "flops_per_step": self.step_flops(pipe, guided),
                 "tensor_peak_mb": self.tensor_peak_mb(
                     self.sample_call(pipe, guided, c.memory_steps)),
@@ -589,19 +678,17 @@ class Worker:
         return model, step
 
     def training_timing(self) -> dict:
-        from torch.utils.flop_counter import FlopCounterMode
-
         c = self.config
-        steps = {kind: self.training_setup(kind)[1] for kind in KINDS}
+        steps = {kind: self.training_setup(kind)[1] for kind in TRAIN_KINDS}
         out = {"resolution": c.train_resolution, "batch": c.train_batch, "matmul_gflops": []}
         for kind, step in steps.items():
             step()  # warm-up, and AdamW's state
-            with FlopCounterMode(display=False) as counter:
+            with flop_counter() as counter:
                 step()
             out[kind] = {"flops": counter.get_total_flops(), "tensor_peak_mb":
                          self.tensor_peak_mb(step), "seconds": [], "cpu_seconds": []}
         for r in range(c.train_repeats):
-            for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
+            for kind in TRAIN_KINDS if r % 2 == 0 else TRAIN_KINDS[::-1]:
                 out["matmul_gflops"].append(self.matmul_gflops())
                 wall, cpu = self.timed(steps[kind])
                 out[kind]["seconds"].append(wall)
@@ -632,6 +719,25 @@ class Worker:
         return {"frames": frames, "clips": num_clips(frames, c.clip_frames, c.overlap),
                 "seconds": wall, "cpu_seconds": cpu, "peak_mb": self.memory_peak() - baseline,
                 "baseline_mb": baseline, "mp4_bytes": size}
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts CPU attention: torch's formulas cover the CUDA
+    kernels of ``scaled_dot_product_attention`` but not ``_scaled_dot_product_flash_attention_
+    for_cpu``, which CPU sampling runs (and which would count as zero FLOPs)."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
 
 
 def _rss_mb(field_name: str) -> float:
