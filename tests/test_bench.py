@@ -7,6 +7,7 @@ import statistics
 import pytest
 import torch
 
+from videofusion import bench
 from videofusion.bench import (
     KINDS,
     BenchConfig,
@@ -15,6 +16,7 @@ from videofusion.bench import (
     flop_counter,
     markdown_report,
     run_benchmark,
+    tensor_allocation_peak_mb,
 )
 from videofusion.cli import main
 
@@ -38,8 +40,19 @@ def in_process_worker():
     torch.set_num_threads(threads)
 
 
-def test_tiny_run_writes_the_headline_keys_and_tables(tmp_path):
-    report = run_benchmark(tiny_config(), tmp_path / "bench.json", tmp_path / "bench.md",
+def test_tiny_run_writes_the_headline_keys_and_tables(tmp_path, monkeypatch):
+    config = tiny_config(long_frames=(4, 7), long_repeats=2, long_memory_steps=2)
+    threads, real_worker = torch.get_num_threads(), bench.run_worker
+    in_process = Worker(config)
+    torch.set_num_threads(threads)
+
+    def run_worker(config, jobs):  # long videos in this process: the rows, not the isolation
+        if jobs[0]["task"] == "long_video":
+            return [in_process.long_video(jobs[0]["frames"])]
+        return real_worker(config, jobs)
+
+    monkeypatch.setattr(bench, "run_worker", run_worker)
+    report = run_benchmark(config, tmp_path / "bench.json", tmp_path / "bench.md",
                            log=lambda message: None)
     saved = json.loads((tmp_path / "bench.json").read_text())
     # each headline number is what its definition makes of the rows it reports (worst case
@@ -109,6 +122,21 @@ def test_tiny_run_writes_the_headline_keys_and_tables(tmp_path):
                 ) in table
     assert saved["sampling_vdm_peer_latency_ratio"] == max(r["vdm_peer_latency_ratio"]
                                                            for r in rows)
+    # long videos: each length's runs, the medians, and the spread-inclusive worst ratio
+    one, two = saved["long_video"]
+    assert (one["frames"], one["clips"], two["frames"], two["clips"]) == (4, 1, 7, 2)
+    for row in (one, two):
+        runs = row["tensor_peak_mb_runs"]
+        assert len(runs) == len(row["peak_mb_runs"]) == 2 and row["memory_steps"] == 2
+        assert runs[0] == runs[1] > 0  # the tensor peak repeats exactly
+        assert row["tensor_peak_mb"] == median(runs) and row["peak_mb"] == median(
+            row["peak_mb_runs"])
+    assert saved["long_video_memory_ratio"] == max(two["tensor_peak_mb_runs"] + one[
+        "tensor_peak_mb_runs"]) / min(one["tensor_peak_mb_runs"])
+    assert saved["long_video_memory_spread"] == 0
+    target = saved["targets"]["long_video_memory_ratio"]
+    assert target["met"] == (saved["long_video_memory_ratio"] <= 1.2)
+    assert "tensor peak / first row's" in table and "| long_video_memory_ratio |" in table
 
 
 def test_fresh_process_memory_and_long_video_workers(in_process_worker):
@@ -118,6 +146,25 @@ def test_fresh_process_memory_and_long_video_workers(in_process_worker):
     assert training["peak_mb"] >= 0
     row = in_process_worker.long_video(9)
     assert row["frames"] == 9 and row["clips"] == 3 and row["mp4_bytes"] > 0
+    assert row["tensor_peak_mb"] > 0 and row["memory_steps"] == 5
+
+
+def test_tensor_allocation_peak_is_exact():
+    """The peak of what is allocated during the call and still held, to the byte; what was
+    allocated before is not counted, and freeing it does not count as negative."""
+    mb = 2**20
+    before = torch.empty(4 * mb, dtype=torch.uint8)
+
+    def work():
+        nonlocal before
+        before = None  # freed: allocated before, so not counted
+        a = torch.empty(mb, dtype=torch.uint8)
+        b = torch.empty(2 * mb, dtype=torch.uint8)
+        del a, b
+        c = torch.empty(mb // 2, dtype=torch.uint8)
+        return c
+
+    assert tensor_allocation_peak_mb(work) == 3.0
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -45,6 +45,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--long-frames", type=_ints, help="e.g. 16,128,512; empty string skips")
     p.add_argument("--long-resolution", type=int)
     p.add_argument("--long-steps", type=int)
+    p.add_argument("--long-memory-steps", type=int,
+                   help="DDIM steps of the long videos' tensor-peak run (profiled)")
+    p.add_argument("--long-repeats", type=int,
+                   help="fresh processes per long-video length (median and spread)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (warm-up time reported as compile time)")
     p.add_argument("--profile", action="store_true",
