@@ -10,7 +10,11 @@ that produced the frames already written, and the video does not jump at the sea
 Memory is bounded by one clip: the sampler only ever holds one clip, the previous clip is kept
 as the trajectory of its last ``overlap`` frames (``steps`` small tensors), and frames leave as
 soon as they are decoded (``iter_long_video`` yields them, ``generate_long`` can stream them into
-an mp4). Time is linear in the number of clips.
+an mp4). Time is linear in the number of clips. What a clip holds while the next one is sampled
+is only that trajectory, and it shrinks as the next clip's grows (``SeamInpainting`` lets go of
+each step's pinned frames once used): no earlier latents, frames or decoded chunks stay
+referenced, and the mp4 writer's encoder keeps a fixed look-ahead (``video_io.Mp4Writer``) so
+that its buffer stops growing within the first clip.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from .video_io import Mp4Writer
 
 class SeamInpainting:
     """``before_step`` hook of one clip: pins its first frames to the previous clip's trajectory
-    and records the trajectory of its last ``record`` frames for the next clip."""
+    and records the trajectory of its last ``record`` frames for the next clip.
+
+    Each step's entry of ``known`` is dropped (set to None) once used, so the previous clip's
+    trajectory and this one's together never hold more than ``steps`` entries."""
 
     def __init__(self, known: list[torch.Tensor] | None, record: int):
         self.known = known
@@ -37,7 +44,7 @@ class SeamInpainting:
 
     def __call__(self, step: int, z: torch.Tensor) -> torch.Tensor:
         if self.known is not None:
-            pinned = self.known[step]
+            pinned, self.known[step] = self.known[step], None
             z = torch.cat([pinned, z[:, :, pinned.shape[2]:]], dim=2)
         if self.record:
             self.trajectory.append(z[:, :, -self.record:].clone())
@@ -65,7 +72,6 @@ def num_clips(num_frames: int, clip_frames: int, overlap: int) -> int:
     return 1 + math.ceil((num_frames - clip_frames) / (clip_frames - overlap))
 
 
-@torch.no_grad()
 def iter_long_video(
     pipeline,
     num_frames: int = 512,
@@ -111,13 +117,25 @@ def iter_long_video(
     known, produced = None, 0
     for clip in tqdm(range(clips), disable=not progress, desc="clips"):
         seam = SeamInpainting(known, overlap if clip < clips - 1 else 0)
-        latents, fresh_noise = pipeline.prepare_latents(plan, generator, base_noise)
-        latents = pipeline.denoise(plan, latents, fresh_noise, before_step=seam, progress=False)
-        new = latents[:, :, 0 if known is None else overlap:]
-        new = new[:, :, : num_frames - produced]
+        first = 0 if known is None else overlap
+        frames = _sample_clip(pipeline, plan, generator, base_noise, seam,
+                              slice(first, first + num_frames - produced))
         known = seam.trajectory if overlap else None
-        produced += new.shape[2]
-        yield pipeline.postprocess(pipeline.decode(new), "np")
+        produced += frames.shape[1]
+        yield frames
+        del frames  # the caller has it: hold no decoded clip while the next one is sampled
+
+
+# Not iter_long_video: torch.no_grad() around a generator function drives it through a wrapper
+# that keeps the last value it yielded until the next one is ready, i.e. one decoded clip more
+# while the next clip is sampled.
+@torch.no_grad()
+def _sample_clip(pipeline, plan, generator, base_noise, seam: SeamInpainting,
+                 keep: slice) -> np.ndarray:
+    """One clip's ``keep`` frames, decoded; its latents are freed on return."""
+    latents, fresh_noise = pipeline.prepare_latents(plan, generator, base_noise)
+    latents = pipeline.denoise(plan, latents, fresh_noise, before_step=seam, progress=False)
+    return pipeline.postprocess(pipeline.decode(latents[:, :, keep]), "np")
 
 
 def generate_long(
@@ -150,6 +168,8 @@ def generate_long(
     first = next(chunks)  # bad arguments fail here, before the file is created
     with Mp4Writer(out_path, fps or pipeline.config.fps, scale) as writer:
         writer.write(first[0])
+        del first  # written: no clip stays referenced while the next is sampled
         for frames in chunks:
             writer.write(frames[0])
+            del frames
     return Path(out_path)
