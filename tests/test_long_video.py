@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_base, tiny_residual
 from diffusers import DDIMScheduler
 
+from videofusion import long_video
 from videofusion.long_video import SeamInpainting, num_clips
 from videofusion.pipeline import VideoFusionPipeline
 from videofusion.video_io import Mp4Writer, read_video
@@ -42,14 +43,19 @@ def test_class_conditioned_batch_with_guidance():
 def test_streams_a_decodable_mp4_clip_by_clip(tmp_path, monkeypatch):
     events = []
     sample, write = VideoFusionPipeline.denoise, Mp4Writer.write
+    release = long_video.release_freed_memory
     monkeypatch.setattr(VideoFusionPipeline, "denoise",
                         lambda *a, **k: events.append("sample") or sample(*a, **k))
     monkeypatch.setattr(Mp4Writer, "write",
                         lambda self, frames: events.append(len(frames)) or write(self, frames))
+    monkeypatch.setattr(long_video, "release_freed_memory",
+                        lambda: events.append("release") or release())
     path = long(tiny_pipeline(), 11, out_path=tmp_path / "long.mp4")
     assert read_video(path).shape[0] == 11
-    # every clip is written before the next one is sampled: 4 frames, then 3 new per clip
-    assert events == ["sample", 4, "sample", 3, "sample", 3, "sample", 1]
+    # every clip is written before the next one is sampled: 4 frames, then 3 new per clip;
+    # the heap's free memory is handed back after each clip's sampling
+    assert events == ["sample", "release", 4, "sample", "release", 3, "sample", "release", 3,
+                      "sample", "release", 1]
 
 
 def test_sampler_never_holds_more_than_one_clip(monkeypatch):
