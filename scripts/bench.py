@@ -1,4 +1,5 @@
-"""Benchmark VideoFusion against the parameter-matched VDM baseline (docs/benchmarks.md).
+"""Benchmark VideoFusion against the parameter-matched VDM baseline and the parameter-matched
+peer, diffusers' UNet3DConditionModel (docs/benchmarks.md).
 
 The same flags as ``videofusion bench``, e.g.::
 

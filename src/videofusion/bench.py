@@ -1,4 +1,5 @@
-"""What the decomposition saves: VideoFusion against the parameter-matched VDM baseline (spec §4).
+"""What the decomposition saves: VideoFusion against the parameter-matched VDM baseline (spec §4),
+and against the ecosystem's video UNet at the same parameter count.
 
 The base generator runs on one frame per clip and step, the lighter residual generator on all
 frames (spec §4); the paper reports about 57.5% lower latency and 21.8% lower memory than a
@@ -9,7 +10,16 @@ standard video diffusion model. ``run_benchmark`` measures, in one run on this m
 - training: time per optimizer step (``diffusion_loss`` + backward + AdamW) and peak memory;
 - hardware use: FLOPs of one sampler step (``FlopCounterMode``), the achieved FLOP/s, and the
   machine's fp32 matmul peak from timed ``torch.mm`` in the same process;
-- long videos (spec §5): time and peak memory for several lengths.
+- long videos (spec §5): time and peak memory for several lengths, each in ``long_repeats``
+  fresh processes (median and spread reported).
+
+The sampling rows time a third model, the peer (kind ``"peer"``): diffusers'
+``UNet3DConditionModel``, the network of diffusers' ``TextToVideoSDPipeline``, with its block
+widths searched to VideoFusion's parameter count (``videofusion.models.peer.matched_peer``) and a
+small fixed text embedding for its cross attention. It is sampled by the VDM baseline's loop
+(plain epsilon prediction on all frames; guidance batches the null and conditional passes), at
+the same frames, resolution, steps and guidance, interleaved with the other two in the same
+worker. Training is timed for VideoFusion and the VDM baseline only.
 
 Protocol. Measurements run in worker processes (``python -m videofusion.bench --worker``).
 Times: one worker per configuration holds both models and alternates them (VF, VDM, VDM, VF,
@@ -26,6 +36,13 @@ processes than wall time). Peak memory, two ways:
   set after the model is built. It adds what is not a tensor (oneDNN kernels and caches, memory
   glibc keeps after a free) and is reported alongside. On CUDA both are
   ``torch.cuda.max_memory_allocated`` minus the allocation after building.
+
+Long videos report both too: the tensor peak of a whole ``generate_long`` call (at
+``long_memory_steps`` DDIM steps: the profiler records every operator, too much for hundreds of
+clips at the full step count) and the peak RSS of the timed call. The tensor peak repeats
+exactly from run to run; peak RSS moves by 10-20% between identical runs (how glibc's heap
+happens to be laid out), more than the differences between lengths, so it is the tensor peak
+that can tell whether memory grows with the number of frames.
 
 Workers run with ``OMP_NUM_THREADS=threads`` and, unless set otherwise,
 ``OMP_WAIT_POLICY=PASSIVE``: on a shared machine spinning OpenMP threads turn other processes'
@@ -46,13 +63,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .choices import MODEL_KINDS as KINDS
+from .choices import MODEL_KINDS
+
+KINDS = (*MODEL_KINDS, "peer")  # sampled; "peer": diffusers' UNet3DConditionModel
+TRAIN_KINDS = MODEL_KINDS  # trained
 
 TARGETS = {  # (key, bound, direction): the project's targets on a 2-core CPU in fp32
     "sampling_latency_ratio": (0.40, "<="),
     "sampling_memory_ratio": (0.70, "<="),
     "training_step_ratio": (0.70, "<="),
     "utilization": (0.50, ">="),
+    # issue 26: VideoFusion at least 10x faster per video than the parameter-matched peer
+    "sampling_peer_latency_ratio": (0.10, "<="),
+    # spec §5: a long video's peak (tensor) memory within 1.2x one clip's; the value is the
+    # worst pairing of runs (the longest videos' highest over the first length's lowest)
+    "long_video_memory_ratio": (1.20, "<="),
 }
 
 
@@ -77,6 +102,8 @@ class BenchConfig:
     long_frames: tuple[int, ...] = (16, 128, 512)
     long_resolution: int = 32
     long_steps: int = 25
+    long_memory_steps: int = 5  # DDIM steps of the long videos' tensor-peak run
+    long_repeats: int = 3  # fresh processes per length (median and spread reported)
     clip_frames: int = 16
     overlap: int = 4
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -85,6 +112,9 @@ class BenchConfig:
     rss_memory: bool = True
     matmul_size: int = 2048
     seed: int = 0
+    peer_levels: int = 4  # UNet3DConditionModel's levels (diffusers' default: 4)
+    peer_text_dim: int = 384  # its cross_attention_dim: the project's text dim (MiniLM)
+    peer_tokens: int = 4  # tokens of its fixed text embedding
 
     @classmethod
     def quick(cls, **overrides) -> BenchConfig:
@@ -106,7 +136,7 @@ def run_benchmark(config: BenchConfig, out: str | Path | None = None,
     check_config(config)
     started = time.time()
     report = {"config": asdict(config), "machine": machine_info(config),
-              "command": " ".join(sys.argv), "memory_method": "tensor"}
+              "command": " ".join(sys.argv), "memory_method": "tensor", "kinds": list(KINDS)}
     report["machine"]["load_average_start"] = _load_average()
     rows = [(res, guided) for res in config.resolutions for guided in config.guidance]
 
@@ -122,7 +152,7 @@ def run_benchmark(config: BenchConfig, out: str | Path | None = None,
     if config.rss_memory:
         jobs = [{"task": "sampling_memory", "resolution": res, "guided": guided, "kind": kind}
                 for res, guided in rows for kind in KINDS]
-        jobs += [{"task": "training_memory", "kind": kind} for kind in KINDS]
+        jobs += [{"task": "training_memory", "kind": kind} for kind in TRAIN_KINDS]
         log(f"memory: {len(jobs)} fresh workers")
         # resident memory does not depend on contention, so these workers may share the CPU
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -151,11 +181,18 @@ def run_benchmark(config: BenchConfig, out: str | Path | None = None,
     report.update(summary(report["sampling"], report["training"]))
     report["long_video"] = []
     save("training")
-    for frames in config.long_frames:
-        log(f"long video: {frames} frames")
-        report["long_video"].append(
-            run_worker(config, [{"task": "long_video", "frames": frames}])[0])
-        save("long_video")
+    runs = {frames: [] for frames in config.long_frames}
+    for r in range(config.long_repeats if runs else 0):  # lengths interleaved, as the timings
+        for frames in config.long_frames:
+            log(f"long video: {frames} frames, run {r + 1} of {config.long_repeats}")
+            runs[frames].append(run_worker(config, [{"task": "long_video", "frames": frames}])[0])
+            report["long_video"] = [long_row(results) for results in runs.values() if results]
+            save("long_video")
+    if report["long_video"]:
+        values = long_video_summary(report["long_video"])
+        report.update(values)
+        report["targets"].update(_targets({"long_video_memory_ratio":
+                                           values["long_video_memory_ratio"]}))
     save("all")
     if markdown is not None:
         Path(markdown).parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +210,16 @@ def check_config(config: BenchConfig) -> None:
         if res < factor or res % factor:
             raise ValueError(f"resolution {res} is not a multiple of the networks' "
                              f"down-sampling factor {factor}")
+    if not 1 <= config.peer_levels <= 4:  # models.peer.WIDTH_RATIOS has 4
+        raise ValueError(f"peer_levels must be in [1, 4], got {config.peer_levels}")
+    factor = 2 ** (config.peer_levels - 1)
+    for res in config.resolutions:
+        if res < factor or res % factor:
+            raise ValueError(f"resolution {res} is not a multiple of the peer's "
+                             f"down-sampling factor {factor}")
     for name in ("frames", "steps", "repeats", "memory_steps", "train_batch", "train_repeats",
-                 "long_steps", "threads"):
+                 "long_steps", "long_memory_steps", "long_repeats", "threads", "peer_text_dim",
+                 "peer_tokens"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.frames < 2:
@@ -217,7 +262,8 @@ def sampling_row(resolution, guided, timing, rss, steps) -> dict:
             "cpu_seconds_per_video": statistics.median(t["cpu_seconds"]),
             "peak_memory_mb": t["tensor_peak_mb"],
             "rss_peak_mb": mem.get("peak_mb"), "rss_baseline_mb": mem.get("baseline_mb"),
-            "parameters": t["parameters"], "gflop_per_step": t["flops_per_step"] / 1e9,
+            "parameters": t["parameters"], "widths": t.get("widths"),
+            "gflop_per_step": t["flops_per_step"] / 1e9,
             "achieved_gflops": achieved, "utilization": achieved / peak,
             "warmup_seconds": t["warmup_seconds"],
         }
@@ -228,13 +274,21 @@ def sampling_row(resolution, guided, timing, rss, steps) -> dict:
     row["memory_ratio"] = _ratio(row, "peak_memory_mb")
     row["rss_memory_ratio"] = _ratio(row, "rss_peak_mb")
     row["flop_ratio"] = _ratio(row, "gflop_per_step")
+    # against the peer: VideoFusion / peer and VDM / peer
+    row["peer_latency_ratio"] = _ratio(row, "seconds_per_video", "videofusion", "peer")
+    row["vdm_peer_latency_ratio"] = _ratio(row, "seconds_per_video", "vdm", "peer")
+    row["peer_cpu_time_ratio"] = _ratio(row, "cpu_seconds_per_video", "videofusion", "peer")
+    row["peer_memory_ratio"] = _ratio(row, "peak_memory_mb", "videofusion", "peer")
+    row["vdm_peer_memory_ratio"] = _ratio(row, "peak_memory_mb", "vdm", "peer")
+    row["peer_rss_memory_ratio"] = _ratio(row, "rss_peak_mb", "videofusion", "peer")
+    row["peer_flop_ratio"] = _ratio(row, "gflop_per_step", "videofusion", "peer")
     return row
 
 
 def training_row(timing, rss) -> dict:
     row = {"resolution": timing["resolution"], "batch": timing["batch"]}
     peak = statistics.median(timing["matmul_gflops"])
-    for kind in KINDS:
+    for kind in TRAIN_KINDS:
         t = timing[kind]
         seconds = statistics.median(t["seconds"])
         mem = rss.get(("training_memory", None, None, kind), {})
@@ -252,9 +306,9 @@ def training_row(timing, rss) -> dict:
     return row
 
 
-def _ratio(row: dict, key: str) -> float | None:
-    vf, vdm = row["videofusion"][key], row["vdm"][key]
-    return None if vf is None or vdm is None else vf / vdm
+def _ratio(row: dict, key: str, num: str = "videofusion", den: str = "vdm") -> float | None:
+    a, b = row[num][key], row[den][key]
+    return None if a is None or b is None else a / b
 
 
 def summary(sampling: list[dict], training: dict) -> dict:
@@ -268,14 +322,63 @@ def summary(sampling: list[dict], training: dict) -> dict:
         "training_step_ratio": training["step_ratio"],
         "utilization": min(row["videofusion"]["utilization"] for row in sampling
                            if row["resolution"] == largest),
+        "sampling_peer_latency_ratio": max(row["peer_latency_ratio"] for row in sampling),
     }
-    targets = {}
-    for key, (bound, direction) in TARGETS.items():
-        met = values[key] <= bound if direction == "<=" else values[key] >= bound
-        targets[key] = {"value": values[key], "target": f"{direction} {bound}", "met": met}
+    targets = _targets(values)
     extra = {"sampling_cpu_time_ratio": max(row["cpu_time_ratio"] for row in sampling),
-             "sampling_rss_memory_ratio": max(rss) if rss else None}
+             "sampling_rss_memory_ratio": max(rss) if rss else None,
+             "sampling_vdm_peer_latency_ratio": max(row["vdm_peer_latency_ratio"]
+                                                    for row in sampling),
+             "sampling_peer_memory_ratio": max(row["peer_memory_ratio"] for row in sampling),
+             "sampling_vdm_peer_memory_ratio": max(row["vdm_peer_memory_ratio"]
+                                                   for row in sampling)}
     return {**values, **extra, "targets": targets}
+
+
+def _targets(values: dict) -> dict:
+    targets = {}
+    for key, value in values.items():
+        bound, direction = TARGETS[key]
+        met = value <= bound if direction == "<=" else value >= bound
+        targets[key] = {"value": value, "target": f"{direction} {bound}", "met": met}
+    return targets
+
+
+def long_row(runs: list[dict]) -> dict:
+    """One length's fresh-process runs: medians, and every run's value for the spread."""
+    median = statistics.median
+    rss = [run["peak_mb"] for run in runs]
+    tensor = [run["tensor_peak_mb"] for run in runs]
+    return {"frames": runs[0]["frames"], "clips": runs[0]["clips"],
+            "seconds": median(run["seconds"] for run in runs),
+            "seconds_runs": [run["seconds"] for run in runs],
+            "cpu_seconds": median(run["cpu_seconds"] for run in runs),
+            "peak_mb": median(rss), "peak_mb_runs": rss,
+            "baseline_mb": median(run["baseline_mb"] for run in runs),
+            "tensor_peak_mb": median(tensor), "tensor_peak_mb_runs": tensor,
+            "memory_steps": runs[0]["memory_steps"], "mp4_bytes": runs[0]["mp4_bytes"]}
+
+
+def _spread(values: list[float]) -> float:
+    """Run-to-run spread: (max - min) / median."""
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def long_video_summary(rows: list[dict]) -> dict:
+    """Long-video peaks against the first length's (one clip, by default): the median ratio,
+    the worst pairing of runs (the target's value) and the run-to-run spread, tensor and RSS."""
+    first = rows[0]
+    return {
+        "long_video_memory_ratio": max(max(row["tensor_peak_mb_runs"]) for row in rows)
+        / min(first["tensor_peak_mb_runs"]),
+        "long_video_memory_median_ratio": max(row["tensor_peak_mb"] for row in rows)
+        / first["tensor_peak_mb"],
+        "long_video_memory_spread": max(_spread(row["tensor_peak_mb_runs"]) for row in rows),
+        "long_video_rss_ratio": max(row["peak_mb"] for row in rows) / first["peak_mb"],
+        "long_video_rss_worst_ratio": max(max(row["peak_mb_runs"]) for row in rows)
+        / min(first["peak_mb_runs"]),
+        "long_video_rss_spread": max(_spread(row["peak_mb_runs"]) for row in rows),
+    }
 
 
 def machine_info(config: BenchConfig) -> dict:
@@ -345,6 +448,8 @@ def markdown_report(report: dict) -> str:
             f"{vf['achieved_gflops']:.1f} | {vdm['achieved_gflops']:.1f} | "
             f"{row['matmul_peak_gflops']:.1f} | **{vf['utilization']:.2f}** | "
             f"{vdm['utilization']:.2f} |")
+    if all("peer" in row for row in report["sampling"]):
+        lines += peer_table(report)
     t = report["training"]
     vf, vdm = t["videofusion"], t["vdm"]
     lines += [
@@ -362,25 +467,94 @@ def markdown_report(report: dict) -> str:
         f"{vf['utilization']:.2f} | {vdm['utilization']:.2f} |",
     ]
     if report["long_video"]:
-        lines += [
-            "",
-            f"Long videos (VideoFusion, {c['long_resolution']}x{c['long_resolution']}, clips of "
-            f"{c['clip_frames']} frames overlapping by {c['overlap']}, DDIM {c['long_steps']} "
-            "steps, streamed to mp4; peak RSS of a fresh process above the built model):",
-            "",
-            "| frames | clips | seconds | s/frame | peak RSS MB | peak / first row's peak |",
-            "|---|---|---|---|---|---|",
-        ]
-        first = report["long_video"][0]["peak_mb"]
-        for row in report["long_video"]:
-            lines.append(f"| {row['frames']} | {row['clips']} | {row['seconds']:.1f} | "
-                         f"{row['seconds'] / row['frames']:.3f} | {row['peak_mb']:.1f} | "
-                         f"{row['peak_mb'] / first:.2f} |")
+        lines += long_video_table(report)
     lines += ["", "| headline (worst case) | value | target | met |", "|---|---|---|---|"]
     for key, t in report["targets"].items():
         lines.append(f"| {key} | {t['value']:.3f} | {t['target']} | "
                      f"{'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def long_video_table(report: dict) -> list[str]:
+    c, rows = report["config"], report["long_video"]
+    if "tensor_peak_mb" not in rows[0]:  # a report from before the tensor peak
+        lines = ["", "| frames | clips | seconds | s/frame | peak RSS MB | peak / first row's "
+                 "peak |", "|---|---|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| {row['frames']} | {row['clips']} | {row['seconds']:.1f} | "
+                         f"{row['seconds'] / row['frames']:.3f} | {row['peak_mb']:.1f} | "
+                         f"{row['peak_mb'] / rows[0]['peak_mb']:.2f} |")
+        return lines
+    runs = len(rows[0]["tensor_peak_mb_runs"])
+    lines = [
+        "",
+        f"Long videos (VideoFusion, {c['long_resolution']}x{c['long_resolution']}, clips of "
+        f"{c['clip_frames']} frames overlapping by {c['overlap']}, streamed to mp4; {runs} fresh "
+        f"processes per length, medians and (min-max)). Time and peak RSS above the built model: "
+        f"DDIM {c['long_steps']} steps. Tensor peak (allocations during the whole call, as the "
+        f"sampling rows' peak MB): a second call at DDIM {rows[0]['memory_steps']} steps.",
+        "",
+        "| frames | clips | seconds | s/frame | tensor peak MB | tensor peak / first row's | "
+        "peak RSS MB | RSS / first row's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    first = rows[0]
+
+    def spread(values):
+        return f"({min(values):.2f}-{max(values):.2f})"
+
+    for row in rows:
+        lines.append(
+            f"| {row['frames']} | {row['clips']} | {row['seconds']:.1f} | "
+            f"{row['seconds'] / row['frames']:.3f} | {row['tensor_peak_mb']:.2f} "
+            f"{spread(row['tensor_peak_mb_runs'])} | "
+            f"**{row['tensor_peak_mb'] / first['tensor_peak_mb']:.3f}** | "
+            f"{row['peak_mb']:.1f} ({min(row['peak_mb_runs']):.1f}-"
+            f"{max(row['peak_mb_runs']):.1f}) | {row['peak_mb'] / first['peak_mb']:.2f} |")
+    r = report
+    lines += [
+        "",
+        f"Worst pairing of runs (a length's highest over the first length's lowest): tensor "
+        f"{r['long_video_memory_ratio']:.3f}, RSS {r['long_video_rss_worst_ratio']:.2f}. "
+        f"Run-to-run spread ((max - min) / median, worst length): tensor "
+        f"{100 * r['long_video_memory_spread']:.2f}%, RSS "
+        f"{100 * r['long_video_rss_spread']:.1f}%.",
+    ]
+    return lines
+
+
+def peer_table(report: dict) -> list[str]:
+    """The peer's rows: diffusers' UNet3DConditionModel against VideoFusion and VDM."""
+    c = report["config"]
+    lines = [
+        "",
+        f"Peer: diffusers' `UNet3DConditionModel` (the network of `TextToVideoSDPipeline`), "
+        f"{c['peer_levels']} levels, block widths searched to VideoFusion's parameter count, "
+        f"cross attention to a fixed {c['peer_tokens']}x{c['peer_text_dim']} text embedding; "
+        "sampled by the VDM baseline's loop, interleaved with the other two in the same worker. "
+        "Ratios are VideoFusion / peer and VDM / peer (below 1: faster or smaller than the "
+        "peer).",
+        "",
+        "| resolution | guidance | params VF / peer | peer widths | s/video peer | "
+        "latency VF/peer | latency VDM/peer | VF speed-up | CPU-time VF/peer | peak MB peer | "
+        "memory VF/peer | memory VDM/peer | RSS MB peer | RSS VF/peer | GFLOP/step peer "
+        "| util peer |",
+        "|" + "---|" * 16,
+    ]
+    for row in report["sampling"]:
+        vf, peer = row["videofusion"], row["peer"]
+        lines.append(
+            f"| {row['resolution']}x{row['resolution']} | "
+            f"{'CFG ' + str(c['guidance_scale']) if row['guided'] else 'none'} | "
+            f"{vf['parameters']['total'] / 1e6:.2f}M / {peer['parameters']['total'] / 1e6:.2f}M"
+            f" | {tuple(peer.get('widths') or ())} | {peer['seconds_per_video']:.2f} | "
+            f"**{row['peer_latency_ratio']:.3f}** | {row['vdm_peer_latency_ratio']:.3f} | "
+            f"{1 / row['peer_latency_ratio']:.1f}x | {row['peer_cpu_time_ratio']:.3f} | "
+            f"{_mb(peer['peak_memory_mb'])} | **{row['peer_memory_ratio']:.3f}** | "
+            f"{row['vdm_peer_memory_ratio']:.3f} | {_mb(peer['rss_peak_mb'])} | "
+            f"{_x(row['peer_rss_memory_ratio'])} | {peer['gflop_per_step']:.2f} | "
+            f"{peer['utilization']:.2f} |")
+    return lines
 
 
 # ---------------------------------------------------------------- workers (one process each)
@@ -453,32 +627,37 @@ class Worker:
 
     def tensor_peak_mb(self, fn) -> float:
         """Peak of the memory the allocator hands out during ``fn()``, above what was allocated
-        before: ``max_memory_allocated`` on CUDA; on CPU the "Total Allocated" of the memory
-        events ``torch.profiler`` records (it counts the allocations made while it runs)."""
-        torch = self.torch
+        before: ``max_memory_allocated`` on CUDA, ``tensor_allocation_peak_mb`` on CPU."""
         if self.device.type == "cuda":
             before = self.memory_start()
             fn()
             return self.memory_peak() - before
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                    profile_memory=True) as prof:
-            fn()
-        with tempfile.TemporaryDirectory() as tmp:
-            trace = Path(tmp) / "trace.json"
-            prof.export_chrome_trace(str(trace))
-            events = json.loads(trace.read_text())["traceEvents"]
-        totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-        return max(totals, default=0) / 2**20
+        return tensor_allocation_peak_mb(fn)
 
     def models(self, resolution: int, guided: bool, kinds=KINDS) -> dict:
-        from .models.factory import build_model
+        """``kinds`` built for ``resolution``, class-conditioned when ``guided``. The peer
+        (``videofusion.models.peer``) is matched to the VideoFusion model's parameter count and
+        takes its class labels (each mapped to a fixed text embedding)."""
+        from .models.factory import build_model, count_parameters
+        from .models.peer import matched_peer
+        from .models.videofusion import VideoFusionModel
 
         c = self.config
-        return {kind: build_model(kind, resolution, c.channels,
-                                  condition="class" if guided else "none",
-                                  base_channels=c.base_channels,
-                                  residual_channels=c.residual_channels).to(self.device)
-                for kind in kinds}
+
+        def ours(kind):
+            return build_model(kind, resolution, c.channels,
+                               condition="class" if guided else "none",
+                               base_channels=c.base_channels,
+                               residual_channels=c.residual_channels)
+
+        built = {kind: ours(kind) for kind in kinds if kind != "peer"}
+        if "peer" in kinds:
+            videofusion = built.get("videofusion") or ours("videofusion")
+            peer = matched_peer(count_parameters(videofusion), c.channels, c.peer_levels,
+                                videofusion.residual.config.num_classes, c.peer_text_dim,
+                                c.peer_tokens)
+            built["peer"] = VideoFusionModel(peer)  # no base: the VDM baseline's sampler
+        return {kind: built[kind].to(self.device) for kind in kinds}
 
     def pipeline(self, model, resolution: int):
         from diffusers import DDIMScheduler
@@ -507,9 +686,7 @@ class Worker:
 
     def step_flops(self, pipe, guided: bool) -> int:
         """FLOPs of one sampler step: a one-step pipeline call under ``FlopCounterMode``."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             self.sample_call(pipe, guided, 1)()
         return counter.get_total_flops()
 
@@ -542,6 +719,7 @@ class Worker:
                 "parameters": {"base": count_parameters(model.base),
                                "residual": count_parameters(model.residual),
                                "total": count_parameters(model)},
+                "widths": list(model.residual.config.block_out_channels),
                 "flops_per_step": self.step_flops(pipe, guided),
                 "tensor_peak_mb": self.tensor_peak_mb(
                     self.sample_call(pipe, guided, c.memory_steps)),
@@ -589,19 +767,17 @@ class Worker:
         return model, step
 
     def training_timing(self) -> dict:
-        from torch.utils.flop_counter import FlopCounterMode
-
         c = self.config
-        steps = {kind: self.training_setup(kind)[1] for kind in KINDS}
+        steps = {kind: self.training_setup(kind)[1] for kind in TRAIN_KINDS}
         out = {"resolution": c.train_resolution, "batch": c.train_batch, "matmul_gflops": []}
         for kind, step in steps.items():
             step()  # warm-up, and AdamW's state
-            with FlopCounterMode(display=False) as counter:
+            with flop_counter() as counter:
                 step()
             out[kind] = {"flops": counter.get_total_flops(), "tensor_peak_mb":
                          self.tensor_peak_mb(step), "seconds": [], "cpu_seconds": []}
         for r in range(c.train_repeats):
-            for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
+            for kind in TRAIN_KINDS if r % 2 == 0 else TRAIN_KINDS[::-1]:
                 out["matmul_gflops"].append(self.matmul_gflops())
                 wall, cpu = self.timed(steps[kind])
                 out[kind]["seconds"].append(wall)
@@ -621,17 +797,66 @@ class Worker:
         c = self.config
         model = self.models(c.long_resolution, False, ("videofusion",))["videofusion"].eval()
         pipe = self.pipeline(model, c.long_resolution)
+
+        def call(steps: int, path: Path):
+            return lambda: pipe.generate_long(
+                frames, c.clip_frames, c.overlap, num_inference_steps=steps,
+                generator=self.torch.Generator().manual_seed(c.seed), out_path=path,
+                progress=False)
+
         baseline = self.memory_start()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "long.mp4"
-            wall, cpu = self.timed(lambda: pipe.generate_long(
-                frames, c.clip_frames, c.overlap, num_inference_steps=c.long_steps,
-                generator=self.torch.Generator().manual_seed(c.seed), out_path=path,
-                progress=False))
+            wall, cpu = self.timed(call(c.long_steps, path))
+            peak = self.memory_peak() - baseline
             size = path.stat().st_size
+            tensor = self.tensor_peak_mb(call(c.long_memory_steps, path))
         return {"frames": frames, "clips": num_clips(frames, c.clip_frames, c.overlap),
-                "seconds": wall, "cpu_seconds": cpu, "peak_mb": self.memory_peak() - baseline,
-                "baseline_mb": baseline, "mp4_bytes": size}
+                "seconds": wall, "cpu_seconds": cpu, "peak_mb": peak, "baseline_mb": baseline,
+                "mp4_bytes": size, "tensor_peak_mb": tensor, "memory_steps": c.long_memory_steps}
+
+
+def tensor_allocation_peak_mb(fn) -> float:
+    """The CPU counterpart of ``torch.cuda.max_memory_allocated``: the peak, in MB, of the tensor
+    memory allocated during ``fn()`` and not yet freed. ``torch.profiler`` with
+    ``profile_memory=True`` records every allocation and free of the CPU allocator while it runs
+    (an event each, in order); the peak is the highest running sum. Tensors allocated before
+    are not counted, nor their frees. The same call gives the same peak, run after run.
+
+    The events are read from the profiler's results in memory (``kineto_results``), not from an
+    exported chrome trace: a long video's trace runs to hundreds of MB."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    events = prof.profiler.kineto_results.events()
+    changes = sorted((event.start_ns(), i, event.nbytes())
+                     for i, event in enumerate(events) if event.name() == "[memory]")
+    total = peak = 0
+    for _, _, nbytes in changes:
+        total += nbytes
+        peak = max(peak, total)
+    return peak / 2**20
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts CPU attention: torch's formulas cover the CUDA
+    kernels of ``scaled_dot_product_attention`` but not ``_scaled_dot_product_flash_attention_
+    for_cpu``, which CPU sampling runs (and which would count as zero FLOPs)."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
 
 
 def _rss_mb(field_name: str) -> float:

@@ -10,11 +10,20 @@ that produced the frames already written, and the video does not jump at the sea
 Memory is bounded by one clip: the sampler only ever holds one clip, the previous clip is kept
 as the trajectory of its last ``overlap`` frames (``steps`` small tensors), and frames leave as
 soon as they are decoded (``iter_long_video`` yields them, ``generate_long`` can stream them into
-an mp4). Time is linear in the number of clips.
+an mp4). Time is linear in the number of clips. What a clip holds while the next one is sampled
+is only that trajectory, and it shrinks as the next clip's grows (``SeamInpainting`` lets go of
+each step's pinned frames once used): no earlier latents, frames or decoded chunks stay
+referenced, and the mp4 writer's encoder keeps a fixed look-ahead (``video_io.Mp4Writer``) so
+that its buffer stops growing within the first clip. Between clips the C heap's free memory goes
+back to the OS (``release_freed_memory``), so that one clip's heap layout does not raise the
+next one's resident peak.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +37,10 @@ from .video_io import Mp4Writer
 
 class SeamInpainting:
     """``before_step`` hook of one clip: pins its first frames to the previous clip's trajectory
-    and records the trajectory of its last ``record`` frames for the next clip."""
+    and records the trajectory of its last ``record`` frames for the next clip.
+
+    Each step's entry of ``known`` is dropped (set to None) once used, so the previous clip's
+    trajectory and this one's together never hold more than ``steps`` entries."""
 
     def __init__(self, known: list[torch.Tensor] | None, record: int):
         self.known = known
@@ -37,7 +49,7 @@ class SeamInpainting:
 
     def __call__(self, step: int, z: torch.Tensor) -> torch.Tensor:
         if self.known is not None:
-            pinned = self.known[step]
+            pinned, self.known[step] = self.known[step], None
             z = torch.cat([pinned, z[:, :, pinned.shape[2]:]], dim=2)
         if self.record:
             self.trajectory.append(z[:, :, -self.record:].clone())
@@ -65,7 +77,6 @@ def num_clips(num_frames: int, clip_frames: int, overlap: int) -> int:
     return 1 + math.ceil((num_frames - clip_frames) / (clip_frames - overlap))
 
 
-@torch.no_grad()
 def iter_long_video(
     pipeline,
     num_frames: int = 512,
@@ -112,13 +123,49 @@ def iter_long_video(
     known, produced = None, 0
     for clip in tqdm(range(clips), disable=not progress, desc="clips"):
         seam = SeamInpainting(known, overlap if clip < clips - 1 else 0)
-        latents, fresh_noise = pipeline.prepare_latents(plan, generator, base_noise)
-        latents = pipeline.denoise(plan, latents, fresh_noise, before_step=seam, progress=False)
-        new = latents[:, :, 0 if known is None else overlap:]
-        new = new[:, :, : num_frames - produced]
+        first = 0 if known is None else overlap
+        frames = _sample_clip(pipeline, plan, generator, base_noise, seam,
+                              slice(first, first + num_frames - produced))
         known = seam.trajectory if overlap else None
-        produced += new.shape[2]
-        yield pipeline.postprocess(pipeline.decode(new), "np")
+        produced += frames.shape[1]
+        release_freed_memory()  # the clip's working memory, freed, leaves the heap too
+        yield frames
+        del frames  # the caller has it: hold no decoded clip while the next one is sampled
+
+
+# Not iter_long_video: torch.no_grad() around a generator function drives it through a wrapper
+# that keeps the last value it yielded until the next one is ready, i.e. one decoded clip more
+# while the next clip is sampled.
+@torch.no_grad()
+def _sample_clip(pipeline, plan, generator, base_noise, seam: SeamInpainting,
+                 keep: slice) -> np.ndarray:
+    """One clip's ``keep`` frames, decoded; its latents are freed on return."""
+    latents, fresh_noise = pipeline.prepare_latents(plan, generator, base_noise)
+    latents = pipeline.denoise(plan, latents, fresh_noise, before_step=seam, progress=False)
+    return pipeline.postprocess(pipeline.decode(latents[:, :, keep]), "np")
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (macOS, Windows, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
+
+    glibc keeps what a clip's sampling freed in its heap, in holes laid out differently from
+    clip to clip, and the next clip's working memory comes on top of them: without this the
+    peak resident set of a 512-frame video at 32x32 sat about 20% above one clip's (medians of
+    fresh processes; about 10% with it) although nothing stayed allocated (docs/benchmarks.md,
+    issue 26). It takes a few milliseconds."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def generate_long(
@@ -151,6 +198,8 @@ def generate_long(
     first = next(chunks)  # bad arguments fail here, before the file is created
     with Mp4Writer(out_path, fps or pipeline.config.fps, scale) as writer:
         writer.write(first[0])
+        del first  # written: no clip stays referenced while the next is sampled
         for frames in chunks:
             writer.write(frames[0])
+            del frames
     return Path(out_path)

@@ -1,5 +1,6 @@
-"""``videofusion bench``: VideoFusion against the parameter-matched VDM baseline
-(``videofusion.bench``). Unset flags keep ``BenchConfig``'s defaults or its ``--quick`` preset."""
+"""``videofusion bench``: VideoFusion against the parameter-matched VDM baseline and the
+parameter-matched peer, diffusers' UNet3DConditionModel (``videofusion.bench``). Unset flags
+keep ``BenchConfig``'s defaults or its ``--quick`` preset."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "bench", help="measure VideoFusion against the parameter-matched VDM baseline",
-        description="Sampling latency and memory, training step time and memory, FLOP/s against "
-                    "the measured matmul peak, and long-video cost, in one run (docs/"
-                    "benchmarks.md). Unset flags keep the defaults (or the --quick preset).",
+        "bench", help="measure VideoFusion against the parameter-matched VDM baseline and "
+                      "diffusers' UNet3DConditionModel",
+        description="Sampling latency and memory (VideoFusion, the VDM baseline and the peer, "
+                    "diffusers' UNet3DConditionModel, all at the same parameter count), "
+                    "training step time and memory, FLOP/s against the measured matmul peak, "
+                    "and long-video cost, in one run (docs/benchmarks.md). Unset flags keep the "
+                    "defaults (or the --quick preset).",
         argument_default=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true",
                    help="the same comparison at a small size, under a minute")
@@ -41,6 +45,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--long-frames", type=_ints, help="e.g. 16,128,512; empty string skips")
     p.add_argument("--long-resolution", type=int)
     p.add_argument("--long-steps", type=int)
+    p.add_argument("--long-memory-steps", type=int,
+                   help="DDIM steps of the long videos' tensor-peak run (profiled)")
+    p.add_argument("--long-repeats", type=int,
+                   help="fresh processes per long-video length (median and spread)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (warm-up time reported as compile time)")
     p.add_argument("--profile", action="store_true",
