@@ -114,6 +114,9 @@ def model_card(record: dict, parameters: dict, sampler: str, steps: int,
                if record["raw_weights"] else f"EMA, decay {config['ema_decay']}")
     commands = "\n".join(f"    {line}" for r in runs for line in r["commands"])
     label_drop = TrainConfig().replace(config).label_drop
+    correction = ("; the key frame's prediction is corrected by the residual generator "
+                  "(`--key-frame-correction`, spec §7)" if config.get("key_frame_correction")
+                  else "")
     return f"""# videofusion default model: moving digits, class + text conditioned
 
 VideoFusion (spec §1-§4) trained with the project's own trainer on the built-in moving digits
@@ -123,7 +126,7 @@ VideoFusion (spec §1-§4) trained with the project's own trainer on the built-i
 3 moving down and to the left", MiniLM sentence encoder, offline), dropped independently (the
 label {label_drop:.0%}, the caption {config['cond_drop']:.0%} of the time in the last run), so
 either works alone and classifier-free guidance works. Residual generator input:
-`{config['residual_input']}` (spec §2).
+`{config['residual_input']}` (spec §2){correction}.
 
 | | |
 |---|---|
