@@ -14,7 +14,6 @@ def stub(cls, directory=None):
     return fake_extractor()
 
 
-fvd.I3DFeatureExtractor.from_cache = classmethod(stub)
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # patched only in the launched processes, never in pytest's own
+    fvd.I3DFeatureExtractor.from_cache = classmethod(stub)
     sys.exit(main(sys.argv[1:]))

@@ -79,19 +79,31 @@ def shipped(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sampler", ["model's own", "ddim"])
-def test_locked_content_keeps_the_key_frame_bitwise(shipped, sampler, one_thread):
+@pytest.mark.parametrize("corrected", [False, True])
+def test_locked_content_keeps_the_key_frame(shipped, sampler, corrected, one_thread):
     """DDPM (the shipped model's own) renews noise every step; its base part follows the fixed
-    base noise (noise.FreshNoise), so the key frame depends on the content seed alone."""
-    runs = [shipped.generate(Request(MODEL, class_label="3", frames=6, steps=3, sampler=sampler,
-                                     content_seed=5, motion_seed=m))
-            for m in (1, 2)]
-    assert all(r.video is not None for r in runs), [r.message for r in runs]
+    base noise (noise.FreshNoise), so without the key-frame correction the key frame depends on
+    the content seed alone, bitwise. With it (spec §7) the residual generator, which sees the
+    motion noise, corrects the key frame too: it still changes less than the clip does."""
     from PIL import Image
 
-    keys = [np.array(Image.open(r.key_frame)) for r in runs]
-    np.testing.assert_array_equal(keys[0], keys[1])
-    sheets = [np.array(Image.open(r.sheet)) for r in runs]
-    assert not np.array_equal(sheets[0], sheets[1])  # the other frames moved differently
+    pipe = shipped.pipeline(MODEL)
+    pipe.register_to_config(key_frame_correction=corrected)
+    try:
+        runs = [shipped.generate(Request(MODEL, class_label="3", frames=6, steps=3,
+                                         sampler=sampler, content_seed=5, motion_seed=m))
+                for m in (1, 2)]
+    finally:
+        pipe.register_to_config(key_frame_correction=True)
+    assert all(r.video is not None for r in runs), [r.message for r in runs]
+    keys = [np.array(Image.open(r.key_frame)).astype(int) for r in runs]
+    sheets = [np.array(Image.open(r.sheet)).astype(int) for r in runs]
+    clip_change = np.abs(sheets[0] - sheets[1]).mean()
+    assert clip_change > 0  # the other frames moved differently
+    if corrected:
+        assert 0 < np.abs(keys[0] - keys[1]).mean() < clip_change
+    else:
+        np.testing.assert_array_equal(keys[0], keys[1])
     assert runs[0].table[3][2] == 1.0  # frame 6 // 2 is all base
 
 

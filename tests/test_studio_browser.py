@@ -150,7 +150,10 @@ def test_studio_in_chromium(studio_url):
             frames_b = read_video_bytes(
                 fetch(absolute(url, page.locator("#video video").get_attribute("src"))),
                 tmp_path / "b.mp4")
-            np.testing.assert_array_equal(key_a, key_b)  # bitwise: the base noise fixes it
+            # the base noise fixes the key frame, up to the shipped model's key-frame correction
+            # (spec §7), which sees the motion noise (bitwise without it: tests/test_studio.py);
+            # at these few steps it moved by 0.04 of the pixel range when this was written
+            assert np.abs(key_a.astype(int) - key_b.astype(int)).mean() < 0.1 * 255
             assert np.abs(frames_b.astype(int) - frames.astype(int)).mean() > 0  # new motion
             expect(page.locator("#decomposition")).to_contain_text("base share")
             if SCREENSHOT:
