@@ -74,7 +74,7 @@ def studio_url(tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         try:
-            server.wait(timeout=20)
+            server.wait(timeout=90)  # a generation still running ends at its next step
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
