@@ -46,7 +46,8 @@ def chromium_path() -> str | None:
 
 @pytest.fixture
 def studio_url(tmp_path):
-    """A studio server of its own on a free port; stopped with Ctrl+C (SIGINT) at the end."""
+    """A studio server of its own on a free port; stopped at the end with SIGTERM, which the
+    studio handles as Ctrl+C."""
     pytest.importorskip("gradio") if not REQUIRED else None
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
@@ -72,7 +73,7 @@ def studio_url(tmp_path):
         print(f"studio answered after {time.perf_counter() - start:.1f} s")
         yield url, tmp_path
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)  # SIGINT is ignored under a backgrounded CI shell
         try:
             server.wait(timeout=90)  # Gradio took over 20 s to shut down once under CI load
         except subprocess.TimeoutExpired:
