@@ -131,7 +131,7 @@ def pair_distances(videos: np.ndarray, per_group: int) -> dict[str, float]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from videofusion.cli.sample import load_pipeline
+    from videofusion.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model_dir).use_scheduler(args.scheduler)
     generator = torch.Generator().manual_seed(args.seed)

@@ -3,6 +3,7 @@
 import json
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from diffusers import DDIMScheduler
 from safetensors import safe_open
 
 from videofusion import cli
-from videofusion.assets import DEFAULT_MODEL_DIR
+from videofusion.assets import DEFAULT_MODEL, DEFAULT_MODEL_DIR, SHIPPED_MODELS
 from videofusion.pipeline import VideoFusionPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,8 @@ def test_sample_without_model_dir_uses_the_default(tmp_path, monkeypatch, capsys
     folder = tmp_path / "default_model"
     VideoFusionPipeline(residual=tiny_residual(num_classes=10), base=tiny_base(num_classes=10),
                         scheduler=DDIMScheduler(), sample_size=8).save_pretrained(folder)
-    monkeypatch.setattr(cli.sample, "DEFAULT_MODEL_DIR", folder)
+    monkeypatch.setitem(SHIPPED_MODELS, DEFAULT_MODEL,
+                        replace(SHIPPED_MODELS[DEFAULT_MODEL], folder=folder))
     out = tmp_path / "out"
     assert cli.main(["sample", "--class-label", "2", "--num-videos", "1", "--frames", "4",
                      "--steps", "2", "--out", str(out)]) == 0
@@ -33,12 +35,13 @@ def test_sample_without_model_dir_uses_the_default(tmp_path, monkeypatch, capsys
 
 
 def test_missing_default_model_is_one_clear_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli.sample, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    monkeypatch.setitem(SHIPPED_MODELS, DEFAULT_MODEL,
+                        replace(SHIPPED_MODELS[DEFAULT_MODEL], folder=tmp_path / "absent"))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["sample", "--class-label", "1", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--model-dir" in err[0]
+    assert len(err) == 1 and "is not installed" in err[0]
 
 
 @bundled

@@ -8,8 +8,9 @@ import pytest
 
 from videofusion import studio
 from videofusion.decomposition import decompose
-from videofusion.studio import SHIPPED_MODELS, Request, Studio
+from videofusion.studio import Request, Studio, shipped_models
 
+SHIPPED_MODELS = shipped_models()
 MODEL = next(iter(SHIPPED_MODELS))
 
 

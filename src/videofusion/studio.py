@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .assets import DEFAULT_MODEL_DIR
+from .assets import SHIPPED_MODELS, ShippedModel, installed_models
 from .choices import DEFAULT_INFERENCE_STEPS, SCHEDULERS
 from .safety import int_range
 
@@ -41,7 +41,6 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 OWN_SAMPLER = "model's own"
 SAMPLERS = (OWN_SAMPLER, *SCHEDULERS)
 NO_CLASS = "none"
-SHIPPED_MODELS = {"moving digits (shipped)": DEFAULT_MODEL_DIR}
 DECOMPOSITION_HELP = """
 **The decomposition.** VideoFusion writes every frame as the key frame plus a residual,
 x<sup>i</sup> = sqrt(&lambda;<sup>i</sup>) x<sup>k</sup> + sqrt(1 - &lambda;<sup>i</sup>)
@@ -54,6 +53,17 @@ base part's energy over both (pixels in [-1, 1]). A frame equal to the key frame
 residual, so *difference* (mean absolute change from the key frame, pixels in [0, 1]) and the
 difference maps show plainly what the residual generator moved. docs/studio.md has more.
 """
+
+
+def shipped_models(models: dict[str, ShippedModel] | None = None) -> dict[str, Path]:
+    """The page's names and folders of the shipped models that are installed."""
+    return {f"{m.title} (shipped)": m.folder for m in installed_models(models).values()}
+
+
+def example_prompt(folder: Path) -> str:
+    """A caption of the data the model in ``folder`` was trained on, if it is a shipped one."""
+    captions = [m.example_caption for m in SHIPPED_MODELS.values() if m.folder == folder]
+    return captions[0] if captions and captions[0] else "a caption like the training data's"
 
 
 class Cancelled(Exception):
@@ -190,6 +200,7 @@ class Studio:
         classes = [NO_CLASS] + [str(c) for c in range(residual.get("num_classes") or 0)]
         return {"classes": classes, "class_label": classes[min(1, len(classes) - 1)],
                 "text": residual.get("cross_attention_dim") is not None,
+                "example": example_prompt(folder),
                 "size": index.get("sample_size"),
                 "steps": index.get("default_inference_steps") or DEFAULT_INFERENCE_STEPS}
 
@@ -335,7 +346,7 @@ def build_app(studio: Studio):
                 model = gr.Dropdown(list(studio.models), value=first, label="Model",
                                     elem_id="model")
                 prompt = gr.Textbox(label="Prompt", visible=d["text"], elem_id="prompt",
-                                    placeholder="a red digit 3 moving down and to the left")
+                                    placeholder=d["example"])
                 class_label = gr.Dropdown(d["classes"], value=d["class_label"], label="Class",
                                           elem_id="class_label")
                 with gr.Row():
@@ -388,7 +399,8 @@ def build_app(studio: Studio):
             except ValueError as err:
                 return gr.update(), gr.update(), gr.update(), f"Error: {one_line(err)}"
             return (gr.update(choices=d["classes"], value=d["class_label"]),
-                    gr.update(visible=d["text"]), gr.update(value=d["steps"]), f"Model: {name}")
+                    gr.update(visible=d["text"], placeholder=d["example"]),
+                    gr.update(value=d["steps"]), f"Model: {name}")
 
         model.change(on_model, model, [class_label, prompt, steps, status])
 
@@ -426,11 +438,11 @@ def add_studio_parser(subparsers) -> argparse.ArgumentParser:
     """``videofusion studio``: the browser studio, on loopback unless told otherwise."""
     p = subparsers.add_parser(
         "studio", help="generate in the browser (needs pip install 'videofusion[studio]')",
-        description="A Gradio page: generate with the shipped model or your own, lock the "
+        description="A Gradio page: generate with the shipped models or your own, lock the "
                     "content or the motion seed and reroll the other, see the decomposition "
                     "(docs/studio.md). Serves on 127.0.0.1 unless --host says otherwise.")
     p.add_argument("--model-dir", action="append", default=[], metavar="PATH",
-                   help="a VideoFusionPipeline folder to offer beside the shipped model "
+                   help="a VideoFusionPipeline folder to offer beside the shipped models "
                         "(repeatable)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default: %(default)s, this machine only)")
@@ -444,12 +456,14 @@ def add_studio_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_studio(args: argparse.Namespace) -> int:
     """Serve the studio until interrupted; the output folder goes with it."""
-    models = dict(SHIPPED_MODELS)
+    models = shipped_models()
     for folder in args.model_dir:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder not found: {folder}")
         models[folder.name if folder.name not in models else str(folder)] = folder
+    if not models:
+        raise ValueError("no model to offer: no shipped model is installed; pass --model-dir")
     workdir = Path(tempfile.mkdtemp(prefix="videofusion-studio-"))
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up as Ctrl+C does
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from videofusion.assets import SHIPPED_MODELS, shipped_model
 from videofusion.choices import (
     DEFAULT_DEVICE,
     DEFAULT_INFERENCE_STEPS,
@@ -32,14 +33,19 @@ def _labels(text: str) -> list[int]:
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval", help="evaluate generated videos (FVD, KVD, IS, moving-digits metrics)",
-        description="Compare generated videos (a folder, or a model folder to sample) with real "
-                    "ones (moving-digits test split or a folder); docs/metrics.md.",
+        description="Compare generated videos (a folder, a model folder or a shipped model to "
+                    "sample) with real ones (moving-digits test split or a folder); "
+                    "docs/metrics.md.",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--real", default=MOVING_DIGITS,
                    help=f"'{MOVING_DIGITS}' (test split) or a folder of videos")
-    p.add_argument("--fake", required=True,
-                   help="a folder of videos, or a model folder (with model_index.json) to sample")
+    fake = p.add_mutually_exclusive_group(required=True)
+    fake.add_argument("--fake",
+                      help="a folder of videos, or a model folder (with model_index.json) to "
+                           "sample")
+    fake.add_argument("--model", choices=tuple(SHIPPED_MODELS),
+                      help="instead of --fake: sample this model shipped with the package")
     p.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} "
                                      f"(default: all)")
     p.add_argument("--num-videos", type=int_range(1),
@@ -84,11 +90,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    fake = args.fake if "fake" in args else shipped_model(args.model).folder
     from videofusion.evaluation import evaluate, format_table, shards
 
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("command", "handler", "real", "fake", "device", "out")}
-    report = evaluate(args.real, args.fake, EvalProtocol(**settings), out=args.out,
+                if k not in ("command", "handler", "real", "fake", "model", "device", "out")}
+    report = evaluate(args.real, fake, EvalProtocol(**settings), out=args.out,
                       device=args.device)
     if not shards.is_main_process():
         return 0

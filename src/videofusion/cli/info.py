@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from videofusion.assets import SHIPPED_MODELS, shipped_model
 from videofusion.safety import check_safetensors
 
 
@@ -16,6 +17,8 @@ def add_info_parser(subparsers) -> argparse.ArgumentParser:
                                           "and sample size of a VideoFusionPipeline folder.")
     p.add_argument("model_dir", nargs="?", help="a VideoFusionPipeline folder")
     p.add_argument("--model-dir", dest="model_dir_flag", help=argparse.SUPPRESS)
+    p.add_argument("--model", choices=tuple(SHIPPED_MODELS),
+                   help="a model shipped with the package, instead of a folder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run_info)
     return p
@@ -75,8 +78,12 @@ def model_info(folder: Path) -> dict:
 
 def run_info(args: argparse.Namespace) -> int:
     folder = args.model_dir or args.model_dir_flag
+    if folder is not None and args.model is not None:
+        raise ValueError("pass a model folder or --model NAME, not both")
+    if args.model is not None:
+        folder = shipped_model(args.model).folder
     if folder is None:
-        raise ValueError("pass a model folder: videofusion info PATH")
+        raise ValueError("pass a model folder: videofusion info PATH (or --model NAME)")
     info = model_info(Path(folder))
     if args.json:
         print(json.dumps(info, indent=2))

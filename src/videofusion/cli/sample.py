@@ -1,11 +1,11 @@
-"""``videofusion sample``: videos from a trained pipeline folder, as mp4 + GIF + PNG sheet."""
+"""``videofusion sample``: videos from a shipped model or a trained pipeline folder, as mp4 +
+GIF + PNG sheet."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from videofusion.assets import DEFAULT_MODEL_DIR
 from videofusion.choices import DEFAULT_INFERENCE_STEPS, DEFAULT_NUM_FRAMES, SCHEDULERS
 from videofusion.safety import (
     check_output_dir,
@@ -15,7 +15,7 @@ from videofusion.safety import (
     int_range,
 )
 
-from .arguments import SEED, add_device_options, grid_shape
+from .arguments import SEED, add_device_options, add_model_options, grid_shape, model_folder
 
 
 def add_sample_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
         "sample", help="generate videos with a trained model",
         description="Sample videos (spec §4). --base-seed / --residual-seed give every video the "
                     "same base noise (same content) or the same residual noise (same motion).")
-    p.add_argument("--model-dir", help="a VideoFusionPipeline folder (e.g. OUTPUT/pipeline)")
+    add_model_options(p, "a VideoFusionPipeline folder (e.g. OUTPUT/pipeline)")
     p.add_argument("--prompt", help="text prompt (text-conditioned models)")
     p.add_argument("--class-label", type=int_range(0), nargs="+",
                    help="class label(s) (class models)")
@@ -65,23 +65,12 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def load_pipeline(model_dir: str | None):
-    """The pipeline in ``model_dir`` (or the bundled default), with clear errors."""
-    if model_dir is None:
-        if not DEFAULT_MODEL_DIR.is_dir():
-            raise ValueError("no default model is bundled yet: pass --model-dir "
-                             "(a folder written by 'videofusion train', e.g. OUTPUT/pipeline)")
-        model_dir = DEFAULT_MODEL_DIR
-    from videofusion.pipeline import load_pipeline as load_folder
-
-    return load_folder(model_dir)
-
-
 def run_sample(args: argparse.Namespace) -> int:
     if args.control_grid and (args.image or args.base_seed is not None
                               or args.residual_seed is not None):
         raise ValueError("--control-grid draws its own base and residual noise: it takes no "
                          "--image, --base-seed or --residual-seed")
+    folder = model_folder(args)
     videos = (args.control_grid[0] * args.control_grid[1] if args.control_grid else
               len(args.class_label or [0]) * args.num_videos)
     check_video_size(videos, args.frames, args.resolution or 0)
@@ -97,7 +86,9 @@ def run_sample(args: argparse.Namespace) -> int:
     from videofusion.devices import resolve_device
 
     device = resolve_device(args.device)
-    pipe = load_pipeline(args.model_dir).to(device)
+    from videofusion.pipeline import load_pipeline
+
+    pipe = load_pipeline(folder).to(device)
     import torch
 
     from videofusion.noise import seeded_draw
