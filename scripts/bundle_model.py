@@ -1,19 +1,25 @@
-"""Package a trained run as the model shipped with videofusion (the default of `videofusion
-sample` and `make demo`).
+"""Package a trained run as a model shipped with videofusion (`videofusion sample --model
+NAME`; the digits model is also the default of `videofusion sample` and `make demo`).
 
-    python scripts/bundle_model.py runs/bundled
+    python scripts/bundle_model.py runs/bundled                      # the digits model
+    python scripts/bundle_model.py runs/physics/run --model physics \
+        --config-name physics_64.yaml --recipe runs/physics/commands.txt
 
 reads RUN/pipeline (written at the end of training, or by `videofusion train --resume
 --stop-at-step N` for a stopped run), stores its weights in fp16 (half the size; sampling casts
-them back to fp32) under src/videofusion/assets/default_model/, and writes a model card there
-with the exact command, the resolved config, the seed, the steps and the measured training time.
+them back to fp32), its VAE's too for a latent model, in the folder ``videofusion.assets``
+gives the model (or ``--target``), and writes a model card there with the exact commands, the
+resolved config, the seed, the steps and the measured training time. The folder must stay under
+MAX_BYTES (50 MB): a larger one is refused before anything is replaced.
 The shipped scheduler is ancestral DDPM (``--scheduler``): at this small training budget
 deterministic DDIM (eta 0) leaves grainy backgrounds that the stochastic steps clean up.
 
 A run fine-tuned from the shipped model (``videofusion train --init-from
 src/videofusion/assets/default_model ...``) is bundled the same way: the card then counts the
 parent's training too, read from the parent's ``training_record.json``, which every bundled
-folder carries (steps, seconds, commands, its own parent).
+folder carries (steps, seconds, commands, its own parent). ``--recipe FILE`` names the commands
+that made the run's data and VAE too (``scripts/train_physics.py`` writes it); the card quotes
+them.
 """
 
 from __future__ import annotations
@@ -26,18 +32,21 @@ from pathlib import Path
 import torch
 import yaml
 
+from videofusion.assets import DEFAULT_MODEL, SHIPPED_MODELS
 from videofusion.checkpoint import atomic_directory
-from videofusion.choices import SCHEDULERS
+from videofusion.choices import MOVING_DIGITS, SCHEDULERS
 from videofusion.config import TrainConfig
 from videofusion.pipeline import VideoFusionPipeline
 
-TARGET = Path(__file__).resolve().parents[1] / "src" / "videofusion" / "assets" / "default_model"
+ROOT = Path(__file__).resolve().parents[1]
+MAX_BYTES = 50 * 2**20  # a shipped model, its VAE included
 
 
 def training_record(run: Path, config_name: str, raw_weights: bool,
-                    guidance: float | None = None, sampling: str = "") -> dict:
+                    guidance: float | None = None, flags: str = "") -> dict:
     """Steps and wall-clock seconds of the run, from its per-step log; the commands that
-    reproduce it; its parent's record if it was fine-tuned (``init_from``)."""
+    reproduce it (``flags``: the bundling command's own, besides the weights and guidance);
+    its parent's record if it was fine-tuned (``init_from``)."""
     last = None
     with open(run / "metrics.jsonl") as handle:
         for line in handle:
@@ -51,7 +60,7 @@ def training_record(run: Path, config_name: str, raw_weights: bool,
     if seconds is None:
         seconds = json.loads((run / "train_summary.json").read_text())["wall_clock_seconds"]
     export = " --raw-weights" if raw_weights else ""
-    bundle = export + ("" if guidance is None else f" --guidance {guidance:g}") + sampling
+    bundle = export + ("" if guidance is None else f" --guidance {guidance:g}") + flags
     record = {"steps": last["step"], "image_steps": image_steps,
               "joint_steps": last["step"] - image_steps, "seconds": seconds,
               "seed": config["seed"], "batch_size": config["batch_size"],
@@ -62,7 +71,7 @@ def training_record(run: Path, config_name: str, raw_weights: bool,
                            f"python scripts/bundle_model.py {config['output_dir']}{bundle}"]}
     if config.get("init_from"):
         parent = Path(config["init_from"])
-        parent = parent if parent.is_absolute() else TARGET.parents[3] / parent
+        parent = parent if parent.is_absolute() else ROOT / parent
         if not (parent / "training_record.json").is_file():
             raise SystemExit(f"{run} was fine-tuned from {parent}, which has no "
                              "training_record.json: its training cannot be counted")
@@ -76,7 +85,7 @@ def training_record(run: Path, config_name: str, raw_weights: bool,
 def changed_flags(config: dict, config_name: str) -> str:
     """The `videofusion train` flags that turn configs/CONFIG_NAME into the run's ``config``
     (a fine-tune's --init-from, and whatever else the run changed), in the config's order."""
-    recipe = TrainConfig.from_yaml(TARGET.parents[3] / "configs" / config_name).to_dict()
+    recipe = TrainConfig.from_yaml(ROOT / "configs" / config_name).to_dict()
     flags = []
     for key, value in config.items():
         if value == recipe.get(key):
@@ -100,32 +109,66 @@ def total_seconds(record: dict) -> float:
     return sum(r["seconds"] for r in lineage(record))
 
 
-def model_card(record: dict, parameters: dict, sampler: str, steps: int,
+def data_description(name: str, record: dict, parameters: dict) -> tuple[str, str]:
+    """The card's title and its paragraph on the data and the conditioning of model ``name``."""
+    config = record["config"]
+    side = f"{config['resolution']}x{config['resolution']}"
+    label_drop = TrainConfig().replace(config).label_drop
+    drop = (f"dropped independently (the label {label_drop:.0%}, the caption "
+            f"{config['cond_drop']:.0%} of the time in the last run), so either works alone "
+            "and classifier-free guidance works")
+    if name == "physics":
+        classes = ", ".join(f"{i} = {c}" for i, c in enumerate(record.get("classes", [])))
+        return (
+            "videofusion physics model: rendered DeepMind Control clips, class + text "
+            "conditioned",
+            "VideoFusion (spec §1-§4) trained with the project's own trainer on DeepMind Control "
+            "Suite scenes rendered headless with scripted policies (`videofusion data "
+            f"render-dmc`, docs/data.md): {config['frames']} frames, {side}, lambda = "
+            f"{config['lambda']}, in the latent space of the project's own VAE (`vae/`, "
+            f"{parameters['vae']:,} parameters, trained with `videofusion train-vae` on the same "
+            "clips; the networks see its latents, read from a latent cache). Conditioned on the "
+            f"domain (class label: {classes}) and on the caption (\"a cheetah running\", MiniLM "
+            f"sentence encoder, offline), {drop}.")
+    return (
+        "videofusion default model: moving digits, class + text conditioned",
+        "VideoFusion (spec §1-§4) trained with the project's own trainer on the built-in moving "
+        "digits (one handwritten digit per clip, 7 colours, constant velocity with bounces): "
+        f"{config['frames']} frames, {side}, colour, lambda = {config['lambda']}, conditioned "
+        "on the digit class (10 classes) and on the caption (\"a red digit 3 moving down and to "
+        f"the left\", MiniLM sentence encoder, offline), {drop}.")
+
+
+def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: int,
                guidance: float) -> str:
     config = record["config"]
     runs = lineage(record)
     seconds = total_seconds(record)
+    title, data = data_description(name, record, parameters)
     base = (f"base generator {parameters['base']:,} + residual generator "
             f"{parameters['residual']:,}")
+    if "vae" in parameters:
+        base += f" (+ VAE {parameters['vae']:,})"
     runs_text = " then ".join(
         f"{r['image_steps']:,} image steps (stage 1) + {r['joint_steps']:,} joint steps "
         f"(stage 2), batch {r['batch_size']}, seed {r['seed']}" for r in runs)
     weights = ("the raw weights of the last step (exported with `--raw-weights`)"
                if record["raw_weights"] else f"EMA, decay {config['ema_decay']}")
-    commands = "\n".join(f"    {line}" for r in runs for line in r["commands"])
-    label_drop = TrainConfig().replace(config).label_drop
+    if record.get("recipe"):
+        retrain = ("Retrain it: every stage below is resumable and skipped once complete; "
+                   "`scripts/train_physics.py` ran them in this order")
+        commands = "\n".join(f"    {line}" for line in record["recipe"])
+    else:
+        retrain = ("Retrain it (resumable; stop any time with Ctrl-C and continue with "
+                   "`--resume`; each\n`--init-from` run starts from the model the commands "
+                   "before it bundled)")
+        commands = "\n".join(f"    {line}" for r in runs for line in r["commands"])
     correction = ("; the key frame's prediction is corrected by the residual generator "
                   "(`--key-frame-correction`, spec §7)" if config.get("key_frame_correction")
                   else "")
-    return f"""# videofusion default model: moving digits, class + text conditioned
+    return f"""# {title}
 
-VideoFusion (spec §1-§4) trained with the project's own trainer on the built-in moving digits
-(one handwritten digit per clip, 7 colours, constant velocity with bounces):
-{config['frames']} frames, {config['resolution']}x{config['resolution']}, colour, lambda =
-{config['lambda']}, conditioned on the digit class (10 classes) and on the caption ("a red digit
-3 moving down and to the left", MiniLM sentence encoder, offline), dropped independently (the
-label {label_drop:.0%}, the caption {config['cond_drop']:.0%} of the time in the last run), so
-either works alone and classifier-free guidance works. Residual generator input:
+{data} Residual generator input:
 `{config['residual_input']}` (spec §2){correction}.
 
 | | |
@@ -139,8 +182,7 @@ either works alone and classifier-free guidance works. Residual generator input:
 `--steps` override) |
 | guidance | {guidance:g} by default (`default_guidance_scale`; `--guidance` overrides) |
 
-Retrain it (resumable; stop any time with Ctrl-C and continue with `--resume`; each
-`--init-from` run starts from the model the commands before it bundled):
+{retrain}:
 
 {commands}
 
@@ -150,11 +192,33 @@ measured with `videofusion eval`, is in the project README.
 """
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def video_classes(data: str) -> list[str]:
+    """The class names of a video folder by label: its class subfolders, as ``VideoFolder``
+    reads them."""
+    from videofusion.data.video_folder import scan
+
+    root = Path(data) if Path(data).is_absolute() else ROOT / data
+    videos, folders = scan(root)
+    return sorted({p.relative_to(root).parts[0] for p in [*videos, *folders]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a training output folder with pipeline/")
+    parser.add_argument("--model", choices=tuple(SHIPPED_MODELS), default=DEFAULT_MODEL,
+                        help="the shipped model this run becomes (default %(default)s)")
+    parser.add_argument("--target", type=Path,
+                        help="write here instead of the model's folder in the package (a trial "
+                             "bundle)")
     parser.add_argument("--config-name", default="moving_digits_bundled.yaml",
                         help="the configs/ file the run was started from")
+    parser.add_argument("--recipe", type=Path,
+                        help="a file of the commands that made the run, its data and VAE, one "
+                             "a line: the card quotes them")
     parser.add_argument("--raw-weights", action="store_true",
                         help="RUN/pipeline holds raw (not EMA) weights: say so in the card")
     parser.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="ddpm",
@@ -169,27 +233,41 @@ def main() -> None:
     if not (args.run / "pipeline" / "model_index.json").is_file():
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
                          "--config ... --resume --stop-at-step N`")
-    sampling = f" --scheduler {args.scheduler} --steps {args.steps}"
-    record = training_record(args.run, args.config_name, args.raw_weights, args.guidance,
-                             sampling)
+    target = args.target or SHIPPED_MODELS[args.model].folder
+    flags = "".join(f" --{flag} {value}" for flag, value in (
+        ("model", args.model if args.model != DEFAULT_MODEL else None),
+        ("config-name", args.config_name if args.model != DEFAULT_MODEL else None),
+        ("recipe", args.recipe), ("scheduler", args.scheduler), ("steps", args.steps))
+        if value is not None)
+    record = training_record(args.run, args.config_name, args.raw_weights, args.guidance, flags)
+    if args.recipe is not None:
+        record["recipe"] = [line for line in args.recipe.read_text().splitlines() if line]
+    data = record["config"]["data"]
+    if "class" in record["config"]["condition"] and data != MOVING_DIGITS:
+        record["classes"] = video_classes(data)
     pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
     pipe.use_scheduler(args.scheduler)
     pipe.register_to_config(default_inference_steps=args.steps)
     if args.guidance is not None:
         pipe.register_to_config(default_guidance_scale=args.guidance)
-    parameters = {"base": sum(p.numel() for p in pipe.base.parameters()),
-                  "residual": sum(p.numel() for p in pipe.residual.parameters())}
-    with atomic_directory(TARGET) as tmp:
+    parameters = {name: sum(p.numel() for p in module.parameters())
+                  for name, module in (("base", pipe.base), ("residual", pipe.residual),
+                                       ("vae", pipe.vae)) if module is not None}
+    with atomic_directory(target) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         shutil.copy(args.run / "config.yaml", Path(tmp) / "training_config.yaml")
-        card = model_card(record, parameters, type(pipe.scheduler).__name__, args.steps,
-                          pipe.default_guidance)
+        card = model_card(args.model, record, parameters, type(pipe.scheduler).__name__,
+                          args.steps, pipe.default_guidance)
         (Path(tmp) / "README.md").write_text(card)
         kept = {k: v for k, v in record.items() if k != "config"}
         (Path(tmp) / "training_record.json").write_text(json.dumps(kept, indent=2) + "\n")
-    size = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
-    print(f"wrote {TARGET} ({size / 2**20:.1f} MB, {len(lineage(record))} run(s), "
-          f"{total_seconds(record) / 3600:.1f} h of training)")
+        size = folder_bytes(Path(tmp))
+        if size > MAX_BYTES:  # leaves the folder in place as it was
+            raise SystemExit(f"the bundle would be {size / 2**20:.1f} MB, over the "
+                             f"{MAX_BYTES / 2**20:.0f} MB a shipped model may take: {target} "
+                             "is left as it was")
+    print(f"wrote {target} ({size / 2**20:.1f} MB of at most {MAX_BYTES / 2**20:.0f} MB, "
+          f"{len(lineage(record))} run(s), {total_seconds(record) / 3600:.1f} h of training)")
 
 
 if __name__ == "__main__":
