@@ -2,10 +2,12 @@
 
 Real videos: the moving-digits TEST split or a folder of videos (:mod:`.sets`). Generated
 ("fake") videos: a folder of videos, or a model folder (``model_index.json``) sampled with
-``VideoFusionPipeline`` (:mod:`.sampling`). Metrics: FVD, KVD x1000 and IS on Kinetics-400 I3D
-(``videofusion.metrics.fvd``), the cheap moving-digits metrics (``videofusion.metrics.digits``)
-and coherence (:mod:`.scores`). One :class:`EvalProtocol` (:mod:`.protocol`) says how, and is
-recorded in the report (:mod:`.report`) because every number depends on it.
+``VideoFusionPipeline`` (:mod:`.sampling`), a text-conditioned one with the real set's
+captions (the test split's, or the real folder's). Metrics: FVD, KVD x1000 and IS on
+Kinetics-400 I3D (``videofusion.metrics.fvd``), the cheap moving-digits metrics
+(``videofusion.metrics.digits``) and coherence (:mod:`.scores`). One :class:`EvalProtocol`
+(:mod:`.protocol`) says how, and is recorded in the report (:mod:`.report`) because every
+number depends on it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .sampling import sample_model
 from .scores import compute_metrics
 from .sets import (
     VideoSet,
+    folder_captions,
     is_model_dir,
     label_folder_set,
     load_moving_digits,
@@ -65,12 +68,23 @@ def _check_counts(real: VideoSet, fake: VideoSet, protocol: EvalProtocol,
                          f"{protocol.num_videos} requested")
 
 
+def _text_conditioned(model_dir) -> bool:
+    """Whether the model in ``model_dir`` takes captions, from its residual generator's config."""
+    import json
+
+    config = json.loads((Path(model_dir) / "residual" / "config.json").read_text())
+    return config.get("cross_attention_dim") is not None
+
+
 def _video_sets(real, fake, protocol: EvalProtocol, device, progress) -> tuple[VideoSet,
                                                                                 VideoSet]:
     """The fake set (sampled or read, at the protocol's resolution or its own), then the real
     set at the fake set's size."""
     if is_model_dir(fake):
-        fake_set = sample_model(fake, protocol, device, progress)
+        text = protocol.condition != "class" and _text_conditioned(fake)
+        captions = (folder_captions(real, protocol.num_videos)
+                    if text and str(real) != MOVING_DIGITS else None)
+        fake_set = sample_model(fake, protocol, device, progress, captions)
         channels = fake_set.sampling["channels"]
     else:
         fake_set = load_video_folder(fake, protocol.num_videos, protocol.num_frames,

@@ -6,6 +6,7 @@ not depend on the batch it was sampled in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +31,24 @@ def _resize(videos: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return x.permute(0, 2, 3, 1).reshape(n, f, *size, c).numpy()
 
 
-def _conditions(pipe, protocol: EvalProtocol, channels: int, resolution: tuple[int, int]):
+def _conditions(pipe, protocol: EvalProtocol, channels: int, resolution: tuple[int, int],
+                captions: Sequence[str] | None = None):
     """What each video is sampled with: ``(conditioning, prompts or None, labels)``.
 
     Class-conditioned models get labels 0..9 in turn (or ``protocol.class_labels``, cycled);
-    text-conditioned models the captions of the moving-digits test split (the digit is the
-    label); unconditional models nothing. Labels are kept for prompt adherence.
+    text-conditioned models ``captions`` (cycled), else the captions of the moving-digits test
+    split (the digit is the label); unconditional models nothing. Labels are kept for prompt
+    adherence.
     """
     n, condition = protocol.num_videos, protocol.condition
     text = pipe.residual.config.cross_attention_dim is not None
     if condition == "text" and not text or condition == "class" and pipe.num_classes is None:
         raise ValueError(f"this model cannot be sampled with condition {condition!r}")
+    if text and condition != "class" and captions is not None:
+        if not captions:
+            raise ValueError("captions: empty")
+        return ("text (the real set's captions)", [captions[i % len(captions)] for i in range(n)],
+                [-1] * n)
     if text and condition != "class":
         from videofusion.data import MovingDigits
 
@@ -60,13 +68,14 @@ def _conditions(pipe, protocol: EvalProtocol, channels: int, resolution: tuple[i
 
 
 def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
-                 progress: bool = True) -> VideoSet:
+                 progress: bool = True, captions: Sequence[str] | None = None) -> VideoSet:
     """``protocol.num_videos`` samples of the pipeline in ``path``, resized to
     ``protocol.resolution`` (default: the model's sample size).
 
-    A model conditioned on class and text is sampled with captions, or with class labels alone
-    for ``condition="class"``. The guidance scale defaults to the pipeline's
-    ``default_guidance`` (as ``videofusion sample``), 1 when a model is sampled unconditionally.
+    A model conditioned on class and text is sampled with captions (``captions``, else the
+    moving-digits test split's), or with class labels alone for ``condition="class"``. The
+    guidance scale defaults to the pipeline's ``default_guidance`` (as ``videofusion sample``),
+    1 when a model is sampled unconditionally.
     Under a multi-process launch each process samples its share of the batches (``shards``).
     """
     import torch
@@ -78,7 +87,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
                 else pipe.residual.config.out_channels)
     size = int(pipe.config.sample_size)
     resolution = protocol.resolution or (size, size)
-    conditioning, prompts, labels = _conditions(pipe, protocol, channels, resolution)
+    conditioning, prompts, labels = _conditions(pipe, protocol, channels, resolution, captions)
     guidance_scale = protocol.guidance_scale
     if guidance_scale is None:
         guidance_scale = 1.0 if conditioning == "none" else pipe.default_guidance

@@ -28,6 +28,9 @@ class VideoSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     conditioning: str | None = None
     sampling: dict | None = None
+    # a folder's videos: the caption ("" when none) and the class-folder label (-1 when none)
+    captions: list[str] = field(default_factory=list)
+    folder_labels: list[int] = field(default_factory=list)
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -121,7 +124,7 @@ def load_video_folder(
                      start="center")
     size = resolution or _native_size(ds.entries) or ds.size
     skipped = list(ds.skipped)
-    videos, labels = [], []
+    videos, labels, captions, folder_labels = [], [], [], []
     bar = tqdm(total=min(num_videos, len(ds.entries)), desc=f"reading {name}", unit="video",
                disable=not progress)
     with bar:
@@ -142,10 +145,28 @@ def load_video_folder(
                 continue
             videos.append(frames)
             labels.append(_folder_label(ds.classes, entry.class_label, entry.caption))
+            captions.append(entry.caption)
+            folder_labels.append(entry.class_label)
             bar.update()
     if not videos:
         raise ValueError(f"{name}: no readable video in {path} ({len(skipped)} skipped)")
-    return VideoSet(np.stack(videos), labels, str(path), skipped)
+    return VideoSet(np.stack(videos), labels, str(path), skipped, captions=captions,
+                    folder_labels=folder_labels)
+
+
+def folder_captions(path: str | Path, num_videos: int) -> list[str]:
+    """The captions of a folder's first ``num_videos`` videos (the order
+    :func:`load_video_folder` reads them in), without reading a frame: the prompts to sample a
+    text-conditioned model with when the folder is the real set."""
+    from videofusion.data import VideoFolder
+    from videofusion.data.transforms import MIN_RESOLUTION
+
+    ds = VideoFolder(path, split=None, num_frames=1, resolution=MIN_RESOLUTION, start="center")
+    captions = [entry.caption for entry in ds.entries[:num_videos]]
+    if not any(captions):
+        raise ValueError(f"real: {path} has no captions to prompt a text-conditioned model with "
+                         "(sidecar .txt or captions.json); sample it with condition 'class'")
+    return captions
 
 
 def label_folder_set(videos: VideoSet, class_labels: tuple[int, ...] | None) -> VideoSet:
