@@ -9,16 +9,18 @@ resume from their last checkpoint:
 
 1. ``render``: training clips, ``videofusion data render-dmc`` into OUT/data/train;
 2. ``held-out``: the same domains with another render seed into OUT/data/held_out, at least
-   ``--held-out-videos`` clips in all (512: two disjoint sets of 256 for FVD / KVD, the second
-   for the real-vs-real floor at that size), never trained on;
-3. ``vae``: ``videofusion train-vae`` on the training clips' frames into OUT/vae;
-4. ``cache``: ``videofusion data cache-latents``: the training clips' latents into OUT/latents
+   ``--held-out-videos`` clips spread evenly over the domains, never trained on: the real set
+   of FVD / KVD and of the coherence metrics;
+3. ``floor``: as many again with a third seed into OUT/data/floor: the second real set of the
+   real-vs-real floor at that size (a folder of its own, so that both sets hold every domain);
+4. ``vae``: ``videofusion train-vae`` on the training clips' frames into OUT/vae;
+5. ``cache``: ``videofusion data cache-latents``: the training clips' latents into OUT/latents
    (complete when its ``--check`` finds nothing to encode);
-5. ``train``: ``videofusion train --config configs/physics_64.yaml ... --resume`` into OUT/run
+6. ``train``: ``videofusion train --config configs/physics_64.yaml ... --resume`` into OUT/run
    (class = domain, caption = the clip's sidecar);
-6. ``bundle``: ``scripts/bundle_model.py``: fp16, VAE included, into the package's folder of the
+7. ``bundle``: ``scripts/bundle_model.py``: fp16, VAE included, into the package's folder of the
    ``physics`` model (``videofusion.assets``; ``--target`` elsewhere), refused over 50 MB;
-7. ``samples``: ``videofusion sample`` from the bundle, one video per domain, into OUT/samples.
+8. ``samples``: ``videofusion sample`` from the bundle, one video per domain, into OUT/samples.
 
 The settings of the data and the VAE are ``Recipe``'s fields, those of the model and its
 training are the config's (``--frames``, ``--resolution``, ``--steps``, ``--pretrain-steps``,
@@ -60,9 +62,10 @@ class Recipe:
     out: Path = Path("runs/physics")
     domains: tuple[str, ...] = DEFAULT_DOMAINS
     train_clips: int = 500  # per domain
-    held_out_videos: int = 512  # in all, spread evenly over the domains
+    held_out_videos: int = 256  # per real set (held-out, floor), spread evenly over the domains
     render_seed: int = 0
-    held_out_seed: int = 1  # another seed: other initial states and actions, no clip shared
+    held_out_seed: int = 1  # other seeds: other initial states and actions, no clip shared
+    floor_seed: int = 2
     workers: int = 1  # render processes
     vae_steps: int = 3000
     vae_batch_size: int = 16  # frames per step
@@ -74,7 +77,7 @@ class Recipe:
 
     @property
     def held_out_clips(self) -> int:
-        """Clips per domain so that the held-out set holds at least ``held_out_videos``."""
+        """Clips per domain so that a real set holds at least ``held_out_videos``."""
         return math.ceil(self.held_out_videos / len(self.domains))
 
     @property
@@ -153,7 +156,8 @@ def stages(recipe: Recipe) -> list[Stage]:
     """The recipe's commands; paths relative to the repository, as the model card quotes
     them."""
     out = recipe.out
-    train_data, held_out = out / "data" / "train", out / "data" / "held_out"
+    train_data, held_out, floor = (out / "data" / name for name in ("train", "held_out",
+                                                                    "floor"))
     vae, latents, run, samples = out / "vae", out / "latents", out / "run", out / "samples"
     config_path = Path("configs") / CONFIG
     config = TrainConfig.resolve(ROOT / config_path, flags(recipe.train))
@@ -173,6 +177,9 @@ def stages(recipe: Recipe) -> list[Stage]:
         Stage("held-out", [*render, "--clips", str(recipe.held_out_clips), "--seed",
                            str(recipe.held_out_seed), "--out", str(held_out)],
               lambda: rendered(ROOT / held_out, recipe.domains, recipe.held_out_clips)),
+        Stage("floor", [*render, "--clips", str(recipe.held_out_clips), "--seed",
+                        str(recipe.floor_seed), "--out", str(floor)],
+              lambda: rendered(ROOT / floor, recipe.domains, recipe.held_out_clips)),
         Stage("vae", ["videofusion", "train-vae", "--data", str(train_data), "--resolution",
                       str(config.resolution), "--block-channels", recipe.vae_channels,
                       "--steps", str(recipe.vae_steps), "--batch-size",

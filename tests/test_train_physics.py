@@ -33,14 +33,16 @@ def option(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
-def test_the_default_recipe_renders_a_disjoint_held_out_set_for_256_video_fvd():
+def test_the_default_recipe_renders_two_disjoint_real_sets_for_256_video_fvd():
     plan = by_name(Recipe())
-    assert list(plan) == ["render", "held-out", "vae", "cache", "train", "bundle", "samples"]
-    train, held = plan["render"].command, plan["held-out"].command
-    domains = option(held, "--domains").split(",")
-    assert int(option(held, "--clips")) * len(domains) >= 512  # two sets of 256
-    assert option(train, "--seed") != option(held, "--seed")
-    assert option(train, "--out") != option(held, "--out")
+    assert list(plan) == ["render", "held-out", "floor", "vae", "cache", "train", "bundle",
+                          "samples"]
+    train, held, floor = (plan[name].command for name in ("render", "held-out", "floor"))
+    for real in (held, floor):  # every domain in each set, 256 clips or more
+        assert option(real, "--domains") == option(train, "--domains")
+        assert int(option(real, "--clips")) * len(option(real, "--domains").split(",")) >= 256
+    assert len({option(c, "--seed") for c in (train, held, floor)}) == 3
+    assert len({option(c, "--out") for c in (train, held, floor)}) == 3
     config = TrainConfig.from_yaml(ROOT / "configs" / train_physics.CONFIG)
     assert (option(held, "--frames"), option(held, "--size")) == (str(config.frames),
                                                                   str(config.resolution))
@@ -58,7 +60,7 @@ def test_flags_set_the_recipe_and_the_config_and_win_over_smoke():
                                 "--domains", "walker,hopper"])
     assert not smoke and recipe.train_clips == 7 and recipe.domains == ("walker", "hopper")
     assert recipe.train == ("--max-steps", "9", "--seed", "3")
-    assert recipe.held_out_clips == 256
+    assert recipe.held_out_clips == 128
     recipe, smoke = parse_args(["--smoke", "--out", "/tmp/x", "--steps", "5"])
     assert smoke and recipe.train_clips == 2 and recipe.target == Path("/tmp/x/bundle")
     config = TrainConfig.resolve(ROOT / "configs" / train_physics.CONFIG,
