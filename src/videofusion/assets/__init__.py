@@ -33,10 +33,11 @@ class ShippedModel:
 SHIPPED_MODELS = {model.name: model for model in (
     ShippedModel("digits", ASSETS_DIR / "default_model", "moving digits", (0, 3, 5, 7),
                  "a red digit 3 moving down and to the left",
-                 "configs/moving_digits_bundled.yaml and scripts/bundle_model.py (its model card)"),
+                 "videofusion train --config configs/moving_digits_bundled.yaml, then "
+                 "python scripts/bundle_model.py"),
     ShippedModel("physics", ASSETS_DIR / "physics_model", "rendered physics", (0, 1, 2, 3),
-                 "a cheetah running", "python scripts/train_physics.py (docs/training.md, "
-                                      "'The physics model')"),
+                 "a cheetah running", "python scripts/train_physics.py, see docs/training.md "
+                                      "'The physics model'"),
 )}
 DEFAULT_MODEL = "digits"
 # The bundled VideoFusionPipeline that `videofusion sample` uses without --model.
