@@ -1,7 +1,7 @@
 """scripts/train_physics.py (the physics model's recipe) and scripts/bundle_model.py on a latent
 model: the commands, what makes a stage complete, continuing after a failure, the bundle's VAE
-and its size limit. The whole chain runs in `python scripts/train_physics.py --smoke` (about
-1.5 minutes), not here."""
+and its size limit. The whole chain runs in `python scripts/train_physics.py --smoke` (60-90
+s), not here."""
 
 import json
 import sys

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from videofusion.assets import DEFAULT_MODEL, SHIPPED_MODELS, shipped_model
 from videofusion.choices import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPES
 from videofusion.devices import device_name
 from videofusion.safety import int_range
@@ -44,21 +42,6 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
                    help="precision of the networks' forward passes (autocast); latents and the "
                         "scheduler stay fp32 (docs/devices.md)")
-
-
-def add_model_options(p: argparse.ArgumentParser, folder_help: str) -> None:
-    """``--model NAME`` (a shipped model) or ``--model-dir PATH`` (any pipeline folder)."""
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--model", choices=tuple(SHIPPED_MODELS),
-                       help=f"a model shipped with the package (default: {DEFAULT_MODEL})")
-    which.add_argument("--model-dir", help=folder_help)
-
-
-def model_folder(args: argparse.Namespace) -> Path:
-    """The folder ``--model`` or ``--model-dir`` names; the default shipped model if neither."""
-    if getattr(args, "model_dir", None) is not None:
-        return Path(args.model_dir)
-    return shipped_model(getattr(args, "model", None) or DEFAULT_MODEL).folder
 
 
 def integers(text: str, example: str = "16,32,64") -> list[int]:

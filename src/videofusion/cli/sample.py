@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from videofusion.assets import DEFAULT_MODEL, SHIPPED_MODELS, shipped_model
 from videofusion.choices import DEFAULT_INFERENCE_STEPS, DEFAULT_NUM_FRAMES, SCHEDULERS
 from videofusion.safety import (
     check_output_dir,
@@ -15,7 +16,7 @@ from videofusion.safety import (
     int_range,
 )
 
-from .arguments import SEED, add_device_options, add_model_options, grid_shape, model_folder
+from .arguments import SEED, add_device_options, grid_shape
 
 
 def add_sample_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,7 +24,10 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
         "sample", help="generate videos with a trained model",
         description="Sample videos (spec §4). --base-seed / --residual-seed give every video the "
                     "same base noise (same content) or the same residual noise (same motion).")
-    add_model_options(p, "a VideoFusionPipeline folder (e.g. OUTPUT/pipeline)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", choices=tuple(SHIPPED_MODELS),
+                       help=f"a model shipped with the package (default: {DEFAULT_MODEL})")
+    which.add_argument("--model-dir", help="a VideoFusionPipeline folder (e.g. OUTPUT/pipeline)")
     p.add_argument("--prompt", help="text prompt (text-conditioned models)")
     p.add_argument("--class-label", type=int_range(0), nargs="+",
                    help="class label(s) (class models)")
@@ -63,6 +67,13 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples", help="output folder")
     p.set_defaults(handler=run_sample)
     return p
+
+
+def model_folder(args: argparse.Namespace) -> Path:
+    """The folder ``--model-dir`` or ``--model`` names; the default shipped model if neither."""
+    if args.model_dir is not None:
+        return Path(args.model_dir)
+    return shipped_model(args.model or DEFAULT_MODEL).folder
 
 
 def run_sample(args: argparse.Namespace) -> int:
