@@ -53,7 +53,7 @@ def check_fsdp(accelerator: Accelerator, asked: bool) -> None:
     with an FSDP config sets ACCELERATE_USE_FSDP) but not given is said: accelerate turns
     it on for GPU processes only, and runs CPU processes as DDP."""
     if accelerator.distributed_type != DistributedType.FSDP:
-        if asked:
+        if asked and accelerator.is_main_process:
             logger.warning("FSDP was asked for, but accelerate %s runs this as %s: the "
                            "parameters are not sharded (accelerate shards only GPU processes "
                            "started by accelerate launch or torchrun)",
