@@ -575,7 +575,8 @@ class Trainer:
                 report.write_previews(self._pipeline(model),
                                       self.output / "samples" / f"step-{step:06d}",
                                       config, self.num_classes, captions, self.device)
-                report.plot_loss(self.output)
+        if self.accelerator.is_main_process:
+            report.plot_loss(self.output)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, start_step: int, step: int, elapsed_before: float, elapsed: float) -> Path:
