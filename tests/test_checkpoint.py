@@ -323,7 +323,8 @@ def test_a_truncated_file_is_corrupt_and_named(saved, name):
 @pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "extra.pt", "model.pth",
                                   "state.ckpt", "data.pickle", "random_states.pkl",
                                   "optimizer_a.bin", "xoptimizer.bin", "scaler.pt.bin",
-                                  "sub/optimizer.bin"])
+                                  "sub/optimizer.bin", "pytorch_model.bin",
+                                  "sub/pytorch_model_fsdp.bin"])
 def test_a_pickle_accelerate_never_writes_is_refused_unread(saved, tmp_path, name):
     accelerator, folder = saved
     marker = tmp_path / "pwned"
@@ -346,7 +347,8 @@ def test_a_pickle_accelerate_never_writes_is_refused_unread(saved, tmp_path, nam
 
 
 @pytest.mark.parametrize("name", ["optimizer.bin", "optimizer_1.bin", "scheduler.bin",
-                                  "scheduler_0.bin", "random_states_12.pkl", "scaler.pt"])
+                                  "scheduler_0.bin", "random_states_12.pkl", "scaler.pt",
+                                  "pytorch_model_fsdp.bin", "pytorch_model_fsdp_1.bin"])
 def test_accelerates_own_pickle_names_are_read_only_as_tensors(saved, tmp_path, name):
     _, folder = saved
     path = folder / name

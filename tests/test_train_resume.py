@@ -254,7 +254,7 @@ def test_training_state_round_trip_restores_ema_lr_position_and_skip_count(tmp_p
     saved.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [EMA_FILE, TRAINING_STATE_FILE]
     _, loaded = tiny_state(1, steps=0)
-    loaded.load(tmp_path, torch.device("cpu"))
+    loaded.load(tmp_path)
     assert loaded.ema_missing is False and loaded.nonfinite_steps == 2
     assert loaded.ema.optimization_step == saved.ema.optimization_step == 3
     assert (loaded.ema.decay, loaded.ema.power) == (0.9, 0.75)
@@ -273,12 +273,12 @@ def test_a_state_saved_without_ema_leaves_a_new_ema_alone_and_says_so(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [TRAINING_STATE_FILE]
     _, loaded = tiny_state(1, steps=0)
     before = [p.clone() for p in loaded.ema.shadow_params]
-    loaded.load(tmp_path, torch.device("cpu"))
+    loaded.load(tmp_path)
     assert loaded.ema_missing is True and loaded.ema.optimization_step == 0
     assert all(torch.equal(a, b) for a, b in zip(before, loaded.ema.shadow_params, strict=True))
     assert loaded.lr_scheduler.last_epoch == 3
     _, without = tiny_state(1, ema=False, steps=0)
-    without.load(tmp_path, torch.device("cpu"))
+    without.load(tmp_path)
     assert without.ema_missing is False
 
 
@@ -291,7 +291,7 @@ def test_an_ema_of_another_model_is_refused_naming_the_file(tmp_path):
                               num_warmup_steps=2, num_training_steps=10)
     state = TrainingState(EMAModel(other.parameters(), decay=0.9), scheduler)
     with pytest.raises(CorruptCheckpoint) as err:
-        state.load(tmp_path, torch.device("cpu"))
+        state.load(tmp_path)
     assert str(err.value) == (f"checkpoint {tmp_path}: bad trainer state (ValueError: "
                               f"{tmp_path / EMA_FILE} does not match the model)")
 
@@ -314,7 +314,7 @@ def test_a_damaged_training_state_is_corrupt(tmp_path, damage):
         (tmp_path / EMA_FILE).unlink()
     _, loaded = tiny_state(1, steps=0)
     with pytest.raises(CorruptCheckpoint, match=f"checkpoint {tmp_path}: bad trainer state"):
-        loaded.load(tmp_path, torch.device("cpu"))
+        loaded.load(tmp_path)
 
 
 # ---- the data order a resume continues ------------------------------------------------------

@@ -38,9 +38,12 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
 TMP_PREFIX = ".tmp-"
 # The pickles accelerate's save_state writes; read only with weights_only=True (plain tensors,
-# numbers and numpy RNG arrays). Any other pickle in a checkpoint is refused.
+# numbers and numpy RNG arrays). Any other pickle in a checkpoint is refused. Under FSDP (full
+# state dicts, see training_setup.check_fsdp) the model is pytorch_model_fsdp.bin, a pickle of
+# plain tensors that accelerate itself loads with weights_only=True.
 ALLOWED_PICKLES = re.compile(
-    r"^((optimizer|scheduler)(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt)$")
+    r"^((optimizer|scheduler|pytorch_model_fsdp)(_\d+)?\.bin|random_states_\d+\.pkl"
+    r"|scaler\.pt)$")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
 
 

@@ -18,23 +18,31 @@ step as 1 process x batch B x 2 accumulation steps.
 What a run is built from (accelerator, VAE, model and its starting weights, optimizer) is
 ``videofusion.training_setup``; what it shows and writes (log, loss curve, previews, pipeline,
 summary) is ``videofusion.training_report``; this module is the loop and its checkpoints.
+
+Under FSDP2 the model's parameters, and so its EMA, are sharded over the processes
+(``videofusion.sharding``): they are gathered whole only for what leaves the run (the EMA file of
+a checkpoint, previews, the exported pipeline), with every process taking part.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -43,8 +51,10 @@ from . import training_report as report
 from . import training_setup as setup
 from .condition import Condition
 from .config import TrainConfig
+from .models.videofusion import VideoFusionModel
 from .noise import key_frame_index
 from .objective import diffusion_loss, image_diffusion_loss
+from .sharding import local, shard_like, whole_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +127,30 @@ class EpochItems(Dataset):
         return self.dataset[index]
 
 
+def parameter_checksum(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """(sum, sum of squares), in float64, of the weights this process holds: all of them, or
+    under FSDP2 its slices."""
+    held = [local(p).detach().double() for p in params]
+    return torch.stack([sum(p.sum() for p in held), sum(p.pow(2).sum() for p in held)])
+
+
+def whole_model(template: nn.Module, model: nn.Module, params: Iterable[torch.Tensor],
+                keep: bool, device: torch.device) -> nn.Module | None:
+    """A whole copy of ``model``, whose parameters FSDP2 sharded, with ``params`` (its own or
+    its EMA's, in ``model.parameters()`` order) gathered into it: built from ``template``, a
+    shape-only (meta) copy of the model made before sharding, on ``device``. Every process
+    calls this; only those with ``keep`` get the copy (None elsewhere)."""
+    names = [name for name, _ in model.named_parameters()]
+    tensors = whole_tensors(params, keep)
+    if not keep:
+        return None
+    state = dict(zip(names, tensors, strict=True))
+    state.update(model.named_buffers())  # FSDP2 leaves buffers whole on every process
+    whole = copy.deepcopy(template).to_empty(device=device)
+    whole.load_state_dict(state)
+    return whole
+
+
 class TrainingState:
     """What a resumed run needs besides model, optimizer and RNG: the EMA weights
     (``ema.safetensors``), the EMA counters, the LR schedule of the current stage and the count
@@ -128,7 +162,15 @@ class TrainingState:
         self.ema_missing = False  # EMA on now, but the checkpoint was saved without one
         self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
 
-    def save(self, folder: Path) -> None:
+    def whole_ema(self, keep: bool) -> list[torch.Tensor] | None:
+        """The EMA weights whole, for ``save``: every process calls this (under FSDP2 it gathers
+        the shards); only those with ``keep`` get the tensors."""
+        return None if self.ema is None else whole_tensors(self.ema.shadow_params, keep)
+
+    def save(self, folder: Path, ema_weights: list[torch.Tensor] | None = None) -> None:
+        """Write the state into ``folder`` (one process). ``ema_weights``: the EMA's tensors
+        from ``whole_ema``; by default the EMA's own, which are whole unless FSDP2 sharded
+        them."""
         from safetensors.torch import save_file
 
         meta = {"lr_scheduler": self.lr_scheduler.state_dict(),
@@ -136,12 +178,16 @@ class TrainingState:
         if self.ema is not None:
             ema = dict(self.ema.state_dict())
             shadow = ema.pop("shadow_params")
+            shadow = shadow if ema_weights is None else ema_weights
             save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(shadow)},
                       str(folder / EMA_FILE))
             meta["ema"] = ema
         (folder / TRAINING_STATE_FILE).write_text(json.dumps(meta, indent=2))
 
-    def load(self, folder: Path, device: torch.device) -> None:
+    def load(self, folder: Path) -> None:
+        """Read the state from ``folder`` (every process): the whole EMA weights are read onto
+        the CPU and placed as the EMA's are now (on its device, cut into this process's
+        slices under FSDP2)."""
         from safetensors.torch import load_file
 
         path = folder / TRAINING_STATE_FILE
@@ -149,10 +195,12 @@ class TrainingState:
             meta = json.loads(path.read_text())
             self.ema_missing = self.ema is not None and meta["ema"] is None
             if self.ema is not None and not self.ema_missing:
-                tensors = load_file(str(folder / EMA_FILE), device=str(device))
+                tensors = load_file(str(folder / EMA_FILE))
                 shadow = [tensors[str(i)] for i in range(len(tensors))]
                 if [s.shape for s in shadow] != [s.shape for s in self.ema.shadow_params]:
                     raise ValueError(f"{folder / EMA_FILE} does not match the model")
+                shadow = [shard_like(s, like)
+                          for s, like in zip(shadow, self.ema.shadow_params, strict=True)]
                 self.ema.load_state_dict({**meta["ema"], "shadow_params": shadow})
             self.lr_scheduler.load_state_dict(meta["lr_scheduler"])
             self.nonfinite_steps = int(meta["nonfinite_steps"])
@@ -212,6 +260,10 @@ class Trainer:
         self.model = setup.build_training_model(
             config, self.model_channels, self.model_resolution, self.num_classes, self.captions,
             latent=self.vae is not None)
+        # FSDP2 shards the model in place: previews and the pipeline are made from a whole copy
+        # of it, built from this shape-only (meta) template
+        self.sharded = accelerator.distributed_type == DistributedType.FSDP
+        self.template = copy.deepcopy(self.model).to("meta") if self.sharded else None
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
                                              beta_schedule=config.beta_schedule,
                                              beta_start=config.beta_start,
@@ -453,36 +505,55 @@ class Trainer:
         # the schedule first: building it sets the optimizer's LR, which the checkpoint restores
         state = TrainingState(self.ema, self._lr_scheduler(self._stage(saved["step"])))
         checkpoint.load_checkpoint(self.accelerator, folder, verified=True)
-        state.load(folder, self.device)
+        state.load(folder)
         self.state = state
         return saved
 
     def _parameter_checksums(self) -> list[list[float]]:
-        """(sum, sum of squares) of all weights on every process: equal unless ranks diverged."""
-        params = [p.detach().double() for p in self.model.parameters()]
-        local = torch.stack([sum(p.sum() for p in params), sum(p.pow(2).sum() for p in params)])
-        return self.accelerator.gather(local.to(self.device)[None]).tolist()
+        """``parameter_checksum`` of every process: equal under DDP unless ranks diverged;
+        under FSDP2 they add up to the whole model's."""
+        held = parameter_checksum(self.model.parameters()).to(self.device)
+        return self.accelerator.gather(held[None]).tolist()
 
     def _checkpoint(self, step: int, elapsed: float) -> None:
         checksums = self._parameter_checksums()
-        if any(c != checksums[0] for c in checksums):
+        if not self.sharded and any(c != checksums[0] for c in checksums):
             logger.warning("the processes' weights differ at step %d: %s", step, checksums)
+        ema_weights = self.state.whole_ema(keep=self.accelerator.is_main_process)
         checkpoint.save_checkpoint(
             self.accelerator, self.checkpoints, step,
             {"elapsed_seconds": elapsed, "total_steps": self.config.total_steps,
              "parameter_checksums": checksums,
              "samples_seen": step * self.config.batch_size * self.accelerator.num_processes
              * self.config.gradient_accumulation_steps},
-            keep=self.config.checkpoints_total_limit, write=self.state.save,
+            keep=self.config.checkpoints_total_limit,
+            write=partial(self.state.save, ema_weights=ema_weights),
         )
         if self.config.overwrite and self.accelerator.is_main_process:
             safety.drop_set_aside(self.output)  # the new run now has a checkpoint of its own
 
     # ---- outputs ------------------------------------------------------------------------
 
-    def _pipeline(self):
-        return report.training_pipeline(self.config, self.model, self.noise_scheduler, self.vae,
+    def _pipeline(self, model: VideoFusionModel):
+        return report.training_pipeline(self.config, model, self.noise_scheduler, self.vae,
                                         self.captions, self.signal_leak_mean)
+
+    @contextlib.contextmanager
+    def _whole_model(self, ema: bool, device: torch.device) -> Iterator[VideoFusionModel | None]:
+        """The model with the EMA's weights (``ema``, if there is an EMA) or the raw ones, whole,
+        on the main process; None on the others. Every process enters: under FSDP2 the weights
+        are gathered into a new whole model on ``device``; otherwise it is the model itself,
+        the EMA swapped in for the duration."""
+        average = self.ema if ema else None
+        main = self.accelerator.is_main_process
+        if self.sharded:
+            params = self.model.parameters() if average is None else average.shadow_params
+            yield whole_model(self.template, self.model, params, keep=main, device=device)
+        elif main:
+            with report.ema_weights(self.model, average):
+                yield self.model
+        else:
+            yield None
 
     @cached_property
     def signal_leak_mean(self) -> list[float]:
@@ -495,15 +566,16 @@ class Trainer:
         return [round(float(m), 6) for m in video.double().mean(dim=(0, 2, 3, 4))]
 
     def _preview(self, step: int) -> None:
-        """Sample GIFs and a contact sheet with the EMA weights (main process only)."""
-        if self.accelerator.is_main_process:
-            config = self.config
-            captions = ([self.dataset[i]["caption"] for i in range(config.sample_num)]
-                        if "text" in config.condition else [])
-            pipe = self._pipeline()
-            with report.ema_weights(self.model, self.ema):
-                report.write_previews(pipe, self.output / "samples" / f"step-{step:06d}",
+        """Sample GIFs and a contact sheet with the EMA weights (main process)."""
+        with self._whole_model(ema=True, device=self.device) as model:
+            if model is not None:
+                config = self.config
+                captions = ([self.dataset[i]["caption"] for i in range(config.sample_num)]
+                            if "text" in config.condition else [])
+                report.write_previews(self._pipeline(model),
+                                      self.output / "samples" / f"step-{step:06d}",
                                       config, self.num_classes, captions, self.device)
+        if self.accelerator.is_main_process:
             report.plot_loss(self.output)
         self.accelerator.wait_for_everyone()
 
@@ -515,11 +587,12 @@ class Trainer:
         target = self.output / "pipeline"
         if accelerator.is_main_process:
             report.plot_loss(self.output)
-            pipe = self._pipeline()
-            with checkpoint.atomic_directory(target) as tmp, \
-                    report.ema_weights(self.model, None if config.raw_weights else self.ema):
-                pipe.save_pretrained(tmp, safe_serialization=True)
-            self.log.print(f"saved the pipeline to {target}")
+        # gathered onto the CPU under FSDP2: a whole copy on the GPU is not needed to save it
+        with self._whole_model(ema=not config.raw_weights, device=torch.device("cpu")) as model:
+            if model is not None:
+                with checkpoint.atomic_directory(target) as tmp:
+                    self._pipeline(model).save_pretrained(tmp, safe_serialization=True)
+                self.log.print(f"saved the pipeline to {target}")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             latent = None if self.vae is None else {

@@ -11,8 +11,10 @@ import json
 import logging
 from pathlib import Path
 
+import accelerate
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import DistributedType, parse_flag_from_env
 from torch import nn
 
 from . import safety
@@ -27,17 +29,43 @@ logger = logging.getLogger(__name__)
 
 def make_accelerator(config: TrainConfig, output: Path) -> Accelerator:
     """accelerate, on the GPU if there is one (CPU runs, also under torchrun, use DDP over gloo
-    and stay fp32), logging to TensorBoard in ``output``."""
+    and stay fp32), logging to TensorBoard in ``output``; FSDP as ``check_fsdp`` allows."""
     cpu = not torch.cuda.is_available()
     mixed_precision = config.mixed_precision
     if cpu and mixed_precision != "no":
         logger.warning("mixed precision %s is not used on CPU: training in fp32", mixed_precision)
         mixed_precision = "no"
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=cpu, gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(output),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    check_fsdp(accelerator, asked=parse_flag_from_env("ACCELERATE_USE_FSDP"))
+    return accelerator
+
+
+def check_fsdp(accelerator: Accelerator, asked: bool) -> None:
+    """FSDP only as the trainer handles it (docs/training.md, "Launch configs"): version 2,
+    whose parameters keep their shapes as DTensors that the EMA can follow and that gather
+    whole (version 1 exposes flat slices of its shards), with whole state dicts in checkpoints
+    (a sharded one is written by torch.distributed.checkpoint, whose pickled metadata the
+    checkpoint verification cannot read safely). FSDP ``asked`` for (``accelerate launch``
+    with an FSDP config sets ACCELERATE_USE_FSDP) but not given is said: accelerate turns
+    it on for GPU processes only, and runs CPU processes as DDP."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        if asked and accelerator.is_main_process:
+            logger.warning("FSDP was asked for, but accelerate %s runs this as %s: the "
+                           "parameters are not sharded (accelerate shards only GPU processes "
+                           "started by accelerate launch or torchrun)",
+                           accelerate.__version__, accelerator.distributed_type.value)
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"FSDP: fsdp_version {plugin.fsdp_version} is not supported, the "
+                         "trainer needs fsdp_version: 2 (configs/accelerate/fsdp_full_shard.yaml)")
+    if plugin.state_dict_type.name != "FULL_STATE_DICT":
+        raise ValueError(f"FSDP: fsdp_state_dict_type {plugin.state_dict_type.name} is not "
+                         "supported, checkpoints need FULL_STATE_DICT")
 
 
 def guard_output(config: TrainConfig, output: Path, accelerator: Accelerator) -> safety.RunLock:
@@ -222,8 +250,9 @@ def check_base(base: BaseGenerator, config: TrainConfig, channels: int,
 
 
 class TrainingModule(nn.Module):
-    """The one module accelerate wraps (DDP), so that both stages' gradients are all-reduced:
-    ``image=True`` runs the base generator alone (stage 1), otherwise the full model."""
+    """The one module accelerate wraps (DDP, or FSDP2's root), so that both stages' gradients
+    are all-reduced: ``image=True`` runs the base generator alone (stage 1), otherwise the full
+    model."""
 
     def __init__(self, model: VideoFusionModel):
         super().__init__()
