@@ -3,6 +3,7 @@
     .venv/bin/python scripts/mutation.py                 # every module of pyproject's table
     .venv/bin/python scripts/mutation.py noise objective # some of them
     .venv/bin/python scripts/mutation.py --survivors noise  # only the last run's survivors
+    .venv/bin/python scripts/mutation.py train.resume --mutants "*TrainingState*"  # a subset
     make mutation MODULES="noise"                        # the same through make
 
 Each module (``[tool.videofusion.mutation.modules]`` in pyproject.toml) is mutated in its own
@@ -123,6 +124,9 @@ def main() -> None:
     parser.add_argument("--survivors", action="store_true",
                         help="re-run only the last run's surviving mutants, with the checkout's "
                              "current tests copied into the scratch copy")
+    parser.add_argument("--mutants", nargs="+", metavar="GLOB",
+                        help="run (and score) only the mutants matching these globs instead of "
+                             "the module's table entry, e.g. a function changed since its run")
     args = parser.parse_args()
     modules = args.modules or list(table["modules"])
     unknown = [m for m in modules if m not in table["modules"]]
@@ -130,7 +134,9 @@ def main() -> None:
         parser.error(f"unknown module(s) {unknown}; known: {sorted(table['modules'])}")
     rows = []
     for name in modules:
-        spec = table["modules"][name]
+        spec = dict(table["modules"][name])
+        if args.mutants:
+            spec["mutants"] = args.mutants
         work = SCRATCH / name
         started = time.monotonic()
         if args.survivors and not args.report_only:
