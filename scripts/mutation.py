@@ -38,6 +38,11 @@ SCRATCH = ROOT / "build" / "mutation"
 PACKAGE = Path("src") / "videofusion"
 
 
+# A survivor runs all its tests (up to about 2.5x their recorded time on a loaded machine);
+# a timeout counts as killed, so the limit must stay above that
+TIMEOUT_MULTIPLIER = 4
+
+
 def load_table() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["videofusion"]["mutation"]
 
@@ -66,6 +71,9 @@ def prepare(name: str, spec: dict, common: list[str]) -> Path:
         f"pytest_add_cli_args_test_selection = {lines(spec['tests'])}\n"
         "also_copy = \n    scripts\n"
         "process_isolation = fork\n"
+        # mutmut's wall-clock limit is (the tests' recorded time + 1 s) x this; its default 15
+        # gave the training tests' mutants that loop forever 25-50 minutes each
+        f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\n"
         "use_git_change_detection = false\n"
     )
     # pytest's rootdir and conftest must be the scratch copy's, not the checkout's
