@@ -63,9 +63,13 @@ def teacher_dir(tmp_path_factory):
     return folder
 
 
-def oracle(x0: torch.Tensor):
-    """The exact epsilon of clips noised from the one clip ``x0``: (z - alpha x0) / sigma."""
+def oracle(x0: torch.Tensor, seen: list | None = None):
+    """The exact epsilon of clips noised from the one clip ``x0``: (z - alpha x0) / sigma; the
+    timesteps it is called at go to ``seen``, each checked against its abar."""
     def predict(z, timestep, alpha_bar):
+        torch.testing.assert_close(alpha_bar, alpha_bar_at(ALPHAS, timestep).to(alpha_bar))
+        if seen is not None:
+            seen.extend(timestep.tolist())
         a = alpha_bar.view(-1, 1, 1, 1, 1)
         return (z - a.sqrt() * x0) / (1 - a).sqrt()
     return predict
@@ -97,18 +101,24 @@ def test_a_student_that_is_the_oracle_has_zero_loss_and_any_other_does_not():
     video = x0.expand(16, -1, -1, -1, -1)  # 16 draws: every student point is hit
     lambdas = make_lambdas(4, 0.5).double()
 
+    student_saw, teacher_saw = [], []
+
     def student(offset):
         def run(z, timestep, alpha_bar, lambdas):
-            eps = oracle(x0)(z, timestep, alpha_bar) + offset
+            eps = oracle(x0, student_saw)(z, timestep, alpha_bar) + offset
             return NoisePrediction(eps, None, eps)
         return run
 
     def loss(offset):
-        return distillation_loss(student(offset), oracle(x0), video, step_grid(1000, 8), ALPHAS,
-                                 lambdas, generator=torch.Generator().manual_seed(0), clip=1.0)
+        return distillation_loss(student(offset), oracle(x0, teacher_saw), video,
+                                 step_grid(1000, 8), ALPHAS, lambdas, clip=1.0,
+                                 generator=torch.Generator().manual_seed(0))
 
     assert loss(0.0).loss.item() < 1e-20
     assert loss(0.01).loss.item() > 1e-5
+    # the student starts from points of its own grid, the teacher steps through the 2N grid
+    assert set(student_saw) == set(step_grid(1000, 4).tolist()[:-1])
+    assert set(teacher_saw) == set(step_grid(1000, 8).tolist()[:-1])
 
 
 # ---- (2) the guided two-step target, by independent arithmetic --------------------------------
