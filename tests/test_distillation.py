@@ -121,6 +121,14 @@ def test_a_student_that_is_the_oracle_has_zero_loss_and_any_other_does_not():
     assert set(teacher_saw) == set(step_grid(1000, 8).tolist()[:-1])
 
 
+def test_truncated_snr_weighs_the_clean_estimate_at_high_noise_and_the_noise_at_low():
+    from videofusion.objective import loss_weights
+
+    snr = torch.tensor([0.01, 0.25, 1.0, 4.0, 100.0])
+    weights = loss_weights(snr / (1 + snr), "truncated-snr", 5.0)  # abar = SNR / (1 + SNR)
+    torch.testing.assert_close(weights, torch.tensor([100.0, 4.0, 1.0, 1.0, 1.0]))
+
+
 # ---- (2) the guided two-step target, by independent arithmetic --------------------------------
 
 def hand_guided_eps(model, z, t, alpha_bar, labels, null, w):
