@@ -319,6 +319,28 @@ def test_the_round_boundary_makes_the_saved_student_the_teacher_and_the_start(ru
     assert summary["distillation"]["rounds"] == ROUNDS and summary["steps"] == 4
 
 
+def test_a_round_starts_and_trains_a_student_that_fsdp2_shards(teacher_dir, tmp_path):
+    """torch's FSDP2 on 2 CPU processes (``tests/fsdp_distill_run.py``): the round's start cuts
+    the whole teacher into each process's slices, and the sharded student's loss is the
+    unsharded one's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("fsdp_distill_run.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(teacher_dir), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        found = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert found["parameter_type"] == "DTensor" and found["started_as_teacher"]
+        assert found["loss_sharded"] == pytest.approx(found["loss_whole"], rel=1e-5)
+
+
 # ---- (5) the distilled folder -----------------------------------------------------------------
 
 def network_calls(pipe, monkeypatch) -> list[tuple[str, int]]:
