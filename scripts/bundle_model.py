@@ -19,7 +19,8 @@ src/videofusion/assets/default_model ...``) is bundled the same way: the card th
 parent's training too, read from the parent's ``training_record.json``, which every bundled
 folder carries (steps, seconds, commands, its own parent). ``--recipe FILE`` names the commands
 that made the run's data and VAE too (``scripts/train_physics.py`` writes it); the card quotes
-them.
+them. A few-step student distilled from a shipped model (``--distill-from``) ships as it was
+distilled: its DDIM, its step count and guidance 1, the guidance folded in.
 """
 
 from __future__ import annotations
@@ -61,16 +62,18 @@ def training_record(run: Path, config_name: str, raw_weights: bool,
         seconds = json.loads((run / "train_summary.json").read_text())["wall_clock_seconds"]
     export = " --raw-weights" if raw_weights else ""
     bundle = export + ("" if guidance is None else f" --guidance {guidance:g}") + flags
+    distilled = bool(config.get("distill_from"))
     record = {"steps": last["step"], "image_steps": image_steps,
-              "joint_steps": last["step"] - image_steps, "seconds": seconds,
+              "joint_steps": 0 if distilled else last["step"] - image_steps,
+              "distillation_steps": last["step"] if distilled else 0, "seconds": seconds,
               "seed": config["seed"], "batch_size": config["batch_size"],
               "raw_weights": raw_weights, "config": config,
               "commands": [f"videofusion train --config configs/{config_name}"
                            f"{changed_flags(config, config_name)} "
                            f"--stop-at-step {last['step']}{export}",
                            f"python scripts/bundle_model.py {config['output_dir']}{bundle}"]}
-    if config.get("init_from"):
-        parent = Path(config["init_from"])
+    if config.get("init_from") or distilled:
+        parent = Path(config.get("init_from") or config["distill_from"])
         parent = parent if parent.is_absolute() else ROOT / parent
         if not (parent / "training_record.json").is_file():
             raise SystemExit(f"{run} was fine-tuned from {parent}, which has no "
@@ -140,7 +143,7 @@ def data_description(name: str, record: dict, parameters: dict) -> tuple[str, st
 
 
 def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: int,
-               guidance: float) -> str:
+               guidance: float, distilled_guidance: float | None = None) -> str:
     config = record["config"]
     runs = lineage(record)
     seconds = total_seconds(record)
@@ -150,8 +153,10 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
     if "vae" in parameters:
         base += f" (+ VAE {parameters['vae']:,})"
     runs_text = " then ".join(
-        f"{r['image_steps']:,} image steps (stage 1) + {r['joint_steps']:,} joint steps "
-        f"(stage 2), batch {r['batch_size']}, seed {r['seed']}" for r in runs)
+        (f"{r['distillation_steps']:,} steps of progressive distillation" if
+         r.get("distillation_steps") else f"{r['image_steps']:,} image steps (stage 1) + "
+         f"{r['joint_steps']:,} joint steps (stage 2)")
+        + f", batch {r['batch_size']}, seed {r['seed']}" for r in runs)
     weights = ("the raw weights of the last step (exported with `--raw-weights`)"
                if record["raw_weights"] else f"EMA, decay {config['ema_decay']}")
     if record.get("recipe"):
@@ -166,6 +171,10 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
     correction = ("; the key frame's prediction is corrected by the residual generator "
                   "(`--key-frame-correction`, spec §7)" if config.get("key_frame_correction")
                   else "")
+    distilled = "" if distilled_guidance is None else (
+        f"| distilled | a {steps}-step student of progressive distillation (rounds "
+        f"{','.join(str(n) for n in config['distill_rounds'])}), guidance "
+        f"{distilled_guidance:g} folded in: one pass of each network per step (spec §7) |\n")
     return f"""# {title}
 
 {data} Residual generator input:
@@ -181,7 +190,7 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
 | sampler | {sampler}, {steps} steps (`scheduler/`, `default_inference_steps`; `--scheduler`, \
 `--steps` override) |
 | guidance | {guidance:g} by default (`default_guidance_scale`; `--guidance` overrides) |
-
+{distilled}
 {retrain}:
 
 {commands}
@@ -221,11 +230,13 @@ def main() -> None:
                              "a line: the card quotes them")
     parser.add_argument("--raw-weights", action="store_true",
                         help="RUN/pipeline holds raw (not EMA) weights: say so in the card")
-    parser.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="ddpm",
-                        help="the sampler shipped with the model (default ancestral DDPM)")
-    parser.add_argument("--steps", type=int, default=25,
+    parser.add_argument("--scheduler", choices=tuple(SCHEDULERS),
+                        help="the sampler shipped with the model (default ancestral DDPM; a "
+                             "distilled student keeps its own DDIM)")
+    parser.add_argument("--steps", type=int,
                         help="its step count: the default of `videofusion sample` / `eval` / the "
-                             "studio for this model with that sampler (default 25)")
+                             "studio for this model with that sampler (default 25; a distilled "
+                             "student keeps its own)")
     parser.add_argument("--guidance", type=float,
                         help="the guidance scale measured best for this model: the default of "
                              "`videofusion sample` / `eval` for it (unset: 2)")
@@ -234,6 +245,14 @@ def main() -> None:
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
                          "--config ... --resume --stop-at-step N`")
     target = args.target or SHIPPED_MODELS[args.model].folder
+    pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
+    distilled = pipe.config.get("distilled_guidance_scale") is not None
+    if distilled and (args.scheduler or args.steps or args.guidance is not None):
+        raise SystemExit("a distilled student ships as it was distilled (its DDIM, its steps, "
+                         "guidance 1): drop --scheduler, --steps and --guidance")
+    if not distilled:
+        args.scheduler, args.steps = args.scheduler or "ddpm", args.steps or 25
+    steps = pipe.config.distilled_steps if distilled else args.steps
     flags = "".join(f" --{flag} {value}" for flag, value in (
         ("model", args.model if args.model != DEFAULT_MODEL else None),
         ("config-name", args.config_name if args.model != DEFAULT_MODEL else None),
@@ -245,9 +264,9 @@ def main() -> None:
     data = record["config"]["data"]
     if "class" in record["config"]["condition"] and data != MOVING_DIGITS:
         record["classes"] = video_classes(data)
-    pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
-    pipe.use_scheduler(args.scheduler)
-    pipe.register_to_config(default_inference_steps=args.steps)
+    if not distilled:
+        pipe.use_scheduler(args.scheduler)
+        pipe.register_to_config(default_inference_steps=steps)
     if args.guidance is not None:
         pipe.register_to_config(default_guidance_scale=args.guidance)
     parameters = {name: sum(p.numel() for p in module.parameters())
@@ -257,7 +276,8 @@ def main() -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
         shutil.copy(args.run / "config.yaml", Path(tmp) / "training_config.yaml")
         card = model_card(args.model, record, parameters, type(pipe.scheduler).__name__,
-                          args.steps, pipe.default_guidance)
+                          steps, pipe.default_guidance,
+                          pipe.config.get("distilled_guidance_scale"))
         (Path(tmp) / "README.md").write_text(card)
         kept = {k: v for k, v in record.items() if k != "config"}
         (Path(tmp) / "training_record.json").write_text(json.dumps(kept, indent=2) + "\n")

@@ -3,7 +3,9 @@
     python scripts/few_step_sweep.py [MODEL_DIR] --settings ddpm:25,dpm:8,unipc:8 \\
         --num-videos 32 --out few_step.json
 
-The first setting is the reference. Every setting samples the same seeds, class-prompted and
+The first setting is the reference. ``--student DIR`` (repeatable) adds a distilled folder
+(``videofusion train --distill-from``), sampled as it records: its own DDIM, its step count and
+guidance 1, its guidance being folded in. Every setting samples the same seeds, class-prompted and
 caption-prompted, and is scored with `videofusion eval`'s FVD (with its bootstrap spread), the
 digit metrics (content consistency, prompt adherence) and the coherence metrics. A setting
 holds quality when each metric is within 5 % of the reference's, or, for FVD, within its
@@ -35,7 +37,7 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
     return settings
 
 
-def seconds_per_video(pipe, scheduler: str, steps: int, guidance: float,
+def seconds_per_video(pipe, scheduler: str | None, steps: int, guidance: float,
                       repeats: int) -> float:
     pipe.use_scheduler(scheduler)
     kwargs = {"class_labels": [3], "num_inference_steps": steps, "guidance_scale": guidance}
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR)
     p.add_argument("--settings", default="ddpm:25,dpm:6,dpm:8,dpm:10,unipc:6,unipc:8,unipc:10",
                    help="comma-separated scheduler:steps; the first is the reference")
+    p.add_argument("--student", action="append", default=[], metavar="DIR",
+                   help="a distilled folder, sampled with its own scheduler, steps and guidance")
     p.add_argument("--guidance", type=float, help="default: the model's")
     p.add_argument("--conditions", default="class,text")
     p.add_argument("--num-videos", type=int, default=32)
@@ -80,18 +84,24 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("few_step.json"))
     args = p.parse_args(argv)
-    settings = parse_settings(args.settings)
     pipe = load_pipeline(args.model_dir)
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    # (model folder, its pipeline, scheduler or None for the folder's own, steps, guidance)
+    settings = [(args.model_dir, pipe, scheduler, steps, guidance)
+                for scheduler, steps in parse_settings(args.settings)]
+    for folder in args.student:
+        student = load_pipeline(folder)
+        settings.append((folder, student, None, student.default_steps, 1.0))
     rows = []
-    for scheduler, steps in settings:
-        row = {"scheduler": scheduler, "steps": steps, "threads": torch.get_num_threads(),
-               "seconds_per_video": round(seconds_per_video(pipe, scheduler, steps,
-                                                            guidance, args.repeats), 3)}
+    for folder, model, scheduler, steps, scale in settings:
+        row = {"model": str(folder), "scheduler": scheduler or "own", "steps": steps,
+               "guidance": scale, "threads": torch.get_num_threads(),
+               "seconds_per_video": round(seconds_per_video(model, scheduler, steps, scale,
+                                                            args.repeats), 3)}
         for condition in args.conditions.split(","):
-            report = evaluate("moving-digits", args.model_dir, metrics="fvd,content,coherence",
+            report = evaluate("moving-digits", folder, metrics="fvd,content,coherence",
                               num_videos=args.num_videos, num_inference_steps=steps,
-                              scheduler=scheduler, guidance_scale=guidance,
+                              scheduler=scheduler, guidance_scale=scale,
                               condition=condition, seed=args.seed, progress=False)
             row[condition] = report["metrics"]
         rows.append(row)
@@ -110,10 +120,10 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps({"model": str(args.model_dir), "guidance": guidance,
                                     "num_videos": args.num_videos, "seed": args.seed,
                                     "rows": rows}, indent=2) + "\n")
-    print(f"{'setting':<10} {'s/video':>8} holds")
+    print(f"{'setting':<10} {'s/video':>8} holds  model")
     for row in rows:
         print(f"{row['scheduler']}:{row['steps']:<5} {row['seconds_per_video']:>8.3f} "
-              f"{row['holds_all']}")
+              f"{row['holds_all']!s:<6} {row['model']}")
     return 0
 
 

@@ -8,7 +8,7 @@ library; the modules that act on a choice import its list from here and validate
 MODEL_KINDS = ("videofusion", "vdm")  # vdm: the baseline without a base generator
 CONDITIONS = ("none", "class", "text", "class+text")  # what a model is trained to accept
 RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference", "key_frame_estimate")
-LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v")
+LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v", "truncated-snr")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 BETA_SCHEDULES = ("linear", "scaled_linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")

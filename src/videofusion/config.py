@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,24 @@ class TrainConfig:
     freeze_base: bool = setting(False, "ablation: the base generator gets no gradient in stage 2")
     stop_gradient: bool = setting(True, "ablation: non-key frames also train the base generator")
     max_steps: int = setting(10_000, "stage 2 (joint training) optimizer steps")
+    # videofusion.distillation: progressive distillation instead of the two stages
+    distill_from: str | None = setting(None, "distil this VideoFusionPipeline folder into a "
+                                             "few-step student instead of training (the "
+                                             "student starts as its copy; no stages, "
+                                             "max_steps unused)",
+                                       group="progressive distillation (docs/training.md)")
+    distill_guidance: float | None = setting(None, "the classifier-free guidance folded into "
+                                                   "the student (default: the teacher folder's "
+                                                   "own default guidance)")
+    distill_rounds: list[int] = setting(factory=lambda: [16, 8, 4],
+                                        help="the student's step count in each round, halving "
+                                             "(its first teacher takes twice the first), e.g. "
+                                             "16,8,4")
+    distill_steps_per_round: int = setting(1000, "optimizer steps per round")
+    distill_weighting: str = setting("truncated-snr", "weighting of the student's loss over "
+                                                      "timesteps (default truncated-snr: "
+                                                      "max(SNR, 1) on the clean estimate)",
+                                     choices=LOSS_WEIGHTINGS)
     # optimisation
     batch_size: int = setting(8, "clips per process per micro-step", group="optimisation")
     gradient_accumulation_steps: int = setting(1)
@@ -174,7 +193,10 @@ class TrainConfig:
 
     @property
     def total_steps(self) -> int:
-        """Stage 1 plus stage 2 optimizer steps: the global step runs from 0 to this."""
+        """Stage 1 plus stage 2 optimizer steps, or all rounds of a distillation: the global
+        step runs from 0 to this."""
+        if self.distill_from is not None:
+            return len(self.distill_rounds) * self.distill_steps_per_round
         return self.base_pretrain_steps + self.max_steps
 
     def validate(self) -> TrainConfig:
@@ -207,6 +229,7 @@ class TrainConfig:
             ("mixed_precision", self.mixed_precision, MIXED_PRECISION),
             ("beta_schedule", self.beta_schedule, BETA_SCHEDULES),
             ("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS),
+            ("distill_weighting", self.distill_weighting, LOSS_WEIGHTINGS),
         ):
             need(value in choices, f"{name} must be one of {choices}, got {value!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
@@ -265,9 +288,40 @@ class TrainConfig:
             need(self.base_from is None and not self.base_from_scratch,
                  "--init-from already holds the base generator: drop --base-from and "
                  "--base-from-scratch")
+        if self.distill_from is not None:
+            self._validate_distillation(need)
         if self.stop_at_step is not None:
             need(self.stop_at_step >= 1, f"stop_at_step must be >= 1, got {self.stop_at_step}")
         return self
+
+    def _validate_distillation(self, need) -> None:
+        rounds, timesteps = self.distill_rounds, self.num_train_timesteps
+        need(self.base_pretrain_steps == 0 and self.base_from is None
+             and not self.base_from_scratch,
+             "--distill-from: the student starts as the teacher's copy: drop "
+             "--base-pretrain-steps, --base-from and --base-from-scratch")
+        need(self.init_from is None
+             or Path(self.init_from).resolve() == Path(self.distill_from).resolve(),
+             "--init-from and --distill-from name different folders: the student starts as "
+             "the teacher's copy")
+        need(len(rounds) >= 1 and all(n >= 1 for n in rounds)
+             and all(a == 2 * b for a, b in pairwise(rounds)),
+             f"distill_rounds must be step counts that halve from round to round, e.g. 16,8,4, "
+             f"got {rounds}")
+        need(2 * rounds[0] <= timesteps,
+             f"distill_rounds: the first teacher takes {2 * rounds[0]} steps, more than the "
+             f"{timesteps} timesteps")
+        # the last student is sampled by diffusers' DDIM, whose step goes to t - T // N: the
+        # next grid point only when N divides T
+        need(timesteps % rounds[-1] == 0,
+             f"the last of distill_rounds must divide num_train_timesteps ({timesteps}) so "
+             f"that DDIM samples the student's grid, got {rounds[-1]}")
+        need(self.distill_steps_per_round >= 1,
+             f"distill_steps_per_round must be >= 1, got {self.distill_steps_per_round}")
+        need(self.distill_guidance is None or self.distill_guidance >= 0,
+             f"distill_guidance must be >= 0, got {self.distill_guidance}")
+        need(self.distill_guidance in (None, 1.0) or self.condition != "none",
+             "distill_guidance needs a class- or text-conditioned model")
 
     def resume_changes(self, saved: TrainConfig) -> list[str]:
         """``"name old -> new"`` for every setting that differs from the ``saved`` run's and

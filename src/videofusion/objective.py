@@ -56,14 +56,25 @@ def diffusion_loss(
     prediction = model(z_t, timesteps, alpha_bar, lambdas, class_labels=class_labels,
                        encoder_hidden_states=encoder_hidden_states,
                        stop_gradient=stop_gradient, freeze_base=freeze_base)
-    per_frame = (prediction.noise.float() - noise.float()).pow(2).mean(dim=(1, 3, 4))
+    return noise_regression(prediction, noise, alpha_bar, weighting, snr_gamma)
+
+
+def noise_regression(prediction, target: torch.Tensor, alpha_bar: torch.Tensor,
+                     weighting: str = "epsilon", snr_gamma: float = 5.0) -> Loss:
+    """The decomposed model's ``prediction`` (a ``NoisePrediction``) regressed on per-frame
+    noise ``target`` ``(B, C, F, H, W)``, each clip weighted by its ``alpha_bar`` ``(B,)``.
+
+    The target is the drawn noise in spec §3, a teacher's epsilon in progressive distillation
+    (``videofusion.distillation``); either way the base generator learns as an image model.
+    """
+    per_frame = (prediction.noise.float() - target.float()).pow(2).mean(dim=(1, 3, 4))
     per_clip = per_frame.mean(dim=1)  # (B,)
     if prediction.key_frame_corrected:
         # spec §7: the key frame's slot holds the residual generator's correction; the base
         # generator keeps its image loss on the key frame as one more frame's term
-        key_noise = noise[:, :, key_frame_index(noise.shape[2])]
-        base_term = (prediction.base.float() - key_noise.float()).pow(2).mean(dim=(1, 2, 3))
-        per_clip = per_clip + base_term / noise.shape[2]
+        key_target = target[:, :, key_frame_index(target.shape[2])]
+        base_term = (prediction.base.float() - key_target.float()).pow(2).mean(dim=(1, 2, 3))
+        per_clip = per_clip + base_term / target.shape[2]
     weights = loss_weights(alpha_bar.float(), weighting, snr_gamma)  # (B,)
     return Loss((weights * per_clip).mean(), per_frame)
 
@@ -77,10 +88,15 @@ def loss_weights(alpha_bar: torch.Tensor, weighting: str, snr_gamma: float) -> t
     v-prediction loss (Salimans & Ho, 2022) capped like Min-SNR: at the noisiest timesteps the
     x0 error keeps weight ~1 instead of ~SNR_t, so the base learns there what a sampler starts
     from (the image's mean, e.g. a black background) instead of leaving it to chance.
+    ``truncated-snr`` uses max(SNR_t, 1), the x0 error below SNR 1 and the epsilon error above
+    (Salimans & Ho, 2022): a few-step student's clean estimate at high noise sets the video's
+    content, which the epsilon loss there barely sees (progressive distillation's default).
     """
     snr = alpha_bar / (1 - alpha_bar)
     if weighting == "epsilon":
         return torch.ones_like(snr)
+    if weighting == "truncated-snr":
+        return snr.clamp(min=1) / snr
     if weighting == "min-snr":
         return snr.clamp(max=snr_gamma) / snr
     if weighting == "v":

@@ -67,7 +67,12 @@ class SamplingPlan:
 
 
 class VideoFusionPipeline(DiffusionPipeline):
-    """Text-, class- or un-conditional video generation with decomposed diffusion."""
+    """Text-, class- or un-conditional video generation with decomposed diffusion.
+
+    A folder written by progressive distillation (``videofusion.distillation``) records
+    ``distilled_guidance_scale``, the guidance its networks have folded in, and
+    ``distilled_steps``, the DDIM step count they were distilled for; it samples with guidance 1.
+    """
 
     _optional_components = ["base", "vae", "text_encoder", "tokenizer"]
 
@@ -88,6 +93,8 @@ class VideoFusionPipeline(DiffusionPipeline):
         default_guidance_scale: float | None = None,
         key_frame_correction: bool = False,
         default_inference_steps: int | None = None,
+        distilled_guidance_scale: float | None = None,
+        distilled_steps: int | None = None,
     ):
         super().__init__()
         self.register_modules(residual=residual, scheduler=scheduler, base=base, vae=vae,
@@ -97,7 +104,9 @@ class VideoFusionPipeline(DiffusionPipeline):
                                 signal_leak_mean=signal_leak_mean,
                                 default_guidance_scale=default_guidance_scale,
                                 key_frame_correction=key_frame_correction,
-                                default_inference_steps=default_inference_steps)
+                                default_inference_steps=default_inference_steps,
+                                distilled_guidance_scale=distilled_guidance_scale,
+                                distilled_steps=distilled_steps)
         self._text_encoder: TextEncoder | None = None
         self._own_scheduler = type(scheduler).__name__  # what default_inference_steps is for
         self._model: VideoFusionModel | None = None
@@ -209,6 +218,11 @@ class VideoFusionPipeline(DiffusionPipeline):
                 or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number (1: no guidance; the "
                              f"model's default is pipe.default_guidance), got {guidance_scale!r}")
+        folded = self.config.get("distilled_guidance_scale")
+        if folded is not None and guidance_scale != 1.0:
+            raise ValueError(f"guidance_scale: this model was distilled with guidance {folded:g} "
+                             f"folded in and samples with guidance 1 ({guidance_scale:g} would "
+                             "guide it a second time)")
         if prompt is not None and not accepts.text:
             raise ValueError("this model is not text-conditioned: it takes no prompt")
         if class_labels is not None and not accepts.classes:

@@ -25,8 +25,9 @@ from pathlib import Path
 LOCK_FILE = ".videofusion.lock"
 SET_ASIDE_PREFIX = ".overwritten-"
 # What a training run writes into its output folder: any of these means the folder holds a run.
+# (rounds: the students of a distillation's finished rounds, videofusion.distillation)
 RUN_ENTRIES = ("config.yaml", "checkpoints", "pipeline", "metrics.jsonl", "train_summary.json",
-               "samples", "tensorboard", "loss_curve.png")
+               "samples", "tensorboard", "loss_curve.png", "rounds")
 
 
 class RunStopped(RuntimeError):

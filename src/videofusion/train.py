@@ -17,7 +17,8 @@ step as 1 process x batch B x 2 accumulation steps.
 
 What a run is built from (accelerator, VAE, model and its starting weights, optimizer) is
 ``videofusion.training_setup``; what it shows and writes (log, loss curve, previews, pipeline,
-summary) is ``videofusion.training_report``; this module is the loop and its checkpoints.
+summary) is ``videofusion.training_report``; this module is the loop and its checkpoints. A run
+with ``distill_from`` has one stage instead, the rounds of ``videofusion.distillation``.
 
 Under FSDP2 the model's parameters, and so its EMA, are sharded over the processes
 (``videofusion.sharding``): they are gathered whole only for what leaves the run (the EMA file of
@@ -51,6 +52,7 @@ from . import training_report as report
 from . import training_setup as setup
 from .condition import Condition
 from .config import TrainConfig
+from .distillation import ProgressiveDistillation
 from .models.videofusion import VideoFusionModel
 from .noise import key_frame_index
 from .objective import diffusion_loss, image_diffusion_loss
@@ -270,11 +272,17 @@ class Trainer:
                                              beta_end=config.beta_end)
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
         self.lambdas = self.model.lambdas(config.frames, config.lambda_).to(self.device)
+        self.distillation = None if config.distill_from is None else ProgressiveDistillation(
+            config, self.output, self.model, self.alphas_cumprod, self.lambdas, self.captions)
         self.module, self.optimizer = accelerator.prepare(
             setup.TrainingModule(self.model), setup.make_optimizer(config, self.model))
-        self.ema = (EMAModel(self.model.parameters(), decay=config.ema_decay, use_ema_warmup=True,
-                             power=3 / 4) if config.ema_decay > 0 else None)
+        self.ema = self._new_ema()
         self.state = TrainingState(self.ema, self._lr_scheduler(self._stage(0)))
+
+    def _new_ema(self) -> EMAModel | None:
+        config = self.config
+        return (EMAModel(self.model.parameters(), decay=config.ema_decay, use_ema_warmup=True,
+                         power=3 / 4) if config.ema_decay > 0 else None)
 
     def _cached(self, dataset: Dataset) -> Dataset:
         """The training set as latents from ``latent_cache``, which the main process builds
@@ -313,12 +321,14 @@ class Trainer:
             if step == config.base_pretrain_steps:
                 # before any checkpoint of this step, so that resuming here finds stage 2's
                 self.state.lr_scheduler = self._lr_scheduler("joint")
+            if self.distillation is not None and self.distillation.round_ends(step):
+                self._next_round(step)  # before any checkpoint of this step, likewise
             progress.update(1)
             self.log.record(step, stage, losses, lr=lr, **({} if finite else {"skipped": True}),
                             seconds=round(elapsed_before + time.perf_counter() - started, 3))
             # a skipped step changed no weight: its checkpoint would only rotate out good ones
             save = (step % config.checkpoint_every == 0 or step == end_step) and not streak
-            preview = stage == "joint" and (step % config.sample_every == 0
+            preview = stage != "image" and (step % config.sample_every == 0
                                             or step == config.total_steps)
             if save or preview or step % config.log_every == 0 or step == end_step:
                 loss = self.log.flush()
@@ -375,7 +385,8 @@ class Trainer:
         noise_gen = torch.Generator(self.device).manual_seed(shard_seed(config.seed, step,
                                                                         shard, 0))
         data_gen = torch.Generator().manual_seed(shard_seed(config.seed, step, shard, 1))
-        cond = self.batch_condition(batch, data_gen).plain()
+        condition = self.batch_condition(batch, data_gen)
+        cond = condition.plain()
         if stage == "image":
             k = config.image_frames_per_clip
             # (B, C, k, H, W); only the drawn frames are encoded (latent space, no cache)
@@ -388,10 +399,15 @@ class Trainer:
                                         weighting=config.loss_weighting,
                                         snr_gamma=config.snr_gamma, **cond)
             return torch.stack([loss, loss.detach(), loss.detach()])
-        out = diffusion_loss(self.module, self._model_space(batch), self.alphas_cumprod,
-                             self.lambdas, generator=noise_gen, stop_gradient=config.stop_gradient,
-                             freeze_base=config.freeze_base, weighting=config.loss_weighting,
-                             snr_gamma=config.snr_gamma, **cond)
+        if stage == "distill":
+            out = self.distillation.loss(self.module, self._model_space(batch), condition, step,
+                                         noise_gen)
+        else:
+            out = diffusion_loss(self.module, self._model_space(batch), self.alphas_cumprod,
+                                 self.lambdas, generator=noise_gen,
+                                 stop_gradient=config.stop_gradient,
+                                 freeze_base=config.freeze_base, weighting=config.loss_weighting,
+                                 snr_gamma=config.snr_gamma, **cond)
         k = key_frame_index(config.frames)
         per_frame = out.per_frame.detach()
         others = torch.cat([per_frame[:, :k], per_frame[:, k + 1:]], dim=1)
@@ -446,12 +462,16 @@ class Trainer:
                                f"the last good checkpoint is {last}")
 
     def _stage(self, step: int) -> str:
+        if self.config.distill_from is not None:
+            return "distill"
         return "image" if step < self.config.base_pretrain_steps else "joint"
 
     def _lr_scheduler(self, stage: str):
-        """A fresh warm-up for each stage: the residual generator starts untrained in stage 2."""
+        """A fresh warm-up for each stage (the residual generator starts untrained in stage 2)
+        and each distillation round (its student learns another target)."""
         config = self.config
-        steps = config.base_pretrain_steps if stage == "image" else config.max_steps
+        steps = {"image": config.base_pretrain_steps, "joint": config.max_steps,
+                 "distill": config.distill_steps_per_round}[stage]
         return get_scheduler(config.lr_scheduler, self.optimizer,
                              num_warmup_steps=min(config.lr_warmup_steps, steps),
                              num_training_steps=steps)
@@ -532,11 +552,33 @@ class Trainer:
         if self.config.overwrite and self.accelerator.is_main_process:
             safety.drop_set_aside(self.output)  # the new run now has a checkpoint of its own
 
+    def _next_round(self, step: int) -> None:
+        """Progressive distillation: the round that ``step`` ends is saved (EMA weights when
+        the run has an EMA, written atomically) as the next round's teacher; the next student
+        starts as its copy, with a fresh optimizer state, EMA and LR schedule."""
+        folder = self.distillation.round_dir(self.distillation.round_of(step - 1))
+        with self._whole_model(ema=True, device=torch.device("cpu")) as model:
+            if model is not None:
+                with checkpoint.atomic_directory(folder) as tmp:
+                    self._pipeline(model, step).save_pretrained(tmp, safe_serialization=True)
+                self.log.print(f"distillation round saved to {folder}")
+        self.accelerator.wait_for_everyone()
+        self.distillation.start_round(self.model, step)
+        self.optimizer.state.clear()
+        self.ema = self._new_ema()
+        state = TrainingState(self.ema, self._lr_scheduler("distill"))
+        state.nonfinite_steps = self.state.nonfinite_steps
+        self.state = state
+
     # ---- outputs ------------------------------------------------------------------------
 
-    def _pipeline(self, model: VideoFusionModel):
+    def _pipeline(self, model: VideoFusionModel, step: int):
+        """``model`` as the run's pipeline after ``step`` optimizer steps (a distilled
+        student's settings depend on its round)."""
+        settings = {} if self.distillation is None else \
+            self.distillation.pipeline_settings(step)
         return report.training_pipeline(self.config, model, self.noise_scheduler, self.vae,
-                                        self.captions, self.signal_leak_mean)
+                                        self.captions, self.signal_leak_mean, **settings)
 
     @contextlib.contextmanager
     def _whole_model(self, ema: bool, device: torch.device) -> Iterator[VideoFusionModel | None]:
@@ -569,10 +611,11 @@ class Trainer:
         """Sample GIFs and a contact sheet with the EMA weights (main process)."""
         with self._whole_model(ema=True, device=self.device) as model:
             if model is not None:
-                config = self.config
+                config = self.config if self.distillation is None else \
+                    self.distillation.preview_config(step)
                 captions = ([self.dataset[i]["caption"] for i in range(config.sample_num)]
                             if "text" in config.condition else [])
-                report.write_previews(self._pipeline(model),
+                report.write_previews(self._pipeline(model, step),
                                       self.output / "samples" / f"step-{step:06d}",
                                       config, self.num_classes, captions, self.device)
         if self.accelerator.is_main_process:
@@ -591,7 +634,7 @@ class Trainer:
         with self._whole_model(ema=not config.raw_weights, device=torch.device("cpu")) as model:
             if model is not None:
                 with checkpoint.atomic_directory(target) as tmp:
-                    self._pipeline(model).save_pretrained(tmp, safe_serialization=True)
+                    self._pipeline(model, step).save_pretrained(tmp, safe_serialization=True)
                 self.log.print(f"saved the pipeline to {target}")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

@@ -106,7 +106,8 @@ def plot_loss(output: Path) -> None:
         return
     records = read_log(path)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for stage, label in (("image", "stage 1: image loss"), ("joint", "stage 2: video loss")):
+    for stage, label in (("image", "stage 1: image loss"), ("joint", "stage 2: video loss"),
+                         ("distill", "progressive distillation: student loss")):
         points = [(r["step"], r["loss"]) for r in records if r["stage"] == stage]
         if points:
             steps, losses = zip(*points, strict=True)
@@ -171,7 +172,10 @@ def write_summary(output: Path, config: TrainConfig, model, *, start_step: int, 
     summary = {
         "steps": step,
         "base_pretrain_steps": config.base_pretrain_steps,
-        "joint_steps": config.max_steps,
+        "joint_steps": 0 if config.distill_from else config.max_steps,
+        "distillation": None if config.distill_from is None else {
+            "teacher": config.distill_from, "rounds": config.distill_rounds,
+            "steps_per_round": config.distill_steps_per_round},
         "wall_clock_seconds": round(elapsed, 2),
         "this_run_steps": step - start_step,
         "this_run_seconds": round(this_run, 2),
@@ -201,15 +205,18 @@ def write_summary(output: Path, config: TrainConfig, model, *, start_step: int, 
 
 
 def training_pipeline(config: TrainConfig, model, noise_scheduler, vae, captions,
-                      signal_leak_mean: list[float]):
+                      signal_leak_mean: list[float], scheduler=None, **settings):
     """The run's networks as a ``VideoFusionPipeline`` (sharing the weights, not copying them),
-    sampled with DDIM on the training schedule."""
+    sampled with DDIM on the training schedule, or with ``scheduler``; ``settings`` are more
+    of the pipeline's recorded settings (a distilled student's)."""
     from diffusers import DDIMScheduler
 
     from .pipeline import VideoFusionPipeline
 
     # Latents are not confined to [-1, 1]: no clipping of the predicted x_0 there.
     clip_sample = {} if vae is None else {"clip_sample": False}
+    if scheduler is None:
+        scheduler = DDIMScheduler.from_config(noise_scheduler.config, **clip_sample)
     text = {}
     if captions is not None:
         text["text_encoder_kind"] = captions.kind
@@ -217,8 +224,7 @@ def training_pipeline(config: TrainConfig, model, noise_scheduler, vae, captions
             text.update(text_encoder=captions.encoder.model, tokenizer=captions.encoder.tokenizer)
     return VideoFusionPipeline.from_components(
         residual=model.residual, base=None if model.is_baseline else model.base.unet,
-        scheduler=DDIMScheduler.from_config(noise_scheduler.config, **clip_sample),
-        vae=vae, **text,
+        scheduler=scheduler, vae=vae, **text, **settings,
         residual_input=config.residual_input, sample_size=config.resolution,
         key_frame_correction=model.key_frame_correction,
         default_lambda=0.0 if model.is_baseline else config.lambda_,

@@ -162,7 +162,8 @@ def load_vae(config: TrainConfig, device: torch.device):
 def build_training_model(config: TrainConfig, channels: int, resolution: int, num_classes: int,
                          captions: CaptionEncoder | None, latent: bool) -> VideoFusionModel:
     """The model the config describes, at the size the model sees, with its starting weights:
-    a pretrained base (``base_from``), a whole pipeline to fine-tune (``init_from``), or none."""
+    a pretrained base (``base_from``), a whole pipeline to fine-tune (``init_from``) or to
+    distil (``distill_from``: the student starts as the teacher's copy), or none."""
     model = build_model(
         config.model, sample_size=resolution, channels=channels,
         condition=config.condition, num_classes=num_classes or 10,
@@ -174,8 +175,8 @@ def build_training_model(config: TrainConfig, channels: int, resolution: int, nu
     if config.base_from:
         model.base = BaseGenerator.from_pretrained(config.base_from)
         check_base(model.base, config, channels, captions, latent)
-    elif config.init_from:
-        init_from(model, Path(config.init_from), config)
+    elif config.init_from or config.distill_from:
+        init_from(model, Path(config.init_from or config.distill_from), config)
     elif not model.is_baseline and config.base_pretrain_steps == 0 and \
             not config.base_from_scratch:
         logger.warning("stage 1 skipped: the base generator starts from random weights "

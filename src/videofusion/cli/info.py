@@ -71,6 +71,10 @@ def model_info(folder: Path) -> dict:
         "sample_size": index.get("sample_size"),
         "residual_input": index.get("residual_input"),
         "key_frame_correction": bool(index.get("key_frame_correction", False)),
+        # progressive distillation (videofusion.distillation): the guidance folded in, the steps
+        "distilled": None if index.get("distilled_guidance_scale") is None else {
+            "guidance_scale": index["distilled_guidance_scale"],
+            "steps": index.get("distilled_steps")},
         "fps": index.get("fps"),
         "training": json.loads(summary_file.read_text()) if summary_file.is_file() else None,
     }
@@ -105,10 +109,17 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"residual input: {info['residual_input']}")
     if info["key_frame_correction"]:
         print("key frame:      corrected by the residual generator (spec §7)")
+    distilled = info["distilled"]
+    if distilled:
+        print(f"distilled:      {distilled['steps']} DDIM steps, guidance "
+              f"{distilled['guidance_scale']:g} folded in (one pass per step; sampled with "
+              "guidance 1)")
     training = info["training"]
     if training:
-        print(f"trained:        {training['steps']} steps "
-              f"({training['base_pretrain_steps']} image + {training['joint_steps']} joint), "
+        stages = (f"{training['base_pretrain_steps']} image + {training['joint_steps']} joint"
+                  if not training.get("distillation") else "progressive distillation, rounds "
+                  + ",".join(str(n) for n in training["distillation"]["rounds"]))
+        print(f"trained:        {training['steps']} steps ({stages}), "
               f"{training['wall_clock_seconds']:.0f} s, {training['frames']} frames at "
               f"{training['resolution']} px")
     return 0

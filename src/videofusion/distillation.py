@@ -1,0 +1,268 @@
+"""Progressive distillation of the guided decomposed sampler into a few-step student (spec §7).
+
+Salimans & Ho ("Progressive Distillation for Fast Sampling of Diffusion Models", ICLR 2022)
+halve a deterministic sampler's step count round after round: a student, started as a copy of
+its teacher, learns to take in one DDIM step what the teacher takes in two. Meng et al. ("On
+Distillation of Guided Diffusion Models", CVPR 2023) fold classifier-free guidance in: the first
+teacher is the model guided at a fixed w (a conditional and an unconditional pass of each
+network per step, spec §4), and the student predicts the guided epsilon in one conditional
+pass. An N-step student then costs N passes of each network, its first teacher 2 x 2N.
+
+For a training clip x, a timestep t of the student's N-step grid and decomposed noise eps
+(spec §1), z_t = alpha_t x + sigma_t eps (alpha = sqrt(abar), sigma = sqrt(1 - abar)). The
+teacher takes two DDIM steps t -> t' -> t'' with its per-frame epsilon; the target is the clean
+clip for which one DDIM step of the student from z_t lands on the teacher's z'':
+
+    xtilde   = (z'' - (sigma''/sigma_t) z_t) / (alpha'' - (sigma''/sigma_t) alpha_t)
+    epstilde = (z_t - alpha_t xtilde) / sigma_t
+
+and the student's per-frame epsilon regresses on epstilde as the drawn noise does in spec §3
+(``objective.noise_regression``: the base generator keeps learning as an image model). The
+grids are diffusers' DDIM ``trailing`` timesteps, which nest (every other point of the 2N grid
+is the N grid) and end in a step to abar = 1.
+
+Layout: ``(batch, channels, frames, height, width)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler
+
+from .condition import Condition, Conditioning
+from .config import TrainConfig
+from .models.videofusion import VideoFusionModel
+from .noise import decomposed_noise
+from .objective import Loss, noise_regression
+from .pipeline import VideoFusionPipeline, load_pipeline
+from .sampling import guided_noise_prediction
+from .sharding import shard_like
+
+# The DDIM every grid and every distilled folder uses: nested timesteps, the last step to x_0.
+DDIM_GRID = {"timestep_spacing": "trailing", "set_alpha_to_one": True, "steps_offset": 0}
+ROUNDS_DIR = "rounds"  # output_dir/rounds/round-R: round R's student, round R + 1's teacher
+
+# The teacher's epsilon of clips z_t at per-clip timesteps and abar: (z_t, t, abar) -> eps.
+Teacher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def step_grid(num_train_timesteps: int, steps: int) -> torch.Tensor:
+    """The timesteps an N-step DDIM sampler visits and its clean end, ``(steps + 1,)``: diffusers'
+    ``trailing`` spacing (999, 749, 499, 249 for 4 steps of 1000), then -1 (abar = 1)."""
+    scheduler = DDIMScheduler(num_train_timesteps=num_train_timesteps, **DDIM_GRID)
+    scheduler.set_timesteps(steps)
+    return torch.cat([scheduler.timesteps, torch.tensor([-1])])
+
+
+def alpha_bar_at(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """abar at ``timesteps`` (any shape), 1 at the grid's clean end -1."""
+    alpha_bar = alphas_cumprod.to(timesteps.device)[timesteps.clamp(min=0)]
+    return torch.where(timesteps >= 0, alpha_bar, torch.ones_like(alpha_bar))
+
+
+def ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
+              alpha_bar_next: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+    """One deterministic DDIM step (eta 0) of clips ``z`` ``(B, C, F, H, W)`` from abar to
+    abar_next, each ``(B,)``: x0 = (z - sigma eps) / alpha, clamped to [-clip, clip] as
+    diffusers' DDIM does with ``clip_sample``, then z_next = alpha_next x0 + sigma_next eps."""
+    a, a_next = per_clip(alpha_bar, z), per_clip(alpha_bar_next, z)
+    x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+    return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+
+
+def teacher_two_steps(teacher: Teacher, z_t: torch.Tensor, timesteps: torch.Tensor,
+                      alpha_bars: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+    """The teacher's z'' from z_t: two DDIM steps through ``timesteps`` and their ``alpha_bars``,
+    each ``(3, B)`` (t, t', t'' per clip), with the teacher's epsilon at t and at t'."""
+    z = z_t
+    for i in range(2):
+        eps = teacher(z, timesteps[i], alpha_bars[i])
+        z = ddim_step(z, eps, alpha_bars[i], alpha_bars[i + 1], clip)
+    return z
+
+
+def distillation_target(z_t: torch.Tensor, z_teacher: torch.Tensor, alpha_bar: torch.Tensor,
+                        alpha_bar_teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(xtilde, epstilde)``: the clean clips and the noise for which one DDIM step from z_t at
+    abar lands on the teacher's z'' at abar'' (Salimans & Ho, Algorithm 2); abar, abar'' ``(B,)``.
+
+    At the clean end (abar'' = 1) xtilde is the teacher's z'' itself."""
+    a, s = per_clip(alpha_bar, z_t).sqrt(), (1 - per_clip(alpha_bar, z_t)).sqrt()
+    a2 = per_clip(alpha_bar_teacher, z_t).sqrt()
+    s2 = (1 - per_clip(alpha_bar_teacher, z_t)).sqrt()
+    x = (z_teacher - (s2 / s) * z_t) / (a2 - (s2 / s) * a)
+    return x, (z_t - a * x) / s
+
+
+def distillation_loss(
+    student,
+    teacher: Teacher,
+    video: torch.Tensor,
+    grid: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    lambdas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    clip: float | None = None,
+    weighting: str = "truncated-snr",
+    snr_gamma: float = 5.0,
+    **student_kwargs,
+) -> Loss:
+    """The student's loss on clips ``video`` ``(B, C, F, H, W)`` in the model's space.
+
+    ``grid`` ``(2N + 1,)`` is the teacher's (``step_grid`` of 2N steps); each clip gets one of
+    its N student points, the teacher's two steps from there (without gradients) and the student
+    regressed on epstilde, weighted by ``weighting`` (``objective.loss_weights``). The student
+    is a ``VideoFusionModel`` (or its wrapper); ``student_kwargs`` (its condition,
+    ``stop_gradient``, ``freeze_base``) go to it as in ``diffusion_loss``.
+    """
+    batch = video.shape[0]
+    start = 2 * torch.randint(0, (grid.numel() - 1) // 2, (batch,), generator=generator,
+                              device=grid.device)
+    timesteps = torch.stack([grid[start], grid[start + 1], grid[start + 2]]).to(video.device)
+    alpha_bars = alpha_bar_at(alphas_cumprod, timesteps).to(video.dtype)  # (3, B): t, t', t''
+    noise = decomposed_noise(video.shape, lambdas, generator, device=video.device,
+                             dtype=video.dtype)
+    a = per_clip(alpha_bars[0], video)
+    z_t = a.sqrt() * video + (1 - a).sqrt() * noise
+    with torch.no_grad():
+        z_teacher = teacher_two_steps(teacher, z_t, timesteps, alpha_bars, clip)
+        _, target = distillation_target(z_t, z_teacher, alpha_bars[0], alpha_bars[2])
+    prediction = student(z_t, timesteps[0], alpha_bars[0], lambdas, **student_kwargs)
+    return noise_regression(prediction, target, alpha_bars[0], weighting, snr_gamma)
+
+
+def per_clip(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` reshaped to broadcast against ``(B, C, F, H, W)``."""
+    return values.to(like).view(-1, 1, 1, 1, 1)
+
+
+class ProgressiveDistillation:
+    """The rounds of a distillation run (``TrainConfig.distill_*``): each round's teacher, the
+    student's loss at an optimizer step, and the settings a round's student is saved with.
+
+    Round r trains optimizer steps [r S, (r + 1) S), S = ``distill_steps_per_round``, for a
+    student of ``distill_rounds[r]`` steps. Round 0's teacher is ``distill_from`` guided at w;
+    round r's is round r - 1's student, saved in ``round_dir(r - 1)`` when that round ended and
+    read back from there, so a run resumed anywhere rebuilds it exactly. That student already
+    holds the guidance: it teaches with one conditional pass.
+    """
+
+    def __init__(self, config: TrainConfig, output: Path, student: VideoFusionModel,
+                 alphas_cumprod: torch.Tensor, lambdas: torch.Tensor, captions=None):
+        self.config, self.output = config, output
+        self.alphas_cumprod, self.lambdas, self.captions = alphas_cumprod, lambdas, captions
+        self.device = alphas_cumprod.device
+        first = load_pipeline(config.distill_from)
+        check_teacher(first, config)
+        self.guidance = (first.default_guidance if config.distill_guidance is None
+                         else config.distill_guidance)
+        # what every round samples and is saved with: the teacher's schedule and clipping
+        self.scheduler = DDIMScheduler.from_config(first.scheduler.config, **DDIM_GRID)
+        clips = self.scheduler.config.clip_sample
+        self.clip = self.scheduler.config.clip_sample_range if clips else None
+        self.grids = [step_grid(config.num_train_timesteps, 2 * n).to(self.device)
+                      for n in config.distill_rounds]
+        self.conditioning = Conditioning.of(student.residual)
+        self._teacher = (0, frozen(first, self.device))
+
+    def round_of(self, step: int) -> int:
+        """The round that trains optimizer step ``step`` (0-based)."""
+        return min(step // self.config.distill_steps_per_round,
+                   len(self.config.distill_rounds) - 1)
+
+    def round_ends(self, step: int) -> bool:
+        """Whether ``step`` optimizer steps finish a round that another one follows."""
+        return step % self.config.distill_steps_per_round == 0 and \
+            0 < step < self.config.total_steps
+
+    def round_dir(self, round_: int) -> Path:
+        return self.output / ROUNDS_DIR / f"round-{round_}"
+
+    def teacher(self, round_: int) -> VideoFusionModel:
+        """Round ``round_``'s teacher, frozen, read once per round."""
+        if self._teacher[0] != round_:
+            folder = self.round_dir(round_ - 1)
+            if not (folder / "model_index.json").is_file():
+                raise FileNotFoundError(f"the teacher of distillation round {round_}, {folder}, "
+                                        "is missing: resume from a checkpoint before round "
+                                        f"{round_ - 1} ended")
+            self._teacher = (round_, frozen(load_pipeline(folder), self.device))
+        return self._teacher[1]
+
+    @torch.no_grad()
+    def start_round(self, student: VideoFusionModel, step: int) -> None:
+        """The student of the round that starts at ``step`` begins as its teacher's copy (each
+        weight cut as the student's is: this process's slice where FSDP2 sharded it)."""
+        weights = self.teacher(self.round_of(step)).state_dict()
+        for name, tensor in (*student.named_parameters(), *student.named_buffers()):
+            tensor.copy_(shard_like(weights[name], tensor))
+
+    def loss(self, student, video: torch.Tensor, condition: Condition, step: int,
+             generator: torch.Generator) -> Loss:
+        """The loss of optimizer step ``step`` on clips ``video`` ``(B, C, F, H, W)`` with the
+        batch's (dropped as configured) ``condition``: the student learns the paths it is
+        sampled with, the teacher guides each clip's condition against the null one."""
+        config, round_ = self.config, self.round_of(step)
+        teacher = partial(guided_noise_prediction, self.teacher(round_), lambdas=self.lambdas,
+                          condition=self.with_null(condition),
+                          guidance_scale=self.guidance if round_ == 0 else 1.0)
+        return distillation_loss(
+            student, teacher, video, self.grids[round_], self.alphas_cumprod, self.lambdas,
+            generator=generator, clip=self.clip, weighting=config.distill_weighting,
+            snr_gamma=config.snr_gamma, stop_gradient=config.stop_gradient,
+            freeze_base=config.freeze_base, **condition.plain())
+
+    def with_null(self, condition: Condition) -> Condition:
+        """``condition`` with the null label and the empty prompt's states that guidance pairs
+        it with (spec §4), as the pipeline samples."""
+        labels, states = condition.class_labels, condition.encoder_hidden_states
+        null_labels = None if labels is None else torch.full_like(
+            labels, self.conditioning.null_class_label)
+        null_states = None if states is None else self.captions([""]).expand_as(states)
+        return Condition(labels, states, null_labels, null_states)
+
+    def pipeline_settings(self, step: int) -> dict:
+        """What the student after ``step`` optimizer steps is saved with: its round's DDIM, N
+        steps and guidance 1 by default, the folded-in guidance recorded."""
+        steps = self.config.distill_rounds[self.round_of(max(step - 1, 0))]
+        return {"scheduler": DDIMScheduler.from_config(self.scheduler.config),
+                "default_inference_steps": steps, "default_guidance_scale": 1.0,
+                "distilled_guidance_scale": self.guidance, "distilled_steps": steps}
+
+    def preview_config(self, step: int) -> TrainConfig:
+        """The run's config with the preview samples' settings of the student at ``step``."""
+        steps = self.pipeline_settings(step)["distilled_steps"]
+        return dataclasses.replace(self.config, sample_steps=steps, sample_guidance=1.0)
+
+
+def frozen(pipe: VideoFusionPipeline, device: torch.device) -> VideoFusionModel:
+    """A pipeline's noise predictor as a teacher: on ``device``, evaluation mode, no gradients."""
+    return pipe.model.to(device).eval().requires_grad_(False)
+
+
+def check_teacher(pipe: VideoFusionPipeline, config: TrainConfig) -> None:
+    """Refuse a ``distill_from`` folder that the config's student cannot copy or sample like."""
+    folder, recorded = config.distill_from, pipe.config
+    lambda_ = 0.0 if config.model == "vdm" else config.lambda_
+    for name, theirs, ours in (
+            ("residual_input", recorded.residual_input, config.residual_input),
+            ("key_frame_correction", recorded.key_frame_correction,
+             config.key_frame_correction),
+            ("lambda", recorded.default_lambda, lambda_),
+            ("resolution", recorded.sample_size, config.resolution),
+            ("vae", pipe.vae is not None, config.vae is not None)):
+        if theirs != ours:
+            raise ValueError(f"--distill-from: {folder} has {name} {theirs!r}, the config "
+                             f"{ours!r}: the student is the teacher's copy")
+    scheduler = pipe.scheduler.config
+    if scheduler.get("prediction_type", "epsilon") != "epsilon" or scheduler.get("thresholding"):
+        raise ValueError(f"--distill-from: {folder}'s scheduler must predict epsilon without "
+                         "dynamic thresholding (the teacher's DDIM steps do neither otherwise)")

@@ -1,0 +1,390 @@
+"""Progressive distillation with guidance folded in (``videofusion.distillation``), written from
+Salimans & Ho (2022), Algorithm 2, and Meng et al. (2023): the two-step target, nested grids,
+resume inside a round and across a round boundary, and the distilled folder's sampling."""
+
+import json
+from functools import partial
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from safetensors.torch import load_file
+
+from videofusion import training_report as report
+from videofusion import training_setup as setup
+from videofusion.cli import main
+from videofusion.condition import Condition
+from videofusion.config import TrainConfig
+from videofusion.distillation import (
+    DDIM_GRID,
+    ProgressiveDistillation,
+    alpha_bar_at,
+    ddim_step,
+    distillation_loss,
+    distillation_target,
+    step_grid,
+    teacher_two_steps,
+)
+from videofusion.models.videofusion import NoisePrediction
+from videofusion.noise import make_lambdas
+from videofusion.pipeline import load_pipeline
+from videofusion.sampling import guided_noise_prediction
+from videofusion.train import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# scaled_linear (the shipped model's): abar from 0.9991 down to 0.0047
+ALPHAS = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                       beta_end=0.012).alphas_cumprod.double()
+GUIDANCE = 3.0
+ROUNDS, PER_ROUND = [4, 2], 2
+STOPS = [1, 2, 3]  # inside round 0, exactly at the boundary, inside round 1
+
+
+def tiny_settings(**overrides) -> dict:
+    settings = dict(
+        frames=4, resolution=16, batch_size=2, base_channels=[8, 16], residual_channels=[8, 16],
+        condition="class", residual_input="with_key_frame", key_frame_correction=True,
+        lr_scheduler="linear", lr_warmup_steps=0, learning_rate=1e-3, ema_decay=0.9,
+        checkpoint_every=100, sample_every=100, sample_num=1, log_every=1,
+        data_options={"length": 16})
+    return {**settings, **overrides}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny class-conditioned model with the shipped model's options, saved as a folder whose
+    own guidance is ``GUIDANCE``: random weights, so its two branches differ."""
+    folder = tmp_path_factory.mktemp("teacher") / "pipeline"
+    config = TrainConfig(**tiny_settings(base_from_scratch=True)).validate()
+    model = setup.build_training_model(config, 3, 16, 10, None, latent=False)
+    report.training_pipeline(config, model, DDPMScheduler(), None, None, [-0.9] * 3,
+                             default_guidance_scale=GUIDANCE).save_pretrained(folder)
+    return folder
+
+
+def oracle(x0: torch.Tensor, seen: list | None = None):
+    """The exact epsilon of clips noised from the one clip ``x0``: (z - alpha x0) / sigma; the
+    timesteps it is called at go to ``seen``, each checked against its abar."""
+    def predict(z, timestep, alpha_bar):
+        torch.testing.assert_close(alpha_bar, alpha_bar_at(ALPHAS, timestep).to(alpha_bar))
+        if seen is not None:
+            seen.extend(timestep.tolist())
+        a = alpha_bar.view(-1, 1, 1, 1, 1)
+        return (z - a.sqrt() * x0) / (1 - a).sqrt()
+    return predict
+
+
+# ---- (1) the target, from an oracle teacher -------------------------------------------------
+
+def test_an_oracle_teacher_gives_the_clean_clip_and_the_true_noise_at_every_point():
+    torch.manual_seed(0)
+    x0 = torch.rand(1, 3, 4, 8, 8, dtype=torch.float64) * 1.8 - 0.9
+    eps = torch.randn(1, 3, 4, 8, 8, dtype=torch.float64)
+    grid = step_grid(1000, 8)  # the teacher's; the student's points are every other one
+    for i in range(0, 8, 2):
+        timesteps = grid[i:i + 3].view(3, 1)
+        alpha_bars = alpha_bar_at(ALPHAS, timesteps)
+        a = alpha_bars[0].view(-1, 1, 1, 1, 1)
+        z_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        z_teacher = teacher_two_steps(oracle(x0), z_t, timesteps, alpha_bars, clip=1.0)
+        a2 = alpha_bars[2].view(-1, 1, 1, 1, 1)
+        torch.testing.assert_close(z_teacher, a2.sqrt() * x0 + (1 - a2).sqrt() * eps)
+        x, target = distillation_target(z_t, z_teacher, alpha_bars[0], alpha_bars[2])
+        torch.testing.assert_close(x, x0)
+        torch.testing.assert_close(target, eps)
+
+
+def test_a_student_that_is_the_oracle_has_zero_loss_and_any_other_does_not():
+    torch.manual_seed(0)
+    x0 = torch.rand(1, 3, 4, 8, 8, dtype=torch.float64) * 1.8 - 0.9
+    video = x0.expand(16, -1, -1, -1, -1)  # 16 draws: every student point is hit
+    lambdas = make_lambdas(4, 0.5).double()
+
+    student_saw, teacher_saw = [], []
+
+    def student(offset):
+        def run(z, timestep, alpha_bar, lambdas):
+            eps = oracle(x0, student_saw)(z, timestep, alpha_bar) + offset
+            return NoisePrediction(eps, None, eps)
+        return run
+
+    def loss(offset):
+        return distillation_loss(student(offset), oracle(x0, teacher_saw), video,
+                                 step_grid(1000, 8), ALPHAS, lambdas, clip=1.0,
+                                 generator=torch.Generator().manual_seed(0))
+
+    assert loss(0.0).loss.item() < 1e-20
+    assert loss(0.01).loss.item() > 1e-5
+    # the student starts from points of its own grid, the teacher steps through the 2N grid
+    assert set(student_saw) == set(step_grid(1000, 4).tolist()[:-1])
+    assert set(teacher_saw) == set(step_grid(1000, 8).tolist()[:-1])
+
+
+def test_truncated_snr_weighs_the_clean_estimate_at_high_noise_and_the_noise_at_low():
+    from videofusion.objective import loss_weights
+
+    snr = torch.tensor([0.01, 0.25, 1.0, 4.0, 100.0])
+    weights = loss_weights(snr / (1 + snr), "truncated-snr", 5.0)  # abar = SNR / (1 + SNR)
+    torch.testing.assert_close(weights, torch.tensor([100.0, 4.0, 1.0, 1.0, 1.0]))
+
+
+# ---- (2) the guided two-step target, by independent arithmetic --------------------------------
+
+def hand_guided_eps(model, z, t, alpha_bar, labels, null, w):
+    """Spec §4's guidance written out: each network guided in turn, the guided bhat taken out of
+    the residual input, the key frame corrected (bhat + rhat^k)."""
+    lambdas = make_lambdas(z.shape[2], 0.5)
+    b_u, b_c = (model.predict_base(z, t, class_labels=c) for c in (null, labels))
+    b = b_u + w * (b_c - b_u)
+    r_u, r_c = (model.predict_residual(z, b, t, alpha_bar, lambdas, class_labels=c)
+                for c in (null, labels))
+    r = r_u + w * (r_c - r_u)
+    eps = lambdas.view(1, 1, -1, 1, 1).sqrt() * b[:, :, None] \
+        + (1 - lambdas.view(1, 1, -1, 1, 1)).sqrt() * r
+    k = z.shape[2] // 2
+    eps[:, :, k] = b + r[:, :, k]
+    return eps
+
+
+def hand_target(model, z_t, timesteps, labels, null, w):
+    """Two DDIM steps (x0 clipped to [-1, 1]) and the target, each line from the papers."""
+    abar = [1.0 if t < 0 else float(ALPHAS[t]) for t in timesteps]
+    z = z_t
+    for i in range(2):
+        t = torch.tensor([timesteps[i]] * z.shape[0])
+        eps = hand_guided_eps(model, z, t, torch.tensor([abar[i]] * z.shape[0]), labels, null, w)
+        x0 = ((z - (1 - abar[i]) ** 0.5 * eps) / abar[i] ** 0.5).clamp(-1, 1)
+        z = abar[i + 1] ** 0.5 * x0 + (1 - abar[i + 1]) ** 0.5 * eps
+    alpha, sigma = abar[0] ** 0.5, (1 - abar[0]) ** 0.5
+    alpha2, sigma2 = abar[2] ** 0.5, (1 - abar[2]) ** 0.5
+    x = (z - sigma2 / sigma * z_t) / (alpha2 - sigma2 / sigma * alpha)
+    return (z_t - alpha * x) / sigma
+
+
+@pytest.mark.parametrize("timesteps", [(999, 874, 749), (249, 124, -1)])
+def test_the_guided_target_is_the_two_step_composition_of_spec_4(teacher_dir, timesteps):
+    model = load_pipeline(teacher_dir).model.eval()
+    torch.manual_seed(0)
+    z_t = torch.randn(2, 3, 4, 16, 16)
+    labels, null = torch.tensor([3, 7]), torch.tensor([10, 10])
+    steps = torch.tensor(timesteps).view(3, 1).expand(3, 2)
+    alpha_bars = alpha_bar_at(ALPHAS.float(), steps)
+    with torch.no_grad():
+        expected = hand_target(model, z_t, timesteps, labels, null, GUIDANCE)
+        unguided = hand_target(model, z_t, timesteps, labels, null, 1.0)
+        teacher = partial(guided_noise_prediction, model, lambdas=make_lambdas(4, 0.5),
+                          condition=Condition(labels, None, null), guidance_scale=GUIDANCE)
+        z_teacher = teacher_two_steps(teacher, z_t, steps, alpha_bars, clip=1.0)
+        _, target = distillation_target(z_t, z_teacher, alpha_bars[0], alpha_bars[2])
+    assert (expected - unguided).abs().max() > 1e-2  # the branches differ: guidance matters
+    torch.testing.assert_close(target, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_trainers_loss_guides_round_0s_teacher_and_not_the_later_ones(runs, teacher_dir):
+    root, alphas = runs[0], DDPMScheduler().alphas_cumprod  # the tiny runs' linear schedule
+    config = distill_config(root, "straight", teacher_dir)
+    student = load_pipeline(root / "straight" / "pipeline").model
+    lambdas = make_lambdas(4, 0.5)
+    rounds = ProgressiveDistillation(config, root / "straight", student, alphas, lambdas)
+    torch.manual_seed(0)
+    video = torch.rand(2, 3, 4, 16, 16) * 2 - 1
+    labels, null = torch.tensor([3, 10]), torch.tensor([10, 10])  # the second label dropped
+    for round_, folder, w in ((0, teacher_dir, GUIDANCE),
+                              (1, root / "straight" / "rounds" / "round-0", 1.0)):
+        teacher = load_pipeline(folder).model.eval()
+        with torch.no_grad():
+            got = rounds.loss(student, video, Condition(labels), round_ * PER_ROUND,
+                              torch.Generator().manual_seed(0))
+            expected = distillation_loss(
+                student, lambda z, t, a, m=teacher, w=w: hand_guided_eps(m, z, t, a, labels,
+                                                                         null, w),
+                video, step_grid(1000, 2 * ROUNDS[round_]), alphas, lambdas, clip=1.0,
+                generator=torch.Generator().manual_seed(0), class_labels=labels)
+        torch.testing.assert_close(got.loss, expected.loss, rtol=1e-4, atol=0)
+
+
+# ---- (3) grids --------------------------------------------------------------------------------
+
+def test_the_student_grid_is_every_other_point_of_the_teachers():
+    assert step_grid(1000, 4).tolist() == [999, 749, 499, 249, -1]
+    assert step_grid(1000, 8).tolist() == [999, 874, 749, 624, 499, 374, 249, 124, -1]
+    for steps in (1, 2, 4, 8, 16, 32, 64, 125, 250):
+        assert torch.equal(step_grid(1000, 2 * steps)[::2], step_grid(1000, steps))
+    assert alpha_bar_at(ALPHAS, torch.tensor([-1, 999])).tolist() == [1.0, ALPHAS[999].item()]
+
+
+@pytest.mark.parametrize("steps", [4, 8])
+def test_the_distilled_folders_ddim_walks_the_grid_with_the_same_step(steps):
+    scheduler = DDIMScheduler.from_config(DDPMScheduler(beta_schedule="scaled_linear",
+                                                        beta_start=0.00085,
+                                                        beta_end=0.012).config, **DDIM_GRID)
+    scheduler.set_timesteps(steps)
+    grid = step_grid(1000, steps)
+    assert torch.equal(scheduler.timesteps, grid[:-1])
+    torch.manual_seed(0)
+    z, eps = torch.randn(1, 3, 2, 4, 4) * 2, torch.randn(1, 3, 2, 4, 4)
+    for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+        abar = alpha_bar_at(scheduler.alphas_cumprod, torch.stack([t, t_next]))
+        torch.testing.assert_close(scheduler.step(eps, t, z).prev_sample,
+                                   ddim_step(z, eps, abar[:1], abar[1:], clip=1.0))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"distill_rounds": [8, 3]}, "halve"),
+    ({"distill_rounds": [32, 16]}, "divide num_train_timesteps"),
+    ({"distill_rounds": [1000]}, "first teacher takes 2000 steps"),
+    ({"base_pretrain_steps": 5}, "teacher's copy"),
+    ({"init_from": "elsewhere"}, "different folders"),
+    ({"condition": "none", "distill_guidance": 2.0}, "conditioned model"),
+])
+def test_impossible_distillation_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"distill_from": "teacher", **overrides}).validate()
+
+
+# ---- (4) resume ------------------------------------------------------------------------------
+
+def distill_config(root, name, teacher_dir, **overrides) -> TrainConfig:
+    return TrainConfig(**tiny_settings(
+        output_dir=str(root / name), distill_from=str(teacher_dir), distill_rounds=ROUNDS,
+        distill_steps_per_round=PER_ROUND, **overrides)).validate()
+
+
+def run(config) -> Trainer:
+    trainer = Trainer(config)
+    try:
+        trainer.run()
+    finally:
+        trainer.lock.release()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, teacher_dir):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("distill")
+    straight = run(distill_config(root, "straight", teacher_dir))
+    resumed = None
+    for stop in STOPS:
+        resumed = run(distill_config(root, "split", teacher_dir, stop_at_step=stop,
+                                     resume=resumed is not None))
+    resumed = run(distill_config(root, "split", teacher_dir, resume=True))
+    torch.set_num_threads(threads)
+    return root, straight, resumed
+
+
+def folder_weights(folder):
+    return {f"{part}.{k}": v for part in ("base", "residual")
+            for k, v in load_file(folder / part / "diffusion_pytorch_model.safetensors").items()}
+
+
+def assert_same_tensors(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_stops_inside_a_round_and_at_its_boundary_resume_bitwise(runs):
+    root, straight, resumed = runs
+    logs = [[json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("straight", "split")]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4]
+    assert {r["stage"] for r in logs[0]} == {"distill"}
+    for a, b in zip(*logs, strict=True):
+        assert (a["loss"], a["lr"]) == (b["loss"], b["lr"])
+    assert logs[0][0]["lr"] == logs[0][2]["lr"]  # each round starts its own schedule
+    assert_same_tensors(straight.model.state_dict(), resumed.model.state_dict())
+    assert_same_tensors({str(i): p for i, p in enumerate(straight.ema.shadow_params)},
+                        {str(i): p for i, p in enumerate(resumed.ema.shadow_params)})
+    assert straight.ema.optimization_step == resumed.ema.optimization_step == PER_ROUND
+    for name in ("rounds/round-0", "pipeline"):
+        assert_same_tensors(folder_weights(root / "straight" / name),
+                            folder_weights(root / "split" / name))
+
+
+def test_the_round_boundary_makes_the_saved_student_the_teacher_and_the_start(runs, teacher_dir):
+    root, straight, _ = runs
+    first = folder_weights(root / "straight" / "rounds" / "round-0")
+    assert any(not torch.equal(first[k], v) for k, v in folder_weights(teacher_dir).items())
+    # the checkpoint at the boundary holds round 1's start: the saved student, fresh EMA
+    from safetensors.torch import load_file as load
+
+    saved = load(root / "split" / "checkpoints" / "step-000002" / "model.safetensors")
+    started = {k.replace("model.base.unet.", "base.").replace("model.residual.", "residual."): v
+               for k, v in saved.items()}
+    assert_same_tensors(first, started)
+    summary = json.loads((root / "straight" / "train_summary.json").read_text())
+    assert summary["distillation"]["rounds"] == ROUNDS and summary["steps"] == 4
+
+
+def test_a_round_starts_and_trains_a_student_that_fsdp2_shards(teacher_dir, tmp_path):
+    """torch's FSDP2 on 2 CPU processes (``tests/fsdp_distill_run.py``): the round's start cuts
+    the whole teacher into each process's slices, and the sharded student's loss is the
+    unsharded one's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("fsdp_distill_run.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(teacher_dir), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        found = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert found["parameter_type"] == "DTensor" and found["started_as_teacher"]
+        assert found["loss_sharded"] == pytest.approx(found["loss_whole"], rel=1e-5)
+
+
+# ---- (5) the distilled folder -----------------------------------------------------------------
+
+def network_calls(pipe, monkeypatch) -> list[tuple[str, int]]:
+    calls = []
+    for name in ("base", "residual"):
+        network = getattr(pipe, name)
+        forward = network.forward
+
+        def counted(sample, *args, _name=name, _forward=forward, **kwargs):
+            calls.append((_name, sample.shape[0]))
+            return _forward(sample, *args, **kwargs)
+        monkeypatch.setattr(network, "forward", counted)
+    return calls
+
+
+def test_the_distilled_folder_samples_n_steps_of_one_pass_each(runs, teacher_dir, monkeypatch):
+    root = runs[0]
+    pipe = load_pipeline(root / "straight" / "pipeline")
+    assert pipe.config.distilled_guidance_scale == GUIDANCE
+    assert (pipe.default_steps, pipe.default_guidance) == (ROUNDS[-1], 1.0)
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    calls = network_calls(pipe, monkeypatch)
+    pipe(class_labels=[1], num_frames=4, num_inference_steps=pipe.default_steps, progress=False)
+    assert calls == [("base", 1), ("residual", 1)] * ROUNDS[-1]
+    teacher = load_pipeline(teacher_dir)
+    calls = network_calls(teacher, monkeypatch)
+    teacher(class_labels=[1], num_frames=4, num_inference_steps=1, guidance_scale=GUIDANCE,
+            progress=False)
+    assert calls == [("base", 2), ("residual", 2)]  # what guidance costs undistilled
+    with pytest.raises(ValueError, match="distilled with guidance 3 folded in"):
+        pipe(class_labels=[1], num_frames=4, guidance_scale=2.0, progress=False)
+
+
+def test_the_cli_refuses_a_second_guidance_and_info_says_distilled(runs, tmp_path, capsys):
+    folder = str(runs[0] / "straight" / "pipeline")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--model-dir", folder, "--class-label", "1", "--frames", "4",
+              "--guidance", "2", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would guide it a second time" in err[0], err
+    assert main(["sample", "--model-dir", folder, "--class-label", "1", "--num-videos", "1",
+                 "--frames", "4", "--out", str(tmp_path / "out")]) == 0
+    assert main(["info", folder]) == 0
+    out = capsys.readouterr().out
+    assert "distilled:      2 DDIM steps, guidance 3 folded in" in out
+    assert "progressive distillation, rounds 4,2" in out
