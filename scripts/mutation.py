@@ -87,9 +87,8 @@ def mutmut(work: Path, *args: str, capture: bool = False,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            # mutmut hands pytest a set of tests; tests/conftest.py runs them in the table's order
            "VIDEOFUSION_TEST_ORDER": ",".join(tests),
-           # no progress bars: tqdm's monitor thread, started in mutmut's process by the clean
-           # run, can hold tqdm's lock at a fork, and the forked test process then waits on it
-           # forever (no CPU time; runs of consecutive "timeouts" that were hangs)
+           # no progress bars where a test does not ask for one (tests/conftest.py also gives
+           # tqdm a per-process lock: forked test processes hung on a shared one)
            "TQDM_DISABLE": "1"}
     env.pop("PYTHONPATH", None)
     exe = Path(sys.executable).with_name("mutmut")

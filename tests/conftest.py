@@ -1,13 +1,21 @@
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # two threads, or fewer where OMP_NUM_THREADS asks for it (a shared machine, mutation runs)
 torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS") or 2)))
+# tqdm's default lock includes a multiprocessing semaphore that forked processes share: a test
+# process killed while holding it (mutmut kills a mutant's tests on timeout) left it held, and
+# every later forked test process with a progress bar then waited forever. A per-process lock,
+# and no monitor thread that could hold it at a fork.
+tqdm.set_lock(threading.RLock())
+tqdm.monitor_interval = 0
 
 
 def pytest_collection_modifyitems(config, items):
