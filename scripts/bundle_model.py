@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -79,10 +80,19 @@ def training_record(run: Path, config_name: str, raw_weights: bool,
             raise SystemExit(f"{run} was fine-tuned from {parent}, which has no "
                              "training_record.json: its training cannot be counted")
         record["parent"] = json.loads((parent / "training_record.json").read_text())
-        if record["parent"]["commands"][0] == record["commands"][0]:  # the same training
-            raise SystemExit(f"{parent} already holds {run}: bundling it again would make the "
-                             "run its own parent (restore the parent's folder first)")
+        if same_run(record["parent"]["commands"][0], record["commands"][0]):
+            raise SystemExit(f"{parent} already holds {run} (maybe at an earlier step): bundling "
+                             "it again would make the run its own parent (restore the folder "
+                             "it was fine-tuned from first)")
     return record
+
+
+def same_run(command: str, other: str) -> bool:
+    """Whether two recorded training commands are one run, stopped at the same or another step
+    (a run continued with --resume records the same command with a later --stop-at-step)."""
+    def without_stop(line: str) -> str:
+        return re.sub(r" --stop-at-step \d+", "", line)
+    return without_stop(command) == without_stop(other)
 
 
 def changed_flags(config: dict, config_name: str) -> str:

@@ -132,3 +132,7 @@ def test_bundle_record_carries_guidance_and_refuses_a_run_bundled_already(tmp_pa
     for guidance in (None, 3.0):
         with pytest.raises(SystemExit, match="own parent"):
             training_record(run, recipe, raw_weights=True, guidance=guidance)
+    # The same run continued with --resume to a later step is still that run.
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 40, "seconds": 19.0}) + "\n")
+    with pytest.raises(SystemExit, match="own parent"):
+        training_record(run, recipe, raw_weights=True, guidance=4.0)
