@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
-from safetensors.torch import load_file
+from test_resume_equivalence import assert_same_tensors, folder_weights, run
 
 from videofusion import training_report as report
 from videofusion import training_setup as setup
@@ -29,7 +29,6 @@ from videofusion.models.videofusion import NoisePrediction
 from videofusion.noise import make_lambdas
 from videofusion.pipeline import load_pipeline
 from videofusion.sampling import guided_noise_prediction
-from videofusion.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -251,15 +250,6 @@ def distill_config(root, name, teacher_dir, **overrides) -> TrainConfig:
         distill_steps_per_round=PER_ROUND, **overrides)).validate()
 
 
-def run(config) -> Trainer:
-    trainer = Trainer(config)
-    try:
-        trainer.run()
-    finally:
-        trainer.lock.release()
-    return trainer
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, teacher_dir):
     threads = torch.get_num_threads()
@@ -273,17 +263,6 @@ def runs(tmp_path_factory, teacher_dir):
     resumed = run(distill_config(root, "split", teacher_dir, resume=True))
     torch.set_num_threads(threads)
     return root, straight, resumed
-
-
-def folder_weights(folder):
-    return {f"{part}.{k}": v for part in ("base", "residual")
-            for k, v in load_file(folder / part / "diffusion_pytorch_model.safetensors").items()}
-
-
-def assert_same_tensors(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_stops_inside_a_round_and_at_its_boundary_resume_bitwise(runs):

@@ -14,13 +14,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_resume_equivalence import assert_same_tensors, log, pipeline_weights
 from test_resume_equivalence import config as resume_config
+from test_resume_equivalence import run as run_trainer
 
 from videofusion import latent_cache
 from videofusion.cli import main
 from videofusion.data import MovingDigits, VideoFolder
 from videofusion.latent_cache import CorruptLatentCache, prepare
 from videofusion.safety import LOCK_FILE
-from videofusion.train import Trainer
 from videofusion.vae import build_vae, encode_video, load_vae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -258,13 +258,8 @@ def test_cache_latents_builds_checks_and_refuses_bad_input(tmp_path, vae_dir, ca
 # ---- training on the cache ------------------------------------------------------------------
 
 def run(root, name, vae_dir, cache=None, **overrides):
-    trainer = Trainer(resume_config(root, name, vae=str(vae_dir), latent_cache=cache,
-                                    **overrides))
-    try:
-        trainer.run()
-    finally:
-        trainer.lock.release()
-    return trainer
+    return run_trainer(resume_config(root, name, vae=str(vae_dir), latent_cache=cache,
+                                     **overrides))
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,10 @@ def config(root, name, **overrides) -> TrainConfig:
 
 def run(cfg) -> Trainer:
     trainer = Trainer(cfg)
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        trainer.lock.release()
     return trainer
 
 
@@ -46,10 +49,13 @@ def log(root, name):
     return [json.loads(line) for line in lines]
 
 
-def pipeline_weights(root, name):
-    folder = root / name / "pipeline"
+def folder_weights(folder):
     return {f"{part}.{k}": v for part in ("base", "residual")
             for k, v in load_file(folder / part / "diffusion_pytorch_model.safetensors").items()}
+
+
+def pipeline_weights(root, name):
+    return folder_weights(root / name / "pipeline")
 
 
 def assert_same_tensors(a: dict, b: dict):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_base, tiny_residual
 from diffusers import DDIMScheduler
+from test_cli import fails
 
 from videofusion import assets, studio
 from videofusion.assets import ShippedModel, installed_models, shipped_model
@@ -41,15 +42,6 @@ def no_physics(tmp_path, monkeypatch):
     model = replace(assets.SHIPPED_MODELS["physics"], folder=tmp_path / "absent")
     monkeypatch.setitem(assets.SHIPPED_MODELS, "physics", model)
     return model
-
-
-def fails(capsys, argv, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("videofusion: error: "), err
-    assert message in err[0], err[0]
 
 
 def test_the_registry_names_the_digits_model_as_the_default():
