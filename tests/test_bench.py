@@ -239,3 +239,24 @@ def test_peer_levels_must_divide_the_resolution():
         check_config(tiny_config(peer_levels=4, resolutions=(12,)))
     with pytest.raises(ValueError, match="peer_levels"):
         check_config(tiny_config(peer_levels=5))
+
+
+def test_a_long_video_row_without_rss_growth_gives_no_rss_ratio_and_the_table_still_renders():
+    """RSS grows in whole pages: a short run may grow by none, and a ratio over it is undefined
+    (it raised ZeroDivisionError); the tensor ratio, the target's, is unaffected."""
+    def run(frames, tensor, rss):
+        return {"frames": frames, "clips": 1, "seconds": 0.1, "cpu_seconds": 0.1,
+                "peak_mb": rss, "baseline_mb": 100.0, "tensor_peak_mb": tensor,
+                "memory_steps": 1, "mp4_bytes": 10}
+
+    rows = [bench.long_row([run(4, 2.0, 0.0), run(4, 2.0, 0.0)]),
+            bench.long_row([run(8, 2.2, 0.5), run(8, 2.4, 0.0)])]
+    summary = bench.long_video_summary(rows)
+    assert summary["long_video_memory_ratio"] == pytest.approx(1.2)
+    assert summary["long_video_rss_ratio"] is None
+    assert summary["long_video_rss_worst_ratio"] is None
+    assert summary["long_video_rss_spread"] == pytest.approx(2.0)  # (0.5 - 0) / 0.25
+    config = {"long_resolution": 8, "clip_frames": 4, "overlap": 1, "long_steps": 1,
+              "long_runs": 2}
+    table = "\n".join(bench.long_video_table({"config": config, "long_video": rows, **summary}))
+    assert "RSS n/a" in table and "| n/a |" in table

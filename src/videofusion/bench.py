@@ -359,9 +359,17 @@ def long_row(runs: list[dict]) -> dict:
             "memory_steps": runs[0]["memory_steps"], "mp4_bytes": runs[0]["mp4_bytes"]}
 
 
-def _spread(values: list[float]) -> float:
-    """Run-to-run spread: (max - min) / median."""
-    return (max(values) - min(values)) / statistics.median(values)
+def _spread(values: list[float]) -> float | None:
+    """Run-to-run spread: (max - min) / median (None for a median of 0)."""
+    return _over(max(values) - min(values), statistics.median(values))
+
+
+def _over(value: float, base: float) -> float | None:
+    return value / base if base > 0 else None
+
+
+def _format(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def long_video_summary(rows: list[dict]) -> dict:
@@ -374,10 +382,12 @@ def long_video_summary(rows: list[dict]) -> dict:
         "long_video_memory_median_ratio": max(row["tensor_peak_mb"] for row in rows)
         / first["tensor_peak_mb"],
         "long_video_memory_spread": max(_spread(row["tensor_peak_mb_runs"]) for row in rows),
-        "long_video_rss_ratio": max(row["peak_mb"] for row in rows) / first["peak_mb"],
-        "long_video_rss_worst_ratio": max(max(row["peak_mb_runs"]) for row in rows)
-        / min(first["peak_mb_runs"]),
-        "long_video_rss_spread": max(_spread(row["peak_mb_runs"]) for row in rows),
+        # RSS growth is counted in whole pages: a short run can grow by none (ratio undefined)
+        "long_video_rss_ratio": _over(max(row["peak_mb"] for row in rows), first["peak_mb"]),
+        "long_video_rss_worst_ratio": _over(max(max(row["peak_mb_runs"]) for row in rows),
+                                            min(first["peak_mb_runs"])),
+        "long_video_rss_spread": max((_spread(row["peak_mb_runs"]) for row in rows),
+                                     key=lambda x: -1 if x is None else x),
     }
 
 
@@ -510,15 +520,17 @@ def long_video_table(report: dict) -> list[str]:
             f"{spread(row['tensor_peak_mb_runs'])} | "
             f"**{row['tensor_peak_mb'] / first['tensor_peak_mb']:.3f}** | "
             f"{row['peak_mb']:.1f} ({min(row['peak_mb_runs']):.1f}-"
-            f"{max(row['peak_mb_runs']):.1f}) | {row['peak_mb'] / first['peak_mb']:.2f} |")
+            f"{max(row['peak_mb_runs']):.1f}) | "
+            f"{_format(_over(row['peak_mb'], first['peak_mb']), '.2f')} |")
     r = report
     lines += [
         "",
         f"Worst pairing of runs (a length's highest over the first length's lowest): tensor "
-        f"{r['long_video_memory_ratio']:.3f}, RSS {r['long_video_rss_worst_ratio']:.2f}. "
+        f"{r['long_video_memory_ratio']:.3f}, RSS "
+        f"{_format(r['long_video_rss_worst_ratio'], '.2f')}. "
         f"Run-to-run spread ((max - min) / median, worst length): tensor "
         f"{100 * r['long_video_memory_spread']:.2f}%, RSS "
-        f"{100 * r['long_video_rss_spread']:.1f}%.",
+        f"{_format(r['long_video_rss_spread'], '.1%')}.",
     ]
     return lines
 
