@@ -182,6 +182,29 @@ def test_metrics_from_features_reports_all_and_sizes():
     assert metrics["is_i3d_k400_real"] != pytest.approx(metrics["is_i3d_k400"])
 
 
+def test_metrics_from_features_picks_metrics_and_needs_a_covariance_only_for_fvd_and_kvd():
+    from scipy.special import softmax
+
+    real, fake = _gaussian(6, 8, 0), _gaussian(5, 8, 1, shift=0.2)
+    # IS alone, over one split by default, of the fake set (the real set's as its yardstick)
+    only_is = metrics_from_features(real, fake, metrics=["is"])
+    assert set(only_is) == {"is_i3d_k400", "is_i3d_k400_std", "is_i3d_k400_real", "num_real",
+                            "num_fake"}
+    assert only_is["is_i3d_k400"] == pytest.approx(
+        inception_score(softmax(fake, axis=1), 1)[0])
+    # one video is enough for IS, not for FVD or KVD; two are enough for both
+    assert metrics_from_features(real[:1], fake[:1], metrics=["is"])["num_fake"] == 1
+    for metric in ("fvd", "kvd"):
+        with pytest.raises(ValueError, match="^real_features: need at least 2 videos"):
+            metrics_from_features(real[:1], fake, metrics=[metric])
+        with pytest.raises(ValueError, match="^fake_features: need at least 2 videos"):
+            metrics_from_features(real, fake[:1], metrics=[metric])
+        assert metrics_from_features(real[:2], fake[:2], metrics=[metric])["num_real"] == 2
+    with pytest.raises(ValueError, match=r"^metrics: choose from \['fvd', 'is', 'kvd'\], "
+                                         r"got \['fid'\]"):
+        metrics_from_features(real, fake, metrics=["fvd", "fid"])
+
+
 # --- preprocessing and input errors -------------------------------------------------------------
 
 
