@@ -61,8 +61,8 @@ def test_flags_set_the_recipe_and_the_config_and_win_over_smoke():
     assert not smoke and recipe.train_clips == 7 and recipe.domains == ("walker", "hopper")
     assert recipe.train == ("--max-steps", "9", "--seed", "3")
     assert recipe.held_out_clips == 128
-    recipe, smoke = parse_args(["--smoke", "--out", "/tmp/x", "--steps", "5"])
-    assert smoke and recipe.train_clips == 2 and recipe.target == Path("/tmp/x/bundle")
+    recipe, smoke = parse_args(["--smoke", "--out", "runs/smoke", "--steps", "5"])
+    assert smoke and recipe.train_clips == 2 and recipe.target == Path("runs/smoke/bundle")
     config = TrainConfig.resolve(ROOT / "configs" / train_physics.CONFIG,
                                  train_physics.flags(recipe.train))
     assert (config.max_steps, config.base_pretrain_steps) == (5, 2)  # the flag, then smoke's
