@@ -156,3 +156,13 @@ def test_video_loss_weighting_scales_each_clip_by_its_timestep():
     weights = (snr + 1).clamp(max=5.0) / snr
     assert torch.allclose(weighted.loss, (weights[:, None] * plain.per_frame).mean(), rtol=1e-5)
     assert torch.allclose(plain.loss, plain.per_frame.mean())
+
+
+def test_truncated_snr_weights_are_max_snr_1_over_snr():
+    """Salimans & Ho's truncated SNR on the epsilon loss: 1/SNR below SNR 1 (the x0 error),
+    1 above it (the epsilon error)."""
+    from videofusion.objective import loss_weights
+
+    alpha_bar = torch.tensor([0.1, 0.5, 0.9])  # SNR 1/9, 1, 9
+    weights = loss_weights(alpha_bar, "truncated-snr", snr_gamma=5.0)
+    assert torch.allclose(weights, torch.tensor([9.0, 1.0, 1.0]))

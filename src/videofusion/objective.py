@@ -60,7 +60,7 @@ def diffusion_loss(
 
 
 def noise_regression(prediction, target: torch.Tensor, alpha_bar: torch.Tensor,
-                     weighting: str = "epsilon", snr_gamma: float = 5.0) -> Loss:
+                     weighting: str, snr_gamma: float) -> Loss:
     """The decomposed model's ``prediction`` (a ``NoisePrediction``) regressed on per-frame
     noise ``target`` ``(B, C, F, H, W)``, each clip weighted by its ``alpha_bar`` ``(B,)``.
 
