@@ -280,7 +280,10 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_good_checkpoints(
                          "--checkpoints-total-limit", "2", "--max-nonfinite-steps", "3"], capsys)
     line = [x for x in err.splitlines() if x.startswith("videofusion: error:")]
     assert code == 1 and len(line) == 1 and "Traceback" not in err, err
-    assert "not finite for 3 steps in a row" in line[0] and "step-000002" in line[0]
+    assert line[0] == (
+        "videofusion: error: training stopped at step 5: the loss or gradient norm was not "
+        "finite for 3 steps in a row (max_nonfinite_steps); nothing was saved, the last good "
+        f"checkpoint is {out / 'checkpoints' / 'step-000002'}")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-000001", "step-000002"]
     assert not (out / "pipeline").exists()

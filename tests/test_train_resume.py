@@ -223,10 +223,56 @@ def test_without_the_nan_guard_the_host_waits_only_to_log_and_a_nan_stops_before
 
     monkeypatch.setattr(train_module, "diffusion_loss", nan_from_step_four)
     out = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match="step 6: the logged loss is not finite"):
+    message = ("training stopped at step 6: the logged loss is not finite (no NaN guard: "
+               "max_nonfinite_steps 0); nothing was saved, the last good checkpoint is "
+               f"{out / 'checkpoints' / 'step-000003'}")
+    with pytest.raises(TrainingDiverged) as raised:
         train(config(tmp_path, overwrite=True, max_nonfinite_steps=0, **small))
+    assert str(raised.value) == message
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert saved == ["step-000003"]  # step 6's weights, trained on a NaN, were never saved
+
+
+
+def test_the_log_is_written_before_each_checkpoint_and_preview_and_every_log_every_steps(
+        tmp_path, monkeypatch):
+    """docs/training.md: metrics.jsonl gets a line per step, written at least every
+    ``log_every`` steps and before each checkpoint (a resume drops the lines past its
+    checkpoint) and preview; previews only in stage 2, every ``sample_every`` steps and at the
+    end; a skipped step is flagged and saves no checkpoint; seconds to the millisecond."""
+    import videofusion.train as train_module
+
+    real_step, lines_before = Trainer._optimizer_step, []
+    log = tmp_path / "run" / "metrics.jsonl"
+
+    def counted(self, *args, **kwargs):
+        lines_before.append(len(log.read_text().splitlines()) if log.is_file() else 0)
+        return real_step(self, *args, **kwargs)
+
+    real_loss, calls = train_module.diffusion_loss, []
+
+    def nan_at_step_six(*args, **kwargs):  # stage 2's 4th step: step 2 + 4
+        loss = real_loss(*args, **kwargs)
+        calls.append(None)
+        return loss._replace(loss=loss.loss * float("nan")) if len(calls) == 4 else loss
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", counted)
+    monkeypatch.setattr(train_module, "diffusion_loss", nan_at_step_six)
+    out = train(config(tmp_path, base_pretrain_steps=2, max_steps=6, log_every=5,
+                       checkpoint_every=3, sample_every=2, max_nonfinite_steps=3)).parent
+    # written after steps 3 (checkpoint), 4 (preview), 5 (log_every), 6 (preview; its
+    # checkpoint skipped) and 8 (the end)
+    assert lines_before == [0, 0, 0, 3, 4, 5, 6, 6]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert [r.get("skipped") for r in records] == [None] * 5 + [True, None, None]
+    assert all(r["seconds"] == round(r["seconds"], 3) for r in records)
+    assert len({r["seconds"] for r in records}) == 8
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-000003", "step-000008"]  # step 6 was skipped: no checkpoint of it
+    # step 2 ends stage 1 at a multiple of sample_every: no preview of the image model
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "step-000004", "step-000006", "step-000008"]
 
 
 # ---- the trainer's own checkpoint files -------------------------------------------------------

@@ -325,7 +325,7 @@ class Trainer:
                 self.state.lr_scheduler = self._lr_scheduler("joint")
             if self.distillation is not None and self.distillation.round_ends(step):
                 self._next_round(step)  # before any checkpoint of this step, likewise
-            progress.update(1)
+            progress.update(1)  # pragma: no mutate
             self.log.record(step, stage, losses, lr=lr, **({} if finite else {"skipped": True}),
                             seconds=round(elapsed_before + time.perf_counter() - started, 3))
             # a skipped step changed no weight: its checkpoint would only rotate out good ones
@@ -337,7 +337,7 @@ class Trainer:
                 if not config.max_nonfinite_steps and not math.isfinite(loss):
                     self._diverged(step, "the logged loss is not finite (no NaN guard: "
                                    "max_nonfinite_steps 0)", progress)
-                progress.set_postfix(stage=stage, loss=f"{loss:.4f}")
+                progress.set_postfix(stage=stage, loss=f"{loss:.4f}")  # pragma: no mutate
             if save:
                 self._checkpoint(step, elapsed_before + time.perf_counter() - started)
             if preview:
