@@ -72,10 +72,10 @@ def test_flicker_sees_shuffled_frames_and_a_frozen_clip(real):
 
 
 def test_motion_jerk_and_speed(real):
-    speed, jerk = coherence.motion_statistics(real)
-    s_speed, s_jerk = coherence.motion_statistics(shuffled(real))
+    speed, jerk, _ = coherence.motion_statistics(real)
+    s_speed, s_jerk, _ = coherence.motion_statistics(shuffled(real))
     assert s_jerk.mean() > 2 * jerk.mean()
-    f_speed, f_jerk = coherence.motion_statistics(frozen(real))
+    f_speed, f_jerk, _ = coherence.motion_statistics(frozen(real))
     assert f_jerk.max() == 0.0 and f_speed.max() == 0.0  # no jerk, but no motion either
     assert speed.mean() > 0.03
 
@@ -105,3 +105,20 @@ def test_long_video_seam_looks_at_the_joins():
     videos[0, 16] -= 0.5
     videos[0, 20] += 0.5  # a jump away from the joins (16, 28) does not count there
     assert coherence.long_video_seam(videos, 16, 4) < 1.0
+
+
+def test_worst_jerk_is_a_clips_largest_second_difference_where_the_mean_hides_a_jump():
+    """A square gliding 1 px a frame, then jumping 6 px at frame 8: second differences are
+    0 except +6 and -6 px around the jump, so the worst jerk is 6 / 32 frame sides and the mean
+    12 / 14 / 32; without the jump both are 0."""
+    videos = np.zeros((2, 16, 32, 32, 3), np.float32)
+    for i in range(16):
+        x = 4 + i + (6 if i >= 8 else 0)
+        videos[0, i, 14:17, x : x + 3] = 1.0
+        videos[1, i, 14:17, 4 + i : 7 + i] = 1.0
+    speed, jerk, worst = coherence.motion_statistics(videos)
+    assert worst == pytest.approx([6 / 32, 0.0], abs=1e-6)
+    assert jerk == pytest.approx([12 / 14 / 32, 0.0], abs=1e-6)
+    assert speed == pytest.approx([21 / 15 / 32, 1 / 32], abs=1e-6)
+    assert coherence.coherence_metrics(videos, digits=True)["worst_jerk"] == pytest.approx(
+        3 / 32, abs=1e-6)

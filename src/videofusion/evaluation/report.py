@@ -25,6 +25,7 @@ _TABLE = (
     ("palette colours covered", "palette_coverage", True, "{:d}"),
     ("mean speed (frame side)", "mean_speed", True, "{:.4f}"),
     ("jerk (frame side)", "jerk", True, "{:.4f}"),
+    ("worst jerk of a clip (frame side)", "worst_jerk", True, "{:.4f}"),
 )
 
 # Metric key -> the key of its spread, printed as "value ± spread".
@@ -69,7 +70,8 @@ def build_report(real: VideoSet, fake: VideoSet, protocol: EvalProtocol, values:
                                   "deviation from its neighbours' mean over the other inner "
                                   "frames'), flicker on 4x4 frames; on moving digits also "
                                   "colour deviation from the clip median, palette colours "
-                                  "covered, tracked speed and jerk in frame sides")
+                                  "covered, tracked speed, mean jerk and each clip's worst jerk in "
+                                  "frame sides")
     return {
         "protocol": described,
         "metrics": values,

@@ -26,6 +26,10 @@ For moving digits (one digit on a dark background):
 * **motion smoothness**: the digit's tracked position (:func:`~videofusion.metrics.digits.
   track_positions`), its mean speed and mean jerk (norm of the second difference), both in frame
   sides per frame. A static clip has no jerk, so jerk is read together with the speed.
+* **worst jerk**: each clip's largest jerk (its worst frame), averaged over the clips. A mean
+  jerk hides one jump in an otherwise smooth clip; a real clip's worst frame is a bounce off a
+  wall (a reversed velocity, about twice its speed), a generated clip's may be a digit that
+  jumps across the frame.
 """
 
 from __future__ import annotations
@@ -155,13 +159,14 @@ def palette_names(videos) -> list[str | None]:
     return out
 
 
-def motion_statistics(videos) -> tuple[np.ndarray, np.ndarray]:
-    """Per clip: mean speed and mean jerk of the tracked digit, in frame sides per frame."""
+def motion_statistics(videos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per clip: mean speed, mean jerk and worst (largest) jerk of the tracked digit, in frame
+    sides per frame."""
     positions, (h, w) = track_positions(videos)  # (B, F, 2) pixels
     side = float(max(h, w))
     speed = np.linalg.norm(np.diff(positions, axis=1), axis=-1).mean(axis=1) / side
-    jerk = np.linalg.norm(np.diff(positions, n=2, axis=1), axis=-1).mean(axis=1) / side
-    return speed, jerk
+    jerks = np.linalg.norm(np.diff(positions, n=2, axis=1), axis=-1) / side  # (B, F - 2)
+    return speed, jerks.mean(axis=1), jerks.max(axis=1)
 
 
 def coherence_metrics(videos, digits: bool = False) -> dict[str, float]:
@@ -169,7 +174,7 @@ def coherence_metrics(videos, digits: bool = False) -> dict[str, float]:
     result = {"key_frame_seam": key_frame_seam(videos), "flicker": flicker(videos)}
     if digits:
         deviation = colour_deviation(videos)
-        speed, jerk = motion_statistics(videos)
+        speed, jerk, worst_jerk = motion_statistics(videos)
         names = [n for n in palette_names(videos) if n is not None]
         result.update({
             "colour_deviation": float(np.nanmean(deviation)) if np.isfinite(deviation).any()
@@ -177,5 +182,6 @@ def coherence_metrics(videos, digits: bool = False) -> dict[str, float]:
             "palette_coverage": len(set(names)),
             "mean_speed": float(speed.mean()),
             "jerk": float(jerk.mean()),
+            "worst_jerk": float(worst_jerk.mean()),
         })
     return result
