@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_base, tiny_residual
-from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
 
+from videofusion.choices import DEFAULT_INFERENCE_STEPS
 from videofusion.choices import SCHEDULERS as CHOICES
 from videofusion.pipeline import SCHEDULERS, VideoFusionPipeline
 from videofusion.video_io import contact_sheet, read_video, write_gif, write_mp4
@@ -64,7 +65,6 @@ def test_default_guidance_is_the_folders_own_else_2_for_conditioned_models(tmp_p
 
 
 def test_default_steps_are_the_folders_own_for_its_own_sampler(tmp_path):
-    from videofusion.choices import DEFAULT_INFERENCE_STEPS
 
     pipe = class_pipeline()
     assert pipe.default_steps == DEFAULT_INFERENCE_STEPS
@@ -87,6 +87,21 @@ def test_use_scheduler_swaps_the_sampler_on_the_same_noise_schedule(name):
     assert type(pipe.scheduler).__name__ == SCHEDULERS[name]
     torch.testing.assert_close(pipe.scheduler.alphas_cumprod, trained)
     assert run(pipe).shape == (1, 4, 8, 8, 3)
+
+
+def test_dpm_names_fix_the_solver_kind_over_the_folders_config(tmp_path):
+    """"dpm" is DPM-Solver++ as an ODE, "dpm_sde" its stochastic SDE solver, whatever the
+    folder's own DPM-Solver was; the folder's step count is for its own kind only."""
+    pipe = class_pipeline()
+    pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
+    pipe.register_to_config(default_inference_steps=7)
+    pipe.save_pretrained(tmp_path)
+    loaded = VideoFusionPipeline.from_pretrained(tmp_path)
+    assert loaded.default_steps == 7
+    assert loaded.use_scheduler("dpm").scheduler.config.algorithm_type == "dpmsolver++"
+    assert loaded.default_steps == DEFAULT_INFERENCE_STEPS
+    assert loaded.use_scheduler("dpm_sde").scheduler.config.algorithm_type == "sde-dpmsolver++"
+    assert loaded.default_steps == 7
 
 
 def test_use_scheduler_keeps_the_folder_sampler_by_default_and_refuses_unknown_names():

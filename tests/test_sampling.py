@@ -1,5 +1,7 @@
 """Spec §4: the two-step sampler, checked end to end against an analytic oracle."""
 
+from functools import partial
+
 import pytest
 import torch
 from conftest import tiny_base, tiny_residual
@@ -30,6 +32,7 @@ SCHEDULERS = {
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
     "dpm": DPMSolverMultistepScheduler,
+    "dpm_sde": partial(DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++"),
     "euler": EulerDiscreteScheduler,
     "unipc": UniPCMultistepScheduler,
 }
@@ -84,7 +87,7 @@ def test_oracle_ddim_reproduces_the_clip(lambda_):
     assert (out - target).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("name", ["ddpm", "dpm", "euler", "unipc"])
+@pytest.mark.parametrize("name", ["ddpm", "dpm", "dpm_sde", "euler", "unipc"])
 def test_oracle_other_schedulers_reproduce_the_clip(name):
     out, target = oracle_sample(SCHEDULERS[name](), 0.5, steps=20)
     assert (out - target).abs().max() < 1e-3
@@ -137,7 +140,8 @@ def test_oracle_detects_a_wrong_residual_input():
     assert (out - target).abs().max() > 1e-2  # ten times the tolerance the oracle passes
 
 
-@pytest.mark.parametrize(("name", "kwargs"), [("ddpm", {}), ("ddim", {"eta": 1.0})])
+@pytest.mark.parametrize(("name", "kwargs"), [("ddpm", {}), ("ddim", {"eta": 1.0}),
+                                              ("dpm_sde", {})])
 def test_fresh_noise_of_stochastic_steps_is_decomposed(name, kwargs):
     scheduler = SCHEDULERS[name]()
     scheduler.set_timesteps(10)

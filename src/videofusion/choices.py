@@ -15,8 +15,13 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 
 # Sampling: name -> the diffusers scheduler class that samples with it.
 SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
-              "dpm": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
-              "unipc": "UniPCMultistepScheduler"}
+              "dpm": "DPMSolverMultistepScheduler", "dpm_sde": "DPMSolverMultistepScheduler",
+              "euler": "EulerDiscreteScheduler", "unipc": "UniPCMultistepScheduler"}
+# Settings a name fixes over the folder's scheduler config: DPM-Solver++ as an ODE ("dpm") or
+# as the stochastic SDE solver ("dpm_sde", few steps that still inject fresh noise, which
+# keeps what deterministic sampling loses on these models, docs/results.md).
+SCHEDULER_SETTINGS = {"dpm": {"algorithm_type": "dpmsolver++"},
+                      "dpm_sde": {"algorithm_type": "sde-dpmsolver++"}}
 
 # Where and in what precision sampling and evaluation run (``videofusion.devices``): "auto" is
 # CUDA when present, else the CPU; "cuda:N" names one GPU. The dtype is that of the networks'

@@ -24,7 +24,13 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from . import long_video
-from .choices import DEFAULT_INFERENCE_STEPS, DEFAULT_NUM_FRAMES, OUTPUT_TYPES, SCHEDULERS
+from .choices import (
+    DEFAULT_INFERENCE_STEPS,
+    DEFAULT_NUM_FRAMES,
+    OUTPUT_TYPES,
+    SCHEDULER_SETTINGS,
+    SCHEDULERS,
+)
 from .condition import Condition, Conditioning
 from .devices import resolve_dtype
 from .models.residual import SpaceTimeUNet
@@ -108,7 +114,7 @@ class VideoFusionPipeline(DiffusionPipeline):
                                 distilled_guidance_scale=distilled_guidance_scale,
                                 distilled_steps=distilled_steps)
         self._text_encoder: TextEncoder | None = None
-        self._own_scheduler = type(scheduler).__name__  # what default_inference_steps is for
+        self._own_scheduler = sampler_identity(scheduler)  # what default_inference_steps is for
         self._model: VideoFusionModel | None = None
 
     @property
@@ -143,7 +149,8 @@ class VideoFusionPipeline(DiffusionPipeline):
             raise ValueError(f"scheduler must be one of {tuple(SCHEDULERS)}, got {name!r}")
         import diffusers
 
-        self.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(self.scheduler.config)
+        self.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(
+            self.scheduler.config, **SCHEDULER_SETTINGS.get(name, {}))
         return self
 
     def signal_leak(self, enabled: bool = True) -> torch.Tensor | None:
@@ -158,7 +165,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         measured for this folder's own scheduler (``default_inference_steps``) while that
         scheduler samples, else ``DEFAULT_INFERENCE_STEPS``."""
         recorded = self.config.get("default_inference_steps")
-        if recorded is None or type(self.scheduler).__name__ != self._own_scheduler:
+        if recorded is None or sampler_identity(self.scheduler) != self._own_scheduler:
             return DEFAULT_INFERENCE_STEPS
         return int(recorded)
 
@@ -445,6 +452,12 @@ class VideoFusionPipeline(DiffusionPipeline):
         (an mp4) and returns its path; see ``videofusion.long_video.generate_long``.
         """
         return long_video.generate_long(self, num_frames, clip_frames, overlap, **kwargs)
+
+
+def sampler_identity(scheduler) -> tuple[str, str | None]:
+    """What makes two schedulers the same sampler: the class and, for DPM-Solver, whether it
+    solves the ODE or the SDE."""
+    return type(scheduler).__name__, scheduler.config.get("algorithm_type")
 
 
 def load_pipeline(folder: str | Path) -> VideoFusionPipeline:
