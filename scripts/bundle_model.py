@@ -10,7 +10,10 @@ reads RUN/pipeline (written at the end of training, or by `videofusion train --r
 them back to fp32), its VAE's too for a latent model, in the folder ``videofusion.assets``
 gives the model (or ``--target``), and writes a model card there with the exact commands, the
 resolved config, the seed, the steps and the measured training time. The folder must stay under
-MAX_BYTES (50 MB): a larger one is refused before anything is replaced.
+MAX_BYTES (50 MB): a larger one is refused before anything is replaced. A class-conditioned
+bundle records its class names (``class_names`` in model_index.json, so that `videofusion sample
+--model physics --class-label cheetah` works; a run saved before names were recorded takes
+them from its data's class folders) and its card lists them.
 The shipped scheduler is ancestral DDPM (``--scheduler``): at this small training budget
 deterministic DDIM (eta 0) leaves grainy backgrounds that the stochastic steps clean up.
 
@@ -37,6 +40,7 @@ import yaml
 from videofusion.assets import DEFAULT_MODEL, SHIPPED_MODELS
 from videofusion.checkpoint import atomic_directory
 from videofusion.choices import MOVING_DIGITS, SCHEDULERS
+from videofusion.class_names import describe_classes, resolve_class_names
 from videofusion.config import TrainConfig
 from videofusion.pipeline import VideoFusionPipeline
 
@@ -130,8 +134,8 @@ def data_description(name: str, record: dict, parameters: dict) -> tuple[str, st
     drop = (f"dropped independently (the label {label_drop:.0%}, the caption "
             f"{config['cond_drop']:.0%} of the time in the last run), so either works alone "
             "and classifier-free guidance works")
+    classes = describe_classes(record.get("classes", []))
     if name == "physics":
-        classes = ", ".join(f"{i} = {c}" for i, c in enumerate(record.get("classes", [])))
         return (
             "videofusion physics model: rendered DeepMind Control clips, class + text "
             "conditioned",
@@ -141,15 +145,17 @@ def data_description(name: str, record: dict, parameters: dict) -> tuple[str, st
             f"{config['lambda']}, in the latent space of the project's own VAE (`vae/`, "
             f"{parameters['vae']:,} parameters, trained with `videofusion train-vae` on the same "
             "clips; the networks see its latents, read from a latent cache). Conditioned on the "
-            f"domain (class label: {classes}) and on the caption (\"a cheetah running\", MiniLM "
-            f"sentence encoder, offline), {drop}.")
+            f"domain (class label: {classes}; sampled by name or index, `--class-label "
+            "cheetah`) and on the caption (\"a cheetah running\", MiniLM sentence encoder, "
+            f"offline), {drop}.")
     return (
         "videofusion default model: moving digits, class + text conditioned",
         "VideoFusion (spec §1-§4) trained with the project's own trainer on the built-in moving "
         "digits (one handwritten digit per clip, 7 colours, constant velocity with bounces): "
         f"{config['frames']} frames, {side}, colour, lambda = {config['lambda']}, conditioned "
-        "on the digit class (10 classes) and on the caption (\"a red digit 3 moving down and to "
-        f"the left\", MiniLM sentence encoder, offline), {drop}.")
+        f"on the digit class (10 classes, named by their digit: {classes}) and on the caption "
+        "(\"a red digit 3 moving down and to the left\", MiniLM sentence encoder, offline), "
+        f"{drop}.")
 
 
 def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: int,
@@ -271,9 +277,12 @@ def main() -> None:
     record = training_record(args.run, args.config_name, args.raw_weights, args.guidance, flags)
     if args.recipe is not None:
         record["recipe"] = [line for line in args.recipe.read_text().splitlines() if line]
-    data = record["config"]["data"]
-    if "class" in record["config"]["condition"] and data != MOVING_DIGITS:
-        record["classes"] = video_classes(data)
+    if pipe.num_classes is not None:  # the bundle records its class names, the card lists them
+        names, data = pipe.config.get("class_names"), record["config"]["data"]
+        if names is None and data != MOVING_DIGITS:  # a run saved before names were recorded
+            names = video_classes(data)
+        pipe.register_to_config(class_names=resolve_class_names(names, pipe.num_classes))
+        record["classes"] = pipe.class_names
     if not distilled:
         pipe.use_scheduler(args.scheduler)
         pipe.register_to_config(default_inference_steps=steps)

@@ -188,7 +188,9 @@ def test_fixed_base_noise_and_fixed_residual_noise():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"class_labels": [10]}, r"class_labels must lie in \[0, 9\]"),
+        ({"class_labels": [10]}, "class_labels: 10 is not a class of this model; choose a "
+                                 "name or an index: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9$"),
+        ({"class_labels": torch.tensor([10])}, r"class_labels must lie in \[0, 9\]"),
         ({}, "conditioned: pass class_labels"),
         ({"prompt": "a digit"}, "not text-conditioned"),
         ({"class_labels": [1], "num_frames": 1}, "num_frames"),

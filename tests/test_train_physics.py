@@ -4,6 +4,7 @@ and its size limit. The whole chain runs in `python scripts/train_physics.py --s
 s), not here."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -146,6 +147,8 @@ def test_bundle_keeps_the_vae_in_fp16_and_quotes_the_recipe(latent_run, tmp_path
             assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
     pipe = VideoFusionPipeline.from_pretrained(target)
     assert pipe.vae is not None and pipe.vae.dtype == torch.float32
+    # a run saved before names were recorded: the bundle takes its data's class folders
+    assert pipe.class_names == ["cheetah", "walker"]
     card = (target / "README.md").read_text()
     assert "physics model" in card and "0 = cheetah, 1 = walker" in card
     assert "    videofusion data render-dmc ..." in card and "+ VAE" in card
@@ -156,6 +159,21 @@ def test_bundle_keeps_the_vae_in_fp16_and_quotes_the_recipe(latent_run, tmp_path
     assert train_physics.bundled(latent_run, target) is False  # no train_summary.json yet
     (latent_run / "train_summary.json").write_text(json.dumps({"steps": 2003}))
     assert train_physics.bundled(latent_run, target)
+
+
+def test_the_bundle_carries_the_class_names_the_run_recorded(latent_run, tmp_path,
+                                                             monkeypatch):
+    pipe = VideoFusionPipeline.from_pretrained(latent_run / "pipeline")
+    pipe.register_to_config(class_names=["hopper", "reacher"])
+    pipe.save_pretrained(latent_run / "pipeline")
+    shutil.rmtree(tmp_path / "data")  # recorded names need no data folder
+    target = tmp_path / "physics_model"
+    bundle(monkeypatch, latent_run, "--model", "physics", "--config-name", "physics_64.yaml",
+           "--target", target)
+    assert VideoFusionPipeline.from_pretrained(target).class_names == ["hopper", "reacher"]
+    assert "(class label: 0 = hopper, 1 = reacher;" in (target / "README.md").read_text()
+    record = json.loads((target / "training_record.json").read_text())
+    assert record["classes"] == ["hopper", "reacher"]
 
 
 def test_a_bundle_over_the_size_limit_is_refused_and_changes_nothing(latent_run, tmp_path,

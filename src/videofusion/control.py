@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .choices import DEFAULT_NUM_FRAMES
+from .class_names import class_indices
 from .video_io import contact_sheet, to_uint8, write_gif
 
 
@@ -45,7 +46,7 @@ def content_motion_grid(
     cols: int = 3,
     *,
     prompt: str | None = None,
-    class_labels: int | list[int] | None = None,
+    class_labels: int | str | list[int | str] | None = None,
     num_frames: int = DEFAULT_NUM_FRAMES,
     height: int | None = None,
     width: int | None = None,
@@ -53,23 +54,24 @@ def content_motion_grid(
     **kwargs,
 ) -> ControlGrid:
     """Sample the R x C grid with ``pipe`` (a ``VideoFusionPipeline``), for one prompt and/or
-    class label. ``seed`` draws the R base noises, then the C residual noises, then seeds the
-    sampler; other keyword arguments are those of the pipeline's ``plan`` (steps, guidance,
-    lambda, eta, signal leak, dtype) and ``progress``."""
+    class label (an index or a class name). ``seed`` draws the R base noises, then the C
+    residual noises, then seeds the sampler; other keyword arguments are those of the
+    pipeline's ``plan`` (steps, guidance, lambda, eta, signal leak, dtype) and ``progress``."""
     if not isinstance(rows, int) or not isinstance(cols, int) or rows < 1 or cols < 1:
         raise ValueError(f"rows and cols must be integers >= 1, got {rows!r} and {cols!r}")
     for name in ("image", "base_noise", "residual_noise", "num_videos", "output_type"):
         if name in kwargs:
             raise ValueError(f"content_motion_grid sets {name} itself")
-    labels = None if class_labels is None else torch.as_tensor(class_labels).flatten()
+    labels = (None if class_labels is None
+              else class_indices(class_labels, pipe.class_names, "class_labels"))
     if not (prompt is None or isinstance(prompt, str)) or (labels is not None
-                                                             and labels.numel() != 1):
+                                                             and len(labels) != 1):
         raise ValueError("content_motion_grid takes one prompt and/or one class label")
     if pipe.model.is_baseline:
         raise ValueError("the VDM baseline has no base noise to share: content and motion "
                          "control needs a VideoFusion model")
     progress = kwargs.pop("progress", True)
-    plan = pipe.plan(prompt, None if labels is None else labels.tolist(), num_frames=num_frames,
+    plan = pipe.plan(prompt, labels, num_frames=num_frames,
                      height=height, width=width, num_videos=rows * cols, **kwargs)
     _, channels, frames, h, w = plan.latent_shape
     generator = torch.Generator().manual_seed(seed)

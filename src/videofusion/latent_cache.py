@@ -489,6 +489,10 @@ class CachedLatents(Dataset):
         return getattr(self.dataset, "num_classes", 0)
 
     @property
+    def class_names(self) -> list[str] | None:
+        return getattr(self.dataset, "class_names", None)
+
+    @property
     def num_skipped(self) -> int:
         return int(getattr(self.dataset, "num_skipped", 0)) + len(self.cache.bad)
 

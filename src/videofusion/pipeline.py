@@ -31,6 +31,7 @@ from .choices import (
     SCHEDULER_SETTINGS,
     SCHEDULERS,
 )
+from .class_names import class_indices, resolve_class_names
 from .condition import Condition, Conditioning
 from .devices import resolve_dtype
 from .models.residual import SpaceTimeUNet
@@ -78,6 +79,8 @@ class VideoFusionPipeline(DiffusionPipeline):
     A folder written by progressive distillation (``videofusion.distillation``) records
     ``distilled_guidance_scale``, the guidance its networks have folded in, and
     ``distilled_steps``, the DDIM step count they were distilled for; it samples with guidance 1.
+    A class-conditioned folder records its classes' names (``class_names``, one per label;
+    ``videofusion.class_names``); one saved without them is named by its indices.
     """
 
     _optional_components = ["base", "vae", "text_encoder", "tokenizer"]
@@ -101,6 +104,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         default_inference_steps: int | None = None,
         distilled_guidance_scale: float | None = None,
         distilled_steps: int | None = None,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         self.register_modules(residual=residual, scheduler=scheduler, base=base, vae=vae,
@@ -113,6 +117,9 @@ class VideoFusionPipeline(DiffusionPipeline):
                                 default_inference_steps=default_inference_steps,
                                 distilled_guidance_scale=distilled_guidance_scale,
                                 distilled_steps=distilled_steps)
+        if class_names is not None:  # checked: names that do not fit the model are refused
+            class_names = resolve_class_names(class_names, self.num_classes)
+        self.register_to_config(class_names=class_names)
         self._text_encoder: TextEncoder | None = None
         self._own_scheduler = sampler_identity(scheduler)  # what default_inference_steps is for
         self._model: VideoFusionModel | None = None
@@ -139,6 +146,13 @@ class VideoFusionPipeline(DiffusionPipeline):
     @property
     def num_classes(self) -> int | None:
         return self.conditioning.num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The name of each class label (``class_names`` in ``model_index.json``), its index
+        as a string where the folder recorded none; None for a model without classes.
+        ``prepare_condition`` takes a name wherever it takes a label."""
+        return resolve_class_names(self.config.get("class_names"), self.num_classes)
 
     def use_scheduler(self, name: str | None) -> VideoFusionPipeline:
         """Sample with another diffusers scheduler on the same trained noise schedule
@@ -218,8 +232,9 @@ class VideoFusionPipeline(DiffusionPipeline):
     def prepare_condition(self, prompt=None, class_labels=None, num_videos: int = 1,
                           guidance_scale: float = 1.0) -> tuple[Condition, int]:
         """Prompts and/or class labels -> the ``Condition`` of ``num_videos`` videos each, and the
-        batch size. A model that accepts both (``class+text``) takes either alone: the missing
-        one is filled with its null (dropped-condition) value."""
+        batch size. A label is an index or a class name (``class_names``). A model that accepts
+        both (``class+text``) takes either alone: the missing one is filled with its null
+        (dropped-condition) value."""
         accepts = self.conditioning
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale):
@@ -245,6 +260,8 @@ class VideoFusionPipeline(DiffusionPipeline):
             return Condition(), num_videos
         labels = None
         if class_labels is not None:
+            if not isinstance(class_labels, torch.Tensor):  # names and indices: one rule
+                class_labels = class_indices(class_labels, self.class_names, "class_labels")
             labels = torch.as_tensor(class_labels, device=self.device).flatten().long()
             if (labels < 0).any() or (labels >= accepts.num_classes).any():
                 raise ValueError(f"class_labels must lie in [0, {accepts.num_classes - 1}], got "
@@ -278,7 +295,7 @@ class VideoFusionPipeline(DiffusionPipeline):
     def plan(
         self,
         prompt: str | list[str] | None = None,
-        class_labels: int | list[int] | torch.Tensor | None = None,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
         *,
         num_frames: int = DEFAULT_NUM_FRAMES,
         height: int | None = None,
@@ -354,7 +371,7 @@ class VideoFusionPipeline(DiffusionPipeline):
     def __call__(
         self,
         prompt: str | list[str] | None = None,
-        class_labels: int | list[int] | torch.Tensor | None = None,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
         num_frames: int = DEFAULT_NUM_FRAMES,
         height: int | None = None,
         width: int | None = None,

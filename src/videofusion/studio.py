@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .assets import SHIPPED_MODELS, ShippedModel, installed_models
 from .choices import DEFAULT_INFERENCE_STEPS, SCHEDULERS
+from .class_names import class_index, resolve_class_names
 from .safety import int_range
 
 # Bounds of the page's inputs: what keeps one CPU server answering, not what the model could do.
@@ -75,7 +76,7 @@ class Request:
     """One generation as the page asks for it; ``check`` refuses what is out of bounds."""
 
     model: str
-    class_label: str = NO_CLASS
+    class_label: str = NO_CLASS  # a class name (or index), or NO_CLASS
     prompt: str = ""
     frames: float = 16
     sampler: str = OWN_SAMPLER
@@ -187,7 +188,8 @@ class Studio:
 
     def defaults(self, name: str) -> dict:
         """What the page offers for model ``name``, read from its folder's JSON files without
-        loading it (the page comes up before torch and diffusers are imported). Guidance and
+        loading it (the page comes up before torch and diffusers are imported): its classes
+        by name (``class_names``; their indices where the folder recorded none). Guidance and
         lambda stay empty: the pipeline's own (``default_guidance``, ``default_lambda``); the
         step count is the folder's (``default_inference_steps``, for its own sampler)."""
         folder = self.models[name]
@@ -197,7 +199,8 @@ class Studio:
         except (OSError, ValueError) as err:
             raise ValueError(f"{folder} is not a readable VideoFusionPipeline folder "
                              f"({one_line(err)})") from None
-        classes = [NO_CLASS] + [str(c) for c in range(residual.get("num_classes") or 0)]
+        names = resolve_class_names(index.get("class_names"), residual.get("num_classes"))
+        classes = [NO_CLASS] + (names or [])
         return {"classes": classes, "class_label": classes[min(1, len(classes) - 1)],
                 "text": residual.get("cross_attention_dim") is not None,
                 "example": example_prompt(folder),
@@ -254,7 +257,8 @@ class Studio:
         pipe.scheduler = self._pipelines[request.model][1]
         pipe.use_scheduler(None if request.sampler == OWN_SAMPLER else request.sampler)
         guidance = pipe.default_guidance if request.guidance is None else request.guidance
-        labels = None if request.class_label in (NO_CLASS, None, "") else int(request.class_label)
+        labels = (None if request.class_label in (NO_CLASS, None, "")
+                  else class_index(request.class_label, pipe.class_names, "class"))
         prompt = request.prompt.strip() or None if request.prompt else None
         image = read_image(request.image) if request.image else None
         clip_frames = request.frames

@@ -257,6 +257,9 @@ class Trainer:
         self.num_classes = getattr(self.dataset, "num_classes", 0)
         if "class" in config.condition and not self.num_classes:
             raise ValueError(f"condition 'class' needs labelled data; {config.data!r} has none")
+        # recorded in the saved pipeline, so that a class is sampled by its name
+        self.class_names = (getattr(self.dataset, "class_names", None)
+                            if "class" in config.condition else None)
         self.captions = (setup.CaptionEncoder(self.device, config.text_encoder)
                          if "text" in config.condition else None)
         self.model = setup.build_training_model(
@@ -580,7 +583,8 @@ class Trainer:
         settings = {} if self.distillation is None else \
             self.distillation.pipeline_settings(step)
         return report.training_pipeline(self.config, model, self.noise_scheduler, self.vae,
-                                        self.captions, self.signal_leak_mean, **settings)
+                                        self.captions, self.signal_leak_mean,
+                                        class_names=self.class_names, **settings)
 
     @contextlib.contextmanager
     def _whole_model(self, ema: bool, device: torch.device) -> Iterator[VideoFusionModel | None]:

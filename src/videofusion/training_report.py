@@ -208,7 +208,7 @@ def training_pipeline(config: TrainConfig, model, noise_scheduler, vae, captions
                       signal_leak_mean: list[float], scheduler=None, **settings):
     """The run's networks as a ``VideoFusionPipeline`` (sharing the weights, not copying them),
     sampled with DDIM on the training schedule, or with ``scheduler``; ``settings`` are more
-    of the pipeline's recorded settings (a distilled student's)."""
+    of the pipeline's recorded settings (the data's ``class_names``, a distilled student's)."""
     from diffusers import DDIMScheduler
 
     from .pipeline import VideoFusionPipeline

@@ -18,16 +18,33 @@ from videofusion.choices import (
     MOVING_DIGITS,
     SCHEDULERS,
 )
+from videofusion.class_names import class_indices, folder_class_names
 from videofusion.evaluation.protocol import EvalProtocol
 from videofusion.safety import float_range, int_range
 
-from .arguments import SEED, device, integers
+from .arguments import SEED, device
 
 DEFAULT = EvalProtocol()
 
 
-def _labels(text: str) -> list[int]:
-    return integers(text, "0,1,2")
+def _labels(text: str) -> list[str]:
+    """``--class-labels``: comma-separated names or indices, read once the fake side is known
+    (``class_labels``)."""
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def class_labels(labels: list[str], fake: str) -> list[int]:
+    """``--class-labels`` as label indices: a model folder's class names or indices; a folder
+    of videos' indices (the digit each video shows, for prompt adherence)."""
+    from pathlib import Path
+
+    if (Path(fake) / "model_index.json").is_file():
+        return class_indices(labels, folder_class_names(fake), "--class-labels")
+    try:
+        return [int(v) for v in labels]
+    except ValueError:
+        raise ValueError(f"--class-labels: a folder of videos takes label indices (the digit "
+                         f"each video shows), got {','.join(labels)!r}") from None
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -56,8 +73,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="clip side in pixels (default: native, the model's sample size or the "
                         "fake folder's own frame size; the real set is brought to it)")
     p.add_argument("--seed", type=SEED, help=f"sampling seed (default: {DEFAULT.seed})")
-    p.add_argument("--class-labels", type=_labels,
-                   help="model: labels to cycle through; folder: one per video")
+    p.add_argument("--class-labels", type=_labels, metavar="CLASSES",
+                   help="model: classes to cycle through, by name or index (e.g. "
+                        "cheetah,walker or 1,5); folder: one label index per video")
     p.add_argument("--steps", dest="num_inference_steps", type=int_range(1, 10_000),
                    help="sampling steps; default: the model's own (default_inference_steps), "
                         f"else {DEFAULT_INFERENCE_STEPS}")
@@ -91,6 +109,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_eval(args: argparse.Namespace) -> int:
     fake = args.fake if "fake" in args else shipped_model(args.model).folder
+    if "class_labels" in args:
+        args.class_labels = class_labels(args.class_labels, fake)
     from videofusion.evaluation import evaluate, format_table, shards
 
     settings = {k: v for k, v in vars(args).items()

@@ -8,13 +8,15 @@ import math
 from pathlib import Path
 
 from videofusion.assets import SHIPPED_MODELS, shipped_model
+from videofusion.class_names import describe_classes, folder_class_names
 from videofusion.safety import check_safetensors
 
 
 def add_info_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("info", help="describe a model folder",
-                              description="Components, parameter counts, conditioning, lambda "
-                                          "and sample size of a VideoFusionPipeline folder.")
+                              description="Components, parameter counts, conditioning (class "
+                                          "names included), lambda and sample size of a "
+                                          "VideoFusionPipeline folder.")
     p.add_argument("model_dir", nargs="?", help="a VideoFusionPipeline folder")
     p.add_argument("--model-dir", dest="model_dir_flag", help=argparse.SUPPRESS)
     p.add_argument("--model", choices=tuple(SHIPPED_MODELS),
@@ -37,9 +39,11 @@ def model_info(folder: Path) -> dict:
     check_safetensors(folder)
     components, parameters = {}, {}
     for name, spec in index.items():
-        # components are [library, class] pairs; other lists are settings (signal_leak_mean)
+        # components are [library, class] pairs with a folder; other lists are settings
+        # (signal_leak_mean, class_names)
         if name.startswith("_") or not (isinstance(spec, list) and len(spec) == 2
-                                        and isinstance(spec[1], str)):
+                                        and isinstance(spec[1], str)
+                                        and (folder / name).is_dir()):
             continue
         components[name] = spec[1]
         files = sorted((folder / name).glob("*.safetensors"))
@@ -58,6 +62,7 @@ def model_info(folder: Path) -> dict:
     if residual.get("cross_attention_dim"):
         conditions.append(f"text ({index.get('text_encoder_kind') or 'unknown'} encoder)")
     condition = " + ".join(conditions) or "none"
+    class_names = folder_class_names(folder)
     summary_file = folder.parent / "train_summary.json"
     return {
         "model_dir": str(folder),
@@ -65,6 +70,8 @@ def model_info(folder: Path) -> dict:
         "components": components,
         "parameters": {**parameters, "total": sum(parameters.values())},
         "condition": condition,
+        # one per label; a folder that recorded none is named by its indices
+        "class_names": class_names,
         "default_lambda": index.get("default_lambda"),
         "default_guidance_scale": index.get("default_guidance_scale"),
         "default_inference_steps": index.get("default_inference_steps"),
@@ -99,6 +106,8 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"  {name:<12}  {cls}" + (f"  {count:,} parameters" if count else ""))
     print(f"parameters:     {info['parameters']['total']:,}")
     print(f"conditioning:   {info['condition']}")
+    if info["class_names"] is not None:
+        print(f"classes:        {describe_classes(info['class_names'])}")
     print(f"lambda:         {info['default_lambda']}")
     if info["default_guidance_scale"] is not None:
         print(f"guidance:       {info['default_guidance_scale']} (the model's default)")

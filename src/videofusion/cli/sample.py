@@ -8,6 +8,7 @@ from pathlib import Path
 
 from videofusion.assets import DEFAULT_MODEL, SHIPPED_MODELS, shipped_model
 from videofusion.choices import DEFAULT_INFERENCE_STEPS, DEFAULT_NUM_FRAMES, SCHEDULERS
+from videofusion.class_names import class_indices
 from videofusion.safety import (
     check_output_dir,
     check_size,
@@ -29,8 +30,9 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
                        help=f"a model shipped with the package (default: {DEFAULT_MODEL})")
     which.add_argument("--model-dir", help="a VideoFusionPipeline folder (e.g. OUTPUT/pipeline)")
     p.add_argument("--prompt", help="text prompt (text-conditioned models)")
-    p.add_argument("--class-label", type=int_range(0), nargs="+",
-                   help="class label(s) (class models)")
+    p.add_argument("--class-label", nargs="+", metavar="CLASS",
+                   help="class(es) of a class model, by name or index (e.g. cheetah or 1; "
+                        "`videofusion info` lists them)")
     p.add_argument("--num-videos", type=int_range(1), default=4, help="videos per prompt or label")
     p.add_argument("--frames", type=int_range(2), default=DEFAULT_NUM_FRAMES)
     p.add_argument("--resolution", type=int_range(8), help="default: the model's sample size")
@@ -100,6 +102,8 @@ def run_sample(args: argparse.Namespace) -> int:
     from videofusion.pipeline import load_pipeline
 
     pipe = load_pipeline(folder).to(device)
+    labels = (None if args.class_label is None  # names or indices -> the model's indices
+              else class_indices(args.class_label, pipe.class_names, "--class-label"))
     import torch
 
     from videofusion.noise import seeded_draw
@@ -118,12 +122,12 @@ def run_sample(args: argparse.Namespace) -> int:
         resolution = args.resolution or pipe.config.sample_size
         check_video_size(videos, args.frames, resolution)
         grid = content_motion_grid(pipe, *args.control_grid, prompt=args.prompt,
-                                   class_labels=args.class_label, seed=args.seed, **settings)
+                                   class_labels=labels, seed=args.seed, **settings)
         for path in grid.save(out, args.fps or pipe.config.fps, args.scale
                               or max(1, 128 // resolution)):
             print(path)
         return 0
-    plan = pipe.plan(args.prompt, args.class_label, num_videos=args.num_videos, image=image,
+    plan = pipe.plan(args.prompt, labels, num_videos=args.num_videos, image=image,
                      **settings)
     resolution = plan.height
     check_video_size(plan.batch, args.frames, resolution)

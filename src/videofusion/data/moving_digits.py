@@ -139,6 +139,7 @@ class MovingDigits(Dataset):
 
     num_classes = 10
     classes = [str(d) for d in range(10)]
+    class_names = classes  # by label: the digit
 
     def __init__(
         self,

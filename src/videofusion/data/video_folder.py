@@ -397,6 +397,12 @@ class VideoFolder(Dataset):
         return len(self.classes)
 
     @property
+    def class_names(self) -> list[str] | None:
+        """The name of each label (its class folder, or ``classInd.txt``'s), None for
+        unlabelled layouts: what a model trained on it records."""
+        return list(self.classes) or None
+
+    @property
     def num_skipped(self) -> int:
         return len(self._skipped_at_init) + int(self._bad.sum())
 
