@@ -196,8 +196,9 @@ def stages(recipe: Recipe) -> list[Stage]:
                          "--config-name", CONFIG, "--recipe", str(out / "commands.txt"),
                          *([] if recipe.target is None else ["--target", str(target)])],
               lambda: bundled(ROOT / run, ROOT / target)),
+        # the classes by name: VideoFolder labels the class folders in sorted order
         Stage("samples", ["videofusion", "sample", *model, "--class-label",
-                          *map(str, range(len(recipe.domains))), "--num-videos", "1",
+                          *sorted(recipe.domains), "--num-videos", "1",
                           *sample_steps, "--out", str(samples)],
               lambda: sampled(ROOT / samples, ROOT / target)),
     ]
