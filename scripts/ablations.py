@@ -25,6 +25,21 @@ those folders holds each row's mean over seeds. ``--steps``, ``--pretrain-steps`
 TEST_FOLDER`` runs the same rows on a video folder and evaluates FVD / KVD / IS against the
 held-out folder (the digit metrics need moving digits).
 
+The physics model (RQ1 in latent space): ``--recipe-dir runs/physics`` takes the folders that
+``scripts/train_physics.py`` made there (its render, held-out, vae and cache stages): ``--data
+DIR/data/train``, ``--real DIR/data/held_out``, ``--vae DIR/vae``, ``--latent-cache
+DIR/latents`` (each flag still wins). Every row trains on the latent cache at the same budget,
+and its pipeline folder holds the VAE, so the evaluation samples latents and decodes them before
+FVD / KVD meet the held-out renders; a text-conditioned model is prompted with the held-out
+clips' captions (their .txt sidecars). Three training seeds:
+
+    python scripts/ablations.py --config configs/physics_64.yaml --recipe-dir runs/physics \
+        --rows vdm,vf_lambda_0.5 --num-videos 256 --seed 0     # then --seed 1, --seed 2
+
+The VDM row over that config is its parameter-matched baseline: ``--model vdm`` takes the
+config's key-frame settings as those of the VideoFusion model it is sized against, not as its
+own (it has no key frame; ``TrainConfig.key_frame_settings``, docs/training.md).
+
 Re-running continues where it stopped: finished rows are skipped, unfinished ones resume from
 their latest checkpoint; a larger ``--steps`` extends every row (stage 2 runs to the new total).
 The rows, the comparisons and the tables are ``videofusion.experiments``'; this script runs them.
@@ -43,7 +58,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from videofusion.choices import SCHEDULERS
+from videofusion.choices import CONDITIONS, SCHEDULERS
 from videofusion.experiments import (
     ABLATIONS,
     DIGIT_METRICS,
@@ -58,8 +73,11 @@ CONFIG = ROOT / "configs" / "moving_digits_ablations.yaml"
 
 # script flag -> `videofusion train` setting, passed on only when given
 OVERRIDES = {"data": "data", "frames": "frames", "resolution": "resolution",
-             "condition": "condition", "batch_size": "batch-size",
-             "checkpoint_every": "checkpoint-every", "steps": "max-steps"}
+             "condition": "condition", "vae": "vae", "latent_cache": "latent-cache",
+             "batch_size": "batch-size", "checkpoint_every": "checkpoint-every",
+             "steps": "max-steps"}
+# --recipe-dir: this script's flag -> the folder of scripts/train_physics.py's layout
+RECIPE_FOLDERS = {"data": "train", "real": "held_out", "vae": "vae", "latent_cache": "latents"}
 
 
 def overrides(args) -> dict:
@@ -75,6 +93,21 @@ def recipe(args):
     if args.pretrain_steps is not None:
         flags["base-pretrain-steps"] = args.pretrain_steps
     return TrainConfig.resolve(args.config, flags)
+
+
+def recipe_folders(args) -> list[str]:
+    """``--recipe-dir DIR``: the data, real set, VAE and latent cache flags not given, from the
+    folders ``scripts/train_physics.py`` makes under DIR; the ones that must already exist and
+    do not (the cache need not: the first run builds it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_physics import folders
+
+    where = folders(args.recipe_dir)
+    for name, folder in RECIPE_FOLDERS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, str(where[folder]))
+    return [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("data", "real", "vae")
+            if not Path(getattr(args, name)).is_dir()]
 
 
 def threads(jobs: int) -> str:
@@ -150,6 +183,7 @@ def run_row(args, row: Row) -> dict:
               "train_flags": flags, "train_summary": summary,
               "stage1": stage_one_record(args) if row.pretrained else None,
               "eval_seconds": time.perf_counter() - started, "data": args.recipe.data,
+              "vae": args.recipe.vae, "latent_cache": args.recipe.latent_cache,
               "eval_command": f"evaluate(real={str(args.real)!r}, fake='{out.name}/pipeline', "
                               + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")",
               "report": report}
@@ -178,7 +212,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--frames", type=int)
     parser.add_argument("--resolution", type=int)
-    parser.add_argument("--condition", choices=("none", "class"))
+    parser.add_argument("--condition", choices=CONDITIONS,
+                        help="text, class+text: captions from the clips' .txt sidecars")
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--seed", type=int, default=0, help="training and sampling seed")
     parser.add_argument("--num-videos", type=int, default=64, help="videos per row's evaluation")
@@ -198,11 +233,23 @@ def main() -> None:
                                        "(default: config)")
     parser.add_argument("--real", help="held-out videos for evaluation (default: the "
                         "moving-digits test split; required with a folder --data)")
+    parser.add_argument("--vae", help="train in latent space: a VAE folder (default: config)")
+    parser.add_argument("--latent-cache", help="with a VAE: the training clips' latents, "
+                                               "shared by every row (built once if missing)")
+    parser.add_argument("--recipe-dir", type=Path,
+                        help="scripts/train_physics.py's folder (runs/physics): --data, --real, "
+                             "--vae and --latent-cache from its layout, unless given")
     parser.add_argument("--results", type=Path,
                         help="row JSONs and table.md (default docs/results/ablations/<config>/"
                              "seed<N>)")
     parser.add_argument("--report", action="store_true", help="only rebuild the table")
     args = parser.parse_args()
+    if args.recipe_dir is not None:
+        missing = recipe_folders(args)
+        if missing and not args.report:
+            parser.error(f"--recipe-dir {args.recipe_dir}: no folder for {', '.join(missing)} "
+                         "(run scripts/train_physics.py --out DIR first: its render, held-out "
+                         "and vae stages)")
     tag = Path(args.config.stem) / f"seed{args.seed}"
     args.runs = args.runs or ROOT / "runs" / "ablations" / tag
     args.results = args.results or ROOT / "docs" / "results" / "ablations" / tag

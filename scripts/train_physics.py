@@ -152,13 +152,22 @@ def sampled(samples: Path, target: Path) -> bool:
     return sheet.is_file() and index.is_file() and sheet.stat().st_mtime > index.stat().st_mtime
 
 
+def folders(out: Path) -> dict[str, Path]:
+    """The recipe's folders under ``out``: the three rendered sets, the VAE, the latent cache,
+    the run and the check samples (``scripts/ablations.py --recipe-dir`` reads them too)."""
+    data = out / "data"
+    return {"train": data / "train", "held_out": data / "held_out", "floor": data / "floor",
+            "vae": out / "vae", "latents": out / "latents", "run": out / "run",
+            "samples": out / "samples"}
+
+
 def stages(recipe: Recipe) -> list[Stage]:
     """The recipe's commands; paths relative to the repository, as the model card quotes
     them."""
     out = recipe.out
-    train_data, held_out, floor = (out / "data" / name for name in ("train", "held_out",
-                                                                    "floor"))
-    vae, latents, run, samples = out / "vae", out / "latents", out / "run", out / "samples"
+    where = folders(out)
+    train_data, held_out, floor = where["train"], where["held_out"], where["floor"]
+    vae, latents, run, samples = where["vae"], where["latents"], where["run"], where["samples"]
     config_path = Path("configs") / CONFIG
     config = TrainConfig.resolve(ROOT / config_path, flags(recipe.train))
     render = ["videofusion", "data", "render-dmc", "--domains", ",".join(recipe.domains),

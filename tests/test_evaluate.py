@@ -280,3 +280,31 @@ def test_noise_floor_compares_the_real_set_with_disjoint_real_sets():
     fvds = [r["fvd"] for r in report["sets"]]
     assert report["summary"]["fvd"] == {"median": float(np.median(fvds)), "min": min(fvds),
                                         "max": max(fvds)}
+
+
+def test_noise_floor_of_folders_is_zero_for_the_same_videos_and_not_for_others(tmp_path):
+    """scripts/fvd_noise_floor.py --real FOLDER --other FOLDER ...: the physics model's floor
+    (held-out renders against the floor set). The same videos score FVD 0; the same clips made
+    brighter do not; a folder read at its own size, the others at the real set's."""
+    spec = importlib.util.spec_from_file_location(
+        "fvd_noise_floor", Path(__file__).parents[1] / "scripts" / "fvd_noise_floor.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    clips = digit_clips(4, 10)
+    real = write_folder(tmp_path / "real", clips, by_class=True)
+    same = write_folder(tmp_path / "same", clips, by_class=True)
+    brighter = write_folder(tmp_path / "brighter", [(np.clip(frames + 0.3, 0, 1), label)
+                                                     for frames, label in clips])
+    report = script.folder_noise_floor(real, [same, brighter], 4, num_frames=10,
+                                       extractor=fake_extractor(), progress=False)
+    assert report["protocol"]["resolution"] == [32, 32] and report["protocol"]["num_real"] == 4
+    rows = report["sets"]
+    assert [r["set"] for r in rows] == [str(same), str(brighter)]
+    assert set(rows[0]) == {"set", "num_videos", "fvd", "fvd_bootstrap_std", "kvd_x1000"}
+    assert abs(rows[0]["fvd"]) < 1e-6 and rows[1]["fvd"] > 1.0
+    assert report["summary"]["fvd"]["max"] == rows[1]["fvd"]
+    assert "fvd_digits" not in report["summary"]
+    smaller = script.folder_noise_floor(real, [same], 3, num_frames=10, resolution=16,
+                                        extractor=fake_extractor(), progress=False)
+    assert smaller["protocol"]["resolution"] == [16, 16] and smaller["sets"][0]["num_videos"] == 3
+    assert abs(smaller["sets"][0]["fvd"]) < 1e-6  # both sets at 16x16, so the same videos

@@ -84,6 +84,22 @@ def test_vdm_baseline_trains_and_saves_a_pipeline_without_base(tmp_path):
     assert pipe.base is None and pipe.config.default_lambda == 0.0
 
 
+def test_vdm_over_a_key_frame_config_trains_the_baseline_of_that_model(tmp_path):
+    """configs/physics_64.yaml sees and corrects the key frame; ``--model vdm`` over it is the
+    parameter-matched baseline, with no key frame: its pipeline must record (and sample with)
+    plain noisy frames, not the config's key-frame input."""
+    config = tiny(tmp_path, model="vdm", base_from_scratch=False,
+                  residual_input="with_key_frame", key_frame_correction=True).validate()
+    assert config.key_frame_settings == ("paper", False)
+    assert tiny(tmp_path, residual_input="with_key_frame").key_frame_settings == (
+        "with_key_frame", False)
+    pipe = VideoFusionPipeline.from_pretrained(train(config))
+    assert pipe.base is None and pipe.config.residual_input == "paper"
+    assert not pipe.config.key_frame_correction and pipe.residual.config.in_channels == 3
+    frames = pipe(num_videos=1, num_frames=4, num_inference_steps=2, progress=False).frames
+    assert frames.shape == (1, 4, 16, 16, 3)
+
+
 def test_base_from_loads_a_pretrained_image_unet(tmp_path):
     from conftest import tiny_base
 

@@ -86,10 +86,15 @@ class TrainConfig:
                                   "in [0, 1]")
     condition: str = setting("none", "class+text: both, each dropped independently (either "
                                      "alone at sampling)", choices=CONDITIONS)
-    residual_input: str = setting("paper", choices=RESIDUAL_INPUTS)
+    # With model vdm these two describe the VideoFusion model the baseline is matched to
+    # (key_frame_settings): the baseline has no key frame to see or correct
+    residual_input: str = setting("paper", "what the residual generator sees (spec §2); model "
+                                           "vdm: only sizes the VideoFusion model it is "
+                                           "matched to", choices=RESIDUAL_INPUTS)
     key_frame_correction: bool = setting(False, "beyond the paper: the key frame's prediction "
                                                 "adds the residual generator's correction, "
-                                                "learnt from the whole clip (spec §7)")
+                                                "learnt from the whole clip (spec §7); "
+                                                "ignored by model vdm (no key frame)")
     base_channels: list[int] = setting(factory=lambda: [32, 64, 64], help="e.g. 32,64,64")
     residual_channels: list[int] = setting(factory=lambda: [16, 32, 64], help="e.g. 16,32,64")
     layers_per_block: int = setting(1)
@@ -187,6 +192,19 @@ class TrainConfig:
                                      "written its first checkpoint")
 
     @property
+    def key_frame_settings(self) -> tuple[str, bool]:
+        """``(residual_input, key_frame_correction)`` of the network this config trains.
+
+        The VDM baseline has no base generator and so no key frame: ``("paper", False)``. Its
+        config's own values are accepted and describe the VideoFusion model it is
+        parameter-matched to (``build_model``), so that ``--model vdm`` over any VideoFusion
+        config (``configs/physics_64.yaml``: ``with_key_frame``, corrected) trains the baseline
+        of exactly the model that config trains, with nothing else to switch off."""
+        if self.model == "vdm":
+            return "paper", False
+        return self.residual_input, self.key_frame_correction
+
+    @property
     def label_drop(self) -> float:
         """The class label's classifier-free dropout odds: ``class_drop``, else ``cond_drop``."""
         return self.cond_drop if self.class_drop is None else self.class_drop
@@ -219,8 +237,6 @@ class TrainConfig:
                  f"alone would need {size / 1e9:,.1f} GB)")
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         need(0.0 <= self.lambda_ <= 1.0, f"lambda must lie in [0, 1], got {self.lambda_}")
-        need(not (self.key_frame_correction and self.model == "vdm"),
-             "key_frame_correction needs model videofusion: the VDM baseline has no key frame")
         for name, value, choices in (
             ("model", self.model, MODEL_KINDS),
             ("condition", self.condition, CONDITIONS),

@@ -252,10 +252,10 @@ def check_teacher(pipe: VideoFusionPipeline, config: TrainConfig) -> None:
     """Refuse a ``distill_from`` folder that the config's student cannot copy or sample like."""
     folder, recorded = config.distill_from, pipe.config
     lambda_ = 0.0 if config.model == "vdm" else config.lambda_
+    residual_input, key_frame_correction = config.key_frame_settings
     for name, theirs, ours in (
-            ("residual_input", recorded.residual_input, config.residual_input),
-            ("key_frame_correction", recorded.key_frame_correction,
-             config.key_frame_correction),
+            ("residual_input", recorded.residual_input, residual_input),
+            ("key_frame_correction", recorded.key_frame_correction, key_frame_correction),
             ("lambda", recorded.default_lambda, lambda_),
             ("resolution", recorded.sample_size, config.resolution),
             ("vae", pipe.vae is not None, config.vae is not None)):

@@ -82,6 +82,14 @@ def _foreground(row: dict) -> bool:
     return "foreground" in row["report"]["protocol"].get("digit_metrics", "")
 
 
+def _digit_input(row: dict) -> str:
+    """The table's word for the digit classifier's input: ``-`` for a row without digit
+    metrics (video folders: the physics model)."""
+    if "digit_metrics" not in row["report"]["protocol"]:
+        return "-"
+    return "foreground" if _foreground(row) else "old"
+
+
 def _order(name: str) -> int:
     """Rows in the order of :data:`ABLATIONS`, unknown ones last."""
     return list(ABLATIONS).index(name) if name in ABLATIONS else len(ABLATIONS)
@@ -111,7 +119,7 @@ def write_table(results: Path) -> Path:
         cells = [_cell(metrics, k) for k, _ in TABLE_KEYS]
         lines.append(f"| {row['name']} | {row['question']} | {row['steps']} x "
                      f"{row['batch_size']} | {row['pretrain_steps']} | " + " | ".join(cells)
-                     + f" | {'foreground' if _foreground(row) else 'old'} | {_stage_one(row)} |")
+                     + f" | {_digit_input(row)} | {_stage_one(row)} |")
     results.mkdir(parents=True, exist_ok=True)
     table = results / "table.md"
     table.write_text("\n".join(lines) + "\n")

@@ -225,7 +225,7 @@ def training_pipeline(config: TrainConfig, model, noise_scheduler, vae, captions
     return VideoFusionPipeline.from_components(
         residual=model.residual, base=None if model.is_baseline else model.base.unet,
         scheduler=scheduler, vae=vae, **text, **settings,
-        residual_input=config.residual_input, sample_size=config.resolution,
+        residual_input=model.residual_input, sample_size=config.resolution,
         key_frame_correction=model.key_frame_correction,
         default_lambda=0.0 if model.is_baseline else config.lambda_,
         signal_leak_mean=signal_leak_mean,

@@ -214,12 +214,13 @@ def init_from(model: VideoFusionModel, folder: Path, config: TrainConfig) -> Non
                              f"{trained.get(key)!r}, the config has {getattr(config, key)!r}")
     index = json.loads((folder / "model_index.json").read_text())
     parent_input = index.get("residual_input", "paper")
+    own_input = config.key_frame_settings[0]  # the VDM baseline's is always "paper"
     key_inputs = KEY_FRAME_CHANNEL_INPUTS
-    widen = parent_input == "paper" and config.residual_input in key_inputs
-    swap = parent_input in key_inputs and config.residual_input in key_inputs
-    if parent_input != config.residual_input and not (widen or swap):
+    widen = parent_input == "paper" and own_input in key_inputs
+    swap = parent_input in key_inputs and own_input in key_inputs
+    if parent_input != own_input and not (widen or swap):
         raise ValueError(f"--init-from: {folder} was trained with residual_input "
-                         f"{parent_input!r}, the config has {config.residual_input!r}")
+                         f"{parent_input!r}, the config has {own_input!r}")
     networks = {"residual": model.residual}
     if model.base is not None:
         networks["base"] = model.base.unet
