@@ -275,6 +275,31 @@ def test_the_log_is_written_before_each_checkpoint_and_preview_and_every_log_eve
         "step-000004", "step-000006", "step-000008"]
 
 
+
+def test_stage_one_trains_on_the_image_loss_and_a_first_step_skip_is_one_in_a_row(
+        tmp_path, monkeypatch, capsys):
+    """Stage 1's steps take the image loss, stage 2's the video loss (spec §6); the NaN guard's
+    count of skipped steps in a row starts at 0 with every run, resumed or not."""
+    import videofusion.train as train_module
+
+    calls = []
+    for name in ("image_diffusion_loss", "diffusion_loss"):
+        real = getattr(train_module, name)
+
+        def counted(*args, real=real, name=name, **kwargs):
+            calls.append(name)
+            loss = real(*args, **kwargs)
+            if name == "image_diffusion_loss" and len(calls) == 1:
+                return loss * float("nan")  # the run's very first step
+            return loss
+
+        monkeypatch.setattr(train_module, name, counted)
+    train(config(tmp_path, base_pretrain_steps=2, max_steps=1, max_nonfinite_steps=3))
+    assert calls == ["image_diffusion_loss"] * 2 + ["diffusion_loss"]
+    assert ("videofusion: step 1: non-finite loss or gradient norm, update skipped (1 in a row, "
+            "at most 3)") in capsys.readouterr().out.splitlines()
+
+
 # ---- the trainer's own checkpoint files -------------------------------------------------------
 
 def tiny_state(seed: int, ema: bool = True, steps: int = 3):

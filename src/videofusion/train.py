@@ -310,9 +310,10 @@ class Trainer:
         end_step = min(config.total_steps, config.stop_at_step or config.total_steps)
         batches = iter(self._loader(start_step, end_step))
         # a progress bar: no spec behaviour, so not mutated (docs/mutation.md)
-        progress = tqdm(  # pragma: no mutate
-            total=config.total_steps, initial=start_step, desc="training",  # pragma: no mutate
-            disable=not self.accelerator.is_main_process, dynamic_ncols=True)  # pragma: no mutate
+        # pragma: no mutate start
+        progress = tqdm(total=config.total_steps, initial=start_step, desc="training",
+                        disable=not self.accelerator.is_main_process, dynamic_ncols=True)
+        # pragma: no mutate end
         started = time.perf_counter()
         step, streak = start_step, 0  # streak: optimizer steps skipped in a row
         while step < end_step:
