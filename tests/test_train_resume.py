@@ -7,6 +7,7 @@ the global batch order a resume continues from.
 both runs share any mistake of the set-up, so the set-up itself is pinned here."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -258,8 +259,10 @@ def test_the_log_is_written_before_each_checkpoint_and_preview_and_every_log_eve
 
     monkeypatch.setattr(Trainer, "_optimizer_step", counted)
     monkeypatch.setattr(train_module, "diffusion_loss", nan_at_step_six)
+    started = time.perf_counter()
     out = train(config(tmp_path, base_pretrain_steps=2, max_steps=6, log_every=5,
                        checkpoint_every=3, sample_every=2, max_nonfinite_steps=3)).parent
+    wall = time.perf_counter() - started
     # written after steps 3 (checkpoint), 4 (preview), 5 (log_every), 6 (preview; its
     # checkpoint skipped) and 8 (the end)
     assert lines_before == [0, 0, 0, 3, 4, 5, 6, 6]
@@ -268,6 +271,9 @@ def test_the_log_is_written_before_each_checkpoint_and_preview_and_every_log_eve
     assert [r.get("skipped") for r in records] == [None] * 5 + [True, None, None]
     assert all(r["seconds"] == round(r["seconds"], 3) for r in records)
     assert len({r["seconds"] for r in records}) == 8
+    # the summary's clock: from the loop's start to its end, within the call's own
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert records[-1]["seconds"] - 0.005 <= summary["wall_clock_seconds"] <= wall  # 2 decimals
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-000003", "step-000008"]  # step 6 was skipped: no checkpoint of it
     # step 2 ends stage 1 at a multiple of sample_every: no preview of the image model
