@@ -108,6 +108,35 @@ def test_locked_content_keeps_the_key_frame(shipped, sampler, corrected, one_thr
     assert runs[0].table[3][2] == 1.0  # frame 6 // 2 is all base
 
 
+
+def test_generations_run_on_one_sampling_thread_in_the_callers_context(shipped, one_thread):
+    """Every request's sampling runs on the studio's one worker thread, whichever thread asked
+    (Gradio's worker threads change; torch's OpenMP pool is per thread), one at a time, and
+    sees the asking request's context (Gradio's progress bar is found through it)."""
+    import contextvars
+    import threading
+
+    request_id = contextvars.ContextVar("request_id")
+    seen = []
+
+    def ask(n):
+        request_id.set(n)
+        result = shipped.generate(
+            Request(MODEL, class_label="3", frames=2, steps=2),
+            lambda done, total, what: seen.append((threading.current_thread().name,
+                                                   request_id.get(None))),
+            keep=False)
+        assert result.video is None and result.message.startswith("Generated"), result.message
+
+    ask(0)
+    for n in (1, 2):
+        thread = threading.Thread(target=ask, args=(n,))
+        thread.start()
+        thread.join()
+    names = {name for name, _ in seen}
+    assert len(names) == 1 and names != {threading.current_thread().name}
+    assert sorted({n for _, n in seen}) == [0, 1, 2]
+
 def test_generate_reports_bad_input_and_keeps_serving(shipped, tmp_path, one_thread):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG but not really")
