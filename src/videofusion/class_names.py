@@ -97,10 +97,9 @@ def class_indices(labels: LabelLike | Iterable[LabelLike], names: Sequence[str] 
     return [class_index(label, names, what) for label in labels]
 
 
-def folder_class_names(folder: str | Path) -> list[str] | None:
-    """The class names of the pipeline folder ``folder``, read from its ``model_index.json``
-    and ``residual/config.json`` (nothing loaded); ``None`` if it is not class-conditioned.
-    ``ValueError`` if the files cannot be read."""
+def folder_configs(folder: str | Path) -> tuple[dict, dict]:
+    """A pipeline folder's ``model_index.json`` and ``residual/config.json``, read without
+    loading anything; ``ValueError`` if they cannot be read."""
     folder = Path(folder)
     try:
         index = json.loads((folder / "model_index.json").read_text())
@@ -108,4 +107,11 @@ def folder_class_names(folder: str | Path) -> list[str] | None:
     except (OSError, ValueError) as err:
         raise ValueError(f"{folder} is not a readable VideoFusionPipeline folder "
                          f"({' '.join(str(err).split())})") from None
+    return index, residual
+
+
+def folder_class_names(folder: str | Path) -> list[str] | None:
+    """The class names of the pipeline folder ``folder`` (nothing loaded); ``None`` if it is
+    not class-conditioned."""
+    index, residual = folder_configs(folder)
     return resolve_class_names(index.get("class_names"), residual.get("num_classes"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-import json
 import os
 import random
 import shutil
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from .assets import SHIPPED_MODELS, ShippedModel, installed_models
 from .choices import DEFAULT_INFERENCE_STEPS, SCHEDULERS
-from .class_names import class_index, resolve_class_names
+from .class_names import class_index, folder_configs, resolve_class_names
 from .safety import int_range
 
 # Bounds of the page's inputs: what keeps one CPU server answering, not what the model could do.
@@ -198,12 +197,7 @@ class Studio:
         lambda stay empty: the pipeline's own (``default_guidance``, ``default_lambda``); the
         step count is the folder's (``default_inference_steps``, for its own sampler)."""
         folder = self.models[name]
-        try:
-            index = json.loads((folder / "model_index.json").read_text())
-            residual = json.loads((folder / "residual" / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{folder} is not a readable VideoFusionPipeline folder "
-                             f"({one_line(err)})") from None
+        index, residual = folder_configs(folder)
         names = resolve_class_names(index.get("class_names"), residual.get("num_classes"))
         classes = [NO_CLASS] + (names or [])
         return {"classes": classes, "class_label": classes[min(1, len(classes) - 1)],
