@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ablation_rows_train_from_the_shared_stage_one_and_report(tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "ablations.py"),
            "--config", str(ROOT / "configs" / "moving_digits_tiny.yaml"),
-           "--rows", "vdm,vf_lambda_0.25", "--steps", "2", "--pretrain-steps", "2",
+           "--rows", "vdm,vf_lambda_0.25", "--jobs", "2", "--steps", "2", "--pretrain-steps", "2",
            "--batch-size", "2", "--checkpoint-every", "1", "--num-videos", "2",
            "--metrics", "motion,fvd_digits", "--sample-steps", "2",
            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
@@ -219,8 +219,8 @@ def test_physics_rows_train_on_the_latent_cache_at_one_budget_and_decode_for_fvd
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     argv = ["ablations.py", "--config", str(tmp_path / "physics_tiny.yaml"),
-            "--recipe-dir", str(recipe), "--rows", "vdm,vf_lambda_0.5", "--frames", "10",
-            "--resolution", "16", "--steps", "2", "--pretrain-steps", "2", "--batch-size", "2",
+            "--recipe-dir", str(recipe), "--rows", "vdm,vf_lambda_0.5", "--jobs", "2",
+            "--frames", "10", "--resolution", "16", "--steps", "2", "--pretrain-steps", "2", "--batch-size", "2",
             "--num-videos", "2", "--metrics", "fvd,kvd", "--sample-steps", "2",
             "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     monkeypatch.setattr(sys, "argv", argv)
