@@ -220,7 +220,8 @@ def test_physics_rows_train_on_the_latent_cache_at_one_budget_and_decode_for_fvd
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     argv = ["ablations.py", "--config", str(tmp_path / "physics_tiny.yaml"),
             "--recipe-dir", str(recipe), "--rows", "vdm,vf_lambda_0.5", "--jobs", "2",
-            "--frames", "10", "--resolution", "16", "--steps", "2", "--pretrain-steps", "2", "--batch-size", "2",
+            "--frames", "10", "--resolution", "16", "--steps", "2", "--pretrain-steps", "2",
+            "--batch-size", "2",
             "--num-videos", "2", "--metrics", "fvd,kvd", "--sample-steps", "2",
             "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     monkeypatch.setattr(sys, "argv", argv)
