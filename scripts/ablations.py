@@ -54,6 +54,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,6 +71,7 @@ from videofusion.experiments import (
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "moving_digits_ablations.yaml"
+EVALUATING = threading.Lock()
 
 # script flag -> `videofusion train` setting, passed on only when given
 OVERRIDES = {"data": "data", "frames": "frames", "resolution": "resolution",
@@ -173,7 +175,11 @@ def run_row(args, row: Row) -> dict:
 
     started = time.perf_counter()
     options = eval_options(args)
-    report = evaluate(real=args.real, fake=out / "pipeline", progress=False, **options)
+    # rows train side by side in subprocesses but are evaluated here one at a time: loading a
+    # pipeline is not thread-safe (diffusers builds models on the meta device, a process-wide
+    # setting), and two at once raced into "Unsupported device type 'meta'"
+    with EVALUATING:
+        report = evaluate(real=args.real, fake=out / "pipeline", progress=False, **options)
     summary = json.loads((out / "train_summary.json").read_text())
     record = {"name": row.name, "question": row.question, "description": row.description,
               "steps": steps, "batch_size": args.recipe.batch_size,
