@@ -130,7 +130,8 @@ def test_the_protocol_is_recorded_whole_and_checked_early(tmp_path):
     again = evaluate("moving-digits", fake, protocol, num_videos=1, progress=False)
     assert again["protocol"]["settings"]["num_videos"] == 1
     for bad, match in (({"num_videos": 0}, "num_videos"), ({"condition": "both"}, "condition"),
-                       ({"scheduler": "plms"}, "scheduler"), ({"metrics": "psnr"}, "metrics")):
+                       ({"scheduler": "plms"}, "scheduler"), ({"metrics": "psnr"}, "metrics"),
+                       ({"eta": 1.5}, "eta"), ({"eta": -0.1}, "eta")):
         with pytest.raises(ValueError, match=match):
             EvalProtocol(**bad)
 
@@ -157,6 +158,13 @@ def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):
                      progress=False, device="cpu")
     assert again["metrics"]["motion_error"] == pytest.approx(values["motion_error"])
     assert protocol["sampling"]["scheduler"] == "DDIMScheduler"
+    assert protocol["sampling"]["eta"] == 0.0
+    # DDIM's eta reaches the sampler: fresh noise changes the videos, and it is recorded.
+    stochastic = evaluate("moving-digits", tmp_path / "model", metrics="motion", num_videos=3,
+                          num_frames=4, num_inference_steps=2, batch_size=3, guidance_scale=1.0,
+                          progress=False, device="cpu", eta=1.0)
+    assert stochastic["protocol"]["sampling"]["eta"] == 1.0
+    assert stochastic["metrics"]["motion_error"] != pytest.approx(values["motion_error"])
     ddpm = evaluate("moving-digits", tmp_path / "model", metrics="motion", num_videos=3,
                     num_frames=4, num_inference_steps=2, batch_size=3, guidance_scale=1.0,
                     progress=False, device="cpu", scheduler="ddpm")
@@ -244,11 +252,16 @@ def test_cli_eval_writes_the_report_and_rejects_bad_input(tmp_path, capsys):
     fake = write_folder(tmp_path / "fake", digit_clips(2, 8))
     out = tmp_path / "report.json"
     argv = ["eval", "--fake", str(fake), "--metrics", "content,motion", "--num-videos", "2",
-            "--frames", "8", "--out", str(out)]
+            "--frames", "8", "--eta", "0.5", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "content consistency" in printed and "motion error" in printed
-    assert json.loads(out.read_text())["protocol"]["num_fake"] == 2
+    report = json.loads(out.read_text())["protocol"]
+    assert report["num_fake"] == 2 and report["settings"]["eta"] == 0.5
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--fake", str(fake), "--metrics", "motion", "--eta", "2"])
+    assert exit_info.value.code == 2
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--fake", str(tmp_path / "missing"), "--metrics", "motion"])
     assert exit_info.value.code == 2

@@ -87,6 +87,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         "value")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="model: sample with this scheduler (default: the folder's own)")
+    p.add_argument("--eta", type=float_range(0, 1),
+                   help="model: DDIM's share of fresh noise per step (0: deterministic; "
+                        f"default: {DEFAULT.eta}); schedulers without eta ignore it")
     p.add_argument("--no-signal-leak", dest="signal_leak", action="store_false",
                    help="model: start from pure noise, not from the noised mean of the "
                         "training data that the folder may hold (docs/training.md, "

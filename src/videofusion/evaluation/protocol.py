@@ -61,6 +61,7 @@ class EvalProtocol:
     guidance_scale: float | None = None
     lambda_: float | None = None
     scheduler: str | None = None
+    eta: float = 0.0  # DDIM's share of fresh noise (0: deterministic, 1: DDPM-like)
     signal_leak: bool = True
     condition: str = "auto"
     dtype: str = DEFAULT_DTYPE  # the sampling networks' forward passes (autocast)
@@ -83,6 +84,8 @@ class EvalProtocol:
             raise ValueError(f"condition must be one of {EVAL_CONDITIONS}, got {self.condition!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {tuple(SCHEDULERS)}, "
                              f"got {self.scheduler!r}")
