@@ -70,7 +70,8 @@ def training_record(run: Path, config_name: str, raw_weights: bool,
     distilled = bool(config.get("distill_from"))
     record = {"steps": last["step"], "image_steps": image_steps,
               "joint_steps": 0 if distilled else last["step"] - image_steps,
-              "distillation_steps": last["step"] if distilled else 0, "seconds": seconds,
+              "distillation_steps": last["step"] if distilled else 0,
+              "distillation_kind": config.get("distill_kind", "progressive"), "seconds": seconds,
               "seed": config["seed"], "batch_size": config["batch_size"],
               "raw_weights": raw_weights, "config": config,
               "commands": [f"videofusion train --config configs/{config_name}"
@@ -169,7 +170,8 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
     if "vae" in parameters:
         base += f" (+ VAE {parameters['vae']:,})"
     runs_text = " then ".join(
-        (f"{r['distillation_steps']:,} steps of progressive distillation" if
+        (f"{r['distillation_steps']:,} steps of {r.get('distillation_kind', 'progressive')} "
+         "distillation" if
          r.get("distillation_steps") else f"{r['image_steps']:,} image steps (stage 1) + "
          f"{r['joint_steps']:,} joint steps (stage 2)")
         + f", batch {r['batch_size']}, seed {r['seed']}" for r in runs)
@@ -187,10 +189,14 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
     correction = ("; the key frame's prediction is corrected by the residual generator "
                   "(`--key-frame-correction`, spec §7)" if config.get("key_frame_correction")
                   else "")
+    progressive = config.get("distill_kind", "progressive") == "progressive"
     distilled = "" if distilled_guidance is None else (
         f"| distilled | a {steps}-step student of progressive distillation (rounds "
         f"{','.join(str(n) for n in config['distill_rounds'])}), guidance "
-        f"{distilled_guidance:g} folded in: one pass of each network per step (spec §7) |\n")
+        f"{distilled_guidance:g} folded in: one pass of each network per step (spec §7) |\n"
+        if progressive else
+        f"| distilled | guidance {distilled_guidance:g} folded in (guidance distillation): one "
+        f"pass of each network per step of its teacher's sampler (spec §7) |\n")
     return f"""# {title}
 
 {data} Residual generator input:

@@ -20,7 +20,7 @@ from torch.distributed.fsdp import fully_shard
 
 from videofusion.condition import Condition
 from videofusion.config import TrainConfig
-from videofusion.distillation import ProgressiveDistillation
+from videofusion.distillation import Distillation
 from videofusion.pipeline import load_pipeline
 from videofusion.sharding import whole_tensors
 from videofusion.training_setup import TrainingModule, build_training_model
@@ -44,7 +44,7 @@ def main(teacher: Path, out: Path) -> None:
     fully_shard(module)
     alphas = DDPMScheduler().alphas_cumprod
     lambdas = student.lambdas(4, 0.5)
-    rounds = ProgressiveDistillation(config, out, student, alphas, lambdas)
+    rounds = Distillation(config, out, student, alphas, lambdas)
     rounds.start_round(student, 0)
     rounds.start_round(reference, 0)
     names = [name for name, _ in student.named_parameters()]

@@ -1,4 +1,4 @@
-"""Progressive distillation with guidance folded in (``videofusion.distillation``), written from
+"""Progressive and guidance distillation (``videofusion.distillation``), written from
 Salimans & Ho (2022), Algorithm 2, and Meng et al. (2023): the two-step target, nested grids,
 resume inside a round and across a round boundary, and the distilled folder's sampling."""
 
@@ -17,11 +17,12 @@ from videofusion.condition import Condition
 from videofusion.config import TrainConfig
 from videofusion.distillation import (
     DDIM_GRID,
-    ProgressiveDistillation,
+    Distillation,
     alpha_bar_at,
     ddim_step,
     distillation_loss,
     distillation_target,
+    guidance_distillation_loss,
     step_grid,
     teacher_two_steps,
 )
@@ -185,7 +186,7 @@ def test_the_trainers_loss_guides_round_0s_teacher_and_not_the_later_ones(runs, 
     config = distill_config(root, "straight", teacher_dir)
     student = load_pipeline(root / "straight" / "pipeline").model
     lambdas = make_lambdas(4, 0.5)
-    rounds = ProgressiveDistillation(config, root / "straight", student, alphas, lambdas)
+    rounds = Distillation(config, root / "straight", student, alphas, lambdas)
     torch.manual_seed(0)
     video = torch.rand(2, 3, 4, 16, 16) * 2 - 1
     labels, null = torch.tensor([3, 10]), torch.tensor([10, 10])  # the second label dropped
@@ -367,3 +368,105 @@ def test_the_cli_refuses_a_second_guidance_and_info_says_distilled(runs, tmp_pat
     out = capsys.readouterr().out
     assert "distilled:      2 DDIM steps, guidance 3 folded in" in out
     assert "progressive distillation, rounds 4,2" in out
+
+
+# ---- (6) guidance distillation: the guided teacher's epsilon, its sampler kept ---------------
+
+def test_guidance_distillation_regresses_on_the_teachers_epsilon_at_any_timestep():
+    torch.manual_seed(0)
+    x0 = torch.rand(1, 3, 4, 8, 8, dtype=torch.float64) * 1.8 - 0.9
+    video = x0.expand(64, -1, -1, -1, -1)
+    lambdas = make_lambdas(4, 0.5).double()
+    seen = []
+
+    def teacher(z, timestep, alpha_bar):  # any epsilon the student can match exactly
+        seen.append(timestep)
+        return 0.3 * oracle(x0)(z, timestep, alpha_bar) + 0.1
+
+    def student(offset):
+        def run(z, timestep, alpha_bar, lambdas):
+            torch.testing.assert_close(timestep, seen[-1])  # the teacher's z_t and t
+            eps = teacher(z, timestep, alpha_bar) + offset
+            return NoisePrediction(eps, None, eps)
+        return run
+
+    def loss(offset):
+        return guidance_distillation_loss(student(offset), teacher, video, ALPHAS, lambdas,
+                                          generator=torch.Generator().manual_seed(0))
+
+    assert loss(0.0).loss.item() < 1e-20
+    assert loss(0.01).loss.item() == pytest.approx(1e-4, rel=1e-6)  # epsilon weighting: plain MSE
+    drawn = torch.cat(seen)
+    assert drawn.min() < 100 and drawn.max() > 900  # every timestep, not a grid
+    assert len(set(drawn.tolist())) > 50
+
+
+@pytest.fixture(scope="module")
+def guidance_run(tmp_path_factory, teacher_dir):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("guidance")
+    settings = {"distill_kind": "guidance", "distill_weighting": "epsilon"}
+    straight = run(distill_config(root, "straight", teacher_dir, **settings))
+    run(distill_config(root, "split", teacher_dir, stop_at_step=1, **settings))
+    resumed = run(distill_config(root, "split", teacher_dir, resume=True, **settings))
+    torch.set_num_threads(threads)
+    return root, straight, resumed
+
+
+def test_the_trainers_guidance_loss_is_the_guided_teachers_epsilon(guidance_run, teacher_dir):
+    root, _, _ = guidance_run
+    alphas = DDPMScheduler().alphas_cumprod  # the tiny runs' linear schedule
+    config = distill_config(root, "straight", teacher_dir, distill_kind="guidance",
+                            distill_weighting="epsilon")
+    student = load_pipeline(root / "straight" / "pipeline").model
+    lambdas = make_lambdas(4, 0.5)
+    distillation = Distillation(config, root / "straight", student, alphas, lambdas)
+    torch.manual_seed(0)
+    video = torch.rand(2, 3, 4, 16, 16) * 2 - 1
+    labels, null = torch.tensor([3, 10]), torch.tensor([10, 10])
+    teacher = load_pipeline(teacher_dir).model.eval()
+    with torch.no_grad():
+        got = distillation.loss(student, video, Condition(labels), 0,
+                                torch.Generator().manual_seed(0))
+        expected = guidance_distillation_loss(
+            student, lambda z, t, a: hand_guided_eps(teacher, z, t, a, labels, null, GUIDANCE),
+            video, alphas, lambdas, generator=torch.Generator().manual_seed(0),
+            class_labels=labels)
+        unguided = guidance_distillation_loss(
+            student, lambda z, t, a: hand_guided_eps(teacher, z, t, a, labels, null, 1.0),
+            video, alphas, lambdas, generator=torch.Generator().manual_seed(0),
+            class_labels=labels)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-4, atol=0)
+    assert abs(got.loss.item() - unguided.loss.item()) > 1e-4 * got.loss.item()
+
+
+def test_a_guidance_student_keeps_its_teachers_sampler_at_one_pass_a_step(
+        guidance_run, teacher_dir, monkeypatch, capsys):
+    root, straight, resumed = guidance_run
+    assert_same_tensors(straight.model.state_dict(), resumed.model.state_dict())
+    assert not (root / "straight" / "rounds").exists()  # one round: no teacher to hand on
+    pipe, teacher = load_pipeline(root / "straight" / "pipeline"), load_pipeline(teacher_dir)
+    assert type(pipe.scheduler) is type(teacher.scheduler)
+    assert pipe.scheduler.config == teacher.scheduler.config  # "leading", not DDIM_GRID's
+    assert pipe.config.distilled_guidance_scale == GUIDANCE
+    assert pipe.config.distilled_steps is None
+    assert (pipe.default_steps, pipe.default_guidance) == (teacher.default_steps, 1.0)
+    calls = network_calls(pipe, monkeypatch)
+    pipe(class_labels=[1], num_frames=4, num_inference_steps=3, progress=False)
+    assert calls == [("base", 1), ("residual", 1)] * 3
+    summary = json.loads((root / "straight" / "train_summary.json").read_text())
+    assert summary["distillation"]["kind"] == "guidance"
+    assert summary["distillation"]["rounds"] is None and summary["steps"] == PER_ROUND
+    assert main(["info", str(root / "straight" / "pipeline")]) == 0
+    out = capsys.readouterr().out
+    assert "distilled:      its teacher's sampler, guidance 3 folded in" in out
+    assert "guidance distillation" in out
+
+
+def test_guidance_distillation_ignores_the_rounds():
+    config = TrainConfig(distill_from="teacher", distill_kind="guidance", distill_rounds=[8, 3],
+                         distill_steps_per_round=7).validate()
+    assert config.total_steps == 7
+    with pytest.raises(ValueError, match="distill_kind"):
+        TrainConfig(distill_from="teacher", distill_kind="consistency").validate()

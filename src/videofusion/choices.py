@@ -9,6 +9,9 @@ MODEL_KINDS = ("videofusion", "vdm")  # vdm: the baseline without a base generat
 CONDITIONS = ("none", "class", "text", "class+text")  # what a model is trained to accept
 RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference", "key_frame_estimate")
 LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v", "truncated-snr")
+# Distillation (videofusion.distillation): halve the step count round after round (Salimans &
+# Ho), or fold the guidance alone into a student that keeps its teacher's sampler (Meng et al.)
+DISTILL_KINDS = ("progressive", "guidance")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 BETA_SCHEDULES = ("linear", "scaled_linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")

@@ -20,6 +20,7 @@ import yaml
 from .choices import (
     BETA_SCHEDULES,
     CONDITIONS,
+    DISTILL_KINDS,
     LOSS_WEIGHTINGS,
     LR_SCHEDULERS,
     MIXED_PRECISION,
@@ -127,15 +128,21 @@ class TrainConfig:
                                              "few-step student instead of training (the "
                                              "student starts as its copy; no stages, "
                                              "max_steps unused)",
-                                       group="progressive distillation (docs/training.md)")
+                                       group="distillation (docs/training.md)")
+    distill_kind: str = setting("progressive", "progressive: students of distill_rounds steps, "
+                                               "each halving its teacher's; guidance: one "
+                                               "student that folds the guidance in and keeps "
+                                               "the teacher's sampler and step count",
+                                choices=DISTILL_KINDS)
     distill_guidance: float | None = setting(None, "the classifier-free guidance folded into "
                                                    "the student (default: the teacher folder's "
                                                    "own default guidance)")
     distill_rounds: list[int] = setting(factory=lambda: [16, 8, 4],
                                         help="the student's step count in each round, halving "
                                              "(its first teacher takes twice the first), e.g. "
-                                             "16,8,4")
-    distill_steps_per_round: int = setting(1000, "optimizer steps per round")
+                                             "16,8,4 (progressive only)")
+    distill_steps_per_round: int = setting(1000, "optimizer steps per round (guidance: of the "
+                                                 "one round)")
     distill_weighting: str = setting("truncated-snr", "weighting of the student's loss over "
                                                       "timesteps (default truncated-snr: "
                                                       "max(SNR, 1) on the clean estimate)",
@@ -214,8 +221,13 @@ class TrainConfig:
         """Stage 1 plus stage 2 optimizer steps, or all rounds of a distillation: the global
         step runs from 0 to this."""
         if self.distill_from is not None:
-            return len(self.distill_rounds) * self.distill_steps_per_round
+            return self.distill_round_count * self.distill_steps_per_round
         return self.base_pretrain_steps + self.max_steps
+
+    @property
+    def distill_round_count(self) -> int:
+        """Rounds of a distillation: one per ``distill_rounds`` entry, one to fold guidance."""
+        return len(self.distill_rounds) if self.distill_kind == "progressive" else 1
 
     def validate(self) -> TrainConfig:
         """Refuse settings that cannot train, with one line naming the setting."""
@@ -246,6 +258,7 @@ class TrainConfig:
             ("beta_schedule", self.beta_schedule, BETA_SCHEDULES),
             ("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS),
             ("distill_weighting", self.distill_weighting, LOSS_WEIGHTINGS),
+            ("distill_kind", self.distill_kind, DISTILL_KINDS),
         ):
             need(value in choices, f"{name} must be one of {choices}, got {value!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
@@ -311,7 +324,6 @@ class TrainConfig:
         return self
 
     def _validate_distillation(self, need) -> None:
-        rounds, timesteps = self.distill_rounds, self.num_train_timesteps
         need(self.base_pretrain_steps == 0 and self.base_from is None
              and not self.base_from_scratch,
              "--distill-from: the student starts as the teacher's copy: drop "
@@ -320,6 +332,17 @@ class TrainConfig:
              or Path(self.init_from).resolve() == Path(self.distill_from).resolve(),
              "--init-from and --distill-from name different folders: the student starts as "
              "the teacher's copy")
+        if self.distill_kind == "progressive":
+            self._validate_rounds(need)
+        need(self.distill_steps_per_round >= 1,
+             f"distill_steps_per_round must be >= 1, got {self.distill_steps_per_round}")
+        need(self.distill_guidance is None or self.distill_guidance >= 0,
+             f"distill_guidance must be >= 0, got {self.distill_guidance}")
+        need(self.distill_guidance in (None, 1.0) or self.condition != "none",
+             "distill_guidance needs a class- or text-conditioned model")
+
+    def _validate_rounds(self, need) -> None:
+        rounds, timesteps = self.distill_rounds, self.num_train_timesteps
         need(len(rounds) >= 1 and all(n >= 1 for n in rounds)
              and all(a == 2 * b for a, b in pairwise(rounds)),
              f"distill_rounds must be step counts that halve from round to round, e.g. 16,8,4, "
@@ -332,12 +355,6 @@ class TrainConfig:
         need(timesteps % rounds[-1] == 0,
              f"the last of distill_rounds must divide num_train_timesteps ({timesteps}) so "
              f"that DDIM samples the student's grid, got {rounds[-1]}")
-        need(self.distill_steps_per_round >= 1,
-             f"distill_steps_per_round must be >= 1, got {self.distill_steps_per_round}")
-        need(self.distill_guidance is None or self.distill_guidance >= 0,
-             f"distill_guidance must be >= 0, got {self.distill_guidance}")
-        need(self.distill_guidance in (None, 1.0) or self.condition != "none",
-             "distill_guidance needs a class- or text-conditioned model")
 
     def resume_changes(self, saved: TrainConfig) -> list[str]:
         """``"name old -> new"`` for every setting that differs from the ``saved`` run's and

@@ -1,4 +1,5 @@
-"""Progressive distillation of the guided decomposed sampler into a few-step student (spec §7).
+"""Distillation of the guided decomposed sampler into a cheaper student (spec §7): progressive
+(fewer steps) or guidance (one pass per step instead of two, the sampler kept).
 
 Salimans & Ho ("Progressive Distillation for Fast Sampling of Diffusion Models", ICLR 2022)
 halve a deterministic sampler's step count round after round: a student, started as a copy of
@@ -20,6 +21,13 @@ and the student's per-frame epsilon regresses on epstilde as the drawn noise doe
 (``objective.noise_regression``: the base generator keeps learning as an image model). The
 grids are diffusers' DDIM ``trailing`` timesteps, which nest (every other point of the 2N grid
 is the N grid) and end in a step to abar = 1.
+
+Guidance distillation (``distill_kind: guidance``) is Meng et al.'s first stage alone: at any of
+the T timesteps the student's one conditional pass regresses on the teacher's guided epsilon
+(spec §4) at the same z_t. It keeps the teacher's sampler, stochastic ones included, and its step
+count, at half the passes: what matters where deterministic sampling loses content
+(``docs/results.md``, "Few-step sampling"), so that halving steps needs an ODE teacher that is
+already below the bar.
 
 Layout: ``(batch, channels, frames, height, width)``.
 """
@@ -139,12 +147,41 @@ def distillation_loss(
     return noise_regression(prediction, target, alpha_bars[0], weighting, snr_gamma)
 
 
+def guidance_distillation_loss(
+    student,
+    teacher: Teacher,
+    video: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    lambdas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    weighting: str = "epsilon",
+    snr_gamma: float = 5.0,
+    **student_kwargs,
+) -> Loss:
+    """The student's loss on clips ``video`` ``(B, C, F, H, W)``: at a timestep drawn from all T
+    per clip, its epsilon regresses on the (guided) teacher's at the same decomposed z_t,
+    weighted by ``weighting``; ``student_kwargs`` as in :func:`distillation_loss`."""
+    batch = video.shape[0]
+    timesteps = torch.randint(0, alphas_cumprod.numel(), (batch,), generator=generator,
+                              device=alphas_cumprod.device).to(video.device)
+    alpha_bar = alphas_cumprod.to(video.device)[timesteps].to(video.dtype)
+    noise = decomposed_noise(video.shape, lambdas, generator, device=video.device,
+                             dtype=video.dtype)
+    a = per_clip(alpha_bar, video)
+    z_t = a.sqrt() * video + (1 - a).sqrt() * noise
+    with torch.no_grad():
+        target = teacher(z_t, timesteps, alpha_bar)
+    prediction = student(z_t, timesteps, alpha_bar, lambdas, **student_kwargs)
+    return noise_regression(prediction, target, alpha_bar, weighting, snr_gamma)
+
+
 def per_clip(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``(B,)`` reshaped to broadcast against ``(B, C, F, H, W)``."""
     return values.to(like).view(-1, 1, 1, 1, 1)
 
 
-class ProgressiveDistillation:
+class Distillation:
     """The rounds of a distillation run (``TrainConfig.distill_*``): each round's teacher, the
     student's loss at an optimizer step, and the settings a round's student is saved with.
 
@@ -152,7 +189,8 @@ class ProgressiveDistillation:
     student of ``distill_rounds[r]`` steps. Round 0's teacher is ``distill_from`` guided at w;
     round r's is round r - 1's student, saved in ``round_dir(r - 1)`` when that round ended and
     read back from there, so a run resumed anywhere rebuilds it exactly. That student already
-    holds the guidance: it teaches with one conditional pass.
+    holds the guidance: it teaches with one conditional pass. Guidance distillation has one
+    round, whose student keeps ``distill_from``'s scheduler and step count.
     """
 
     def __init__(self, config: TrainConfig, output: Path, student: VideoFusionModel,
@@ -168,15 +206,19 @@ class ProgressiveDistillation:
         self.scheduler = DDIMScheduler.from_config(first.scheduler.config, **DDIM_GRID)
         clips = self.scheduler.config.clip_sample
         self.clip = self.scheduler.config.clip_sample_range if clips else None
+        self.progressive = config.distill_kind == "progressive"
         self.grids = [step_grid(config.num_train_timesteps, 2 * n).to(self.device)
-                      for n in config.distill_rounds]
+                      for n in config.distill_rounds] if self.progressive else []
+        # what a guidance student keeps of its teacher: the sampler and its step count
+        self.own_scheduler = type(first.scheduler).from_config(first.scheduler.config)
+        self.own_steps = first.config.get("default_inference_steps")
         self.conditioning = Conditioning.of(student.residual)
         self._teacher = (0, frozen(first, self.device))
 
     def round_of(self, step: int) -> int:
         """The round that trains optimizer step ``step`` (0-based)."""
         return min(step // self.config.distill_steps_per_round,
-                   len(self.config.distill_rounds) - 1)
+                   self.config.distill_round_count - 1)
 
     def round_ends(self, step: int) -> bool:
         """Whether ``step`` optimizer steps finish a round that another one follows."""
@@ -214,11 +256,16 @@ class ProgressiveDistillation:
         teacher = partial(guided_noise_prediction, self.teacher(round_), lambdas=self.lambdas,
                           condition=self.with_null(condition),
                           guidance_scale=self.guidance if round_ == 0 else 1.0)
+        student_kwargs = {"stop_gradient": config.stop_gradient,
+                          "freeze_base": config.freeze_base, **condition.plain()}
+        if not self.progressive:
+            return guidance_distillation_loss(
+                student, teacher, video, self.alphas_cumprod, self.lambdas, generator=generator,
+                weighting=config.distill_weighting, snr_gamma=config.snr_gamma, **student_kwargs)
         return distillation_loss(
             student, teacher, video, self.grids[round_], self.alphas_cumprod, self.lambdas,
             generator=generator, clip=self.clip, weighting=config.distill_weighting,
-            snr_gamma=config.snr_gamma, stop_gradient=config.stop_gradient,
-            freeze_base=config.freeze_base, **condition.plain())
+            snr_gamma=config.snr_gamma, **student_kwargs)
 
     def with_null(self, condition: Condition) -> Condition:
         """``condition`` with the null label and the empty prompt's states that guidance pairs
@@ -231,7 +278,12 @@ class ProgressiveDistillation:
 
     def pipeline_settings(self, step: int) -> dict:
         """What the student after ``step`` optimizer steps is saved with: its round's DDIM, N
-        steps and guidance 1 by default, the folded-in guidance recorded."""
+        steps and guidance 1 by default, the folded-in guidance recorded; a guidance student
+        its teacher's scheduler and step count (no ``distilled_steps``)."""
+        if not self.progressive:
+            return {"scheduler": type(self.own_scheduler).from_config(self.own_scheduler.config),
+                    "default_inference_steps": self.own_steps, "default_guidance_scale": 1.0,
+                    "distilled_guidance_scale": self.guidance, "distilled_steps": None}
         steps = self.config.distill_rounds[self.round_of(max(step - 1, 0))]
         return {"scheduler": DDIMScheduler.from_config(self.scheduler.config),
                 "default_inference_steps": steps, "default_guidance_scale": 1.0,
@@ -239,7 +291,7 @@ class ProgressiveDistillation:
 
     def preview_config(self, step: int) -> TrainConfig:
         """The run's config with the preview samples' settings of the student at ``step``."""
-        steps = self.pipeline_settings(step)["distilled_steps"]
+        steps = self.pipeline_settings(step)["default_inference_steps"] or self.config.sample_steps
         return dataclasses.replace(self.config, sample_steps=steps, sample_guidance=1.0)
 
 

@@ -52,7 +52,7 @@ from . import training_report as report
 from . import training_setup as setup
 from .condition import Condition
 from .config import TrainConfig
-from .distillation import ProgressiveDistillation
+from .distillation import Distillation
 from .models.videofusion import VideoFusionModel
 from .noise import key_frame_index
 from .objective import diffusion_loss, image_diffusion_loss
@@ -275,7 +275,7 @@ class Trainer:
                                              beta_end=config.beta_end)
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
         self.lambdas = self.model.lambdas(config.frames, config.lambda_).to(self.device)
-        self.distillation = None if config.distill_from is None else ProgressiveDistillation(
+        self.distillation = None if config.distill_from is None else Distillation(
             config, self.output, self.model, self.alphas_cumprod, self.lambdas, self.captions)
         self.module, self.optimizer = accelerator.prepare(
             setup.TrainingModule(self.model), setup.make_optimizer(config, self.model))

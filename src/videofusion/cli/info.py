@@ -78,7 +78,7 @@ def model_info(folder: Path) -> dict:
         "sample_size": index.get("sample_size"),
         "residual_input": index.get("residual_input"),
         "key_frame_correction": bool(index.get("key_frame_correction", False)),
-        # progressive distillation (videofusion.distillation): the guidance folded in, the steps
+        # distillation (videofusion.distillation): the guidance folded in, the steps (progressive)
         "distilled": None if index.get("distilled_guidance_scale") is None else {
             "guidance_scale": index["distilled_guidance_scale"],
             "steps": index.get("distilled_steps")},
@@ -120,14 +120,18 @@ def run_info(args: argparse.Namespace) -> int:
         print("key frame:      corrected by the residual generator (spec §7)")
     distilled = info["distilled"]
     if distilled:
-        print(f"distilled:      {distilled['steps']} DDIM steps, guidance "
-              f"{distilled['guidance_scale']:g} folded in (one pass per step; sampled with "
-              "guidance 1)")
+        steps = (f"{distilled['steps']} DDIM steps, " if distilled["steps"] is not None
+                 else "its teacher's sampler, ")
+        print(f"distilled:      {steps}guidance {distilled['guidance_scale']:g} folded in (one "
+              "pass per step; sampled with guidance 1)")
     training = info["training"]
     if training:
-        stages = (f"{training['base_pretrain_steps']} image + {training['joint_steps']} joint"
-                  if not training.get("distillation") else "progressive distillation, rounds "
-                  + ",".join(str(n) for n in training["distillation"]["rounds"]))
+        stages = f"{training['base_pretrain_steps']} image + {training['joint_steps']} joint"
+        distillation = training.get("distillation")
+        if distillation:
+            rounds = distillation.get("rounds")
+            stages = ("guidance distillation" if rounds is None else
+                      "progressive distillation, rounds " + ",".join(str(n) for n in rounds))
         print(f"trained:        {training['steps']} steps ({stages}), "
               f"{training['wall_clock_seconds']:.0f} s, {training['frames']} frames at "
               f"{training['resolution']} px")
