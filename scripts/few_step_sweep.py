@@ -3,9 +3,12 @@
     python scripts/few_step_sweep.py [MODEL_DIR] --settings ddpm:25,dpm:8,unipc:8 \\
         --num-videos 32 --out few_step.json
 
-The first setting is the reference. ``--student DIR`` (repeatable) adds a distilled folder
-(``videofusion train --distill-from``), sampled as it records: its own DDIM, its step count and
-guidance 1, its guidance being folded in. Every setting samples the same seeds, class-prompted and
+The first setting is the reference, or with ``--reference FILE`` the first row of an earlier
+sweep of the same protocol (number of videos, seed, conditions): a guidance-distilled student
+(``videofusion train --distill-from ... --distill-kind guidance``) is swept as MODEL_DIR with
+``--guidance 1`` against its teacher's sweep. ``--student DIR`` (repeatable) adds a distilled
+folder, sampled as it records: its own scheduler, its step count and guidance 1, its guidance
+being folded in. Every setting samples the same seeds, class-prompted and
 caption-prompted, and is scored with `videofusion eval`'s FVD (with its bootstrap spread), the
 digit metrics (content consistency, prompt adherence) and the coherence metrics. A setting
 holds quality when each metric is within 5 % of the reference's, or, for FVD, within its
@@ -83,8 +86,20 @@ def main(argv=None) -> int:
     p.add_argument("--num-videos", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", type=Path, metavar="FILE",
+                   help="an earlier sweep's JSON whose first row is the reference")
     p.add_argument("--out", type=Path, default=Path("few_step.json"))
     args = p.parse_args(argv)
+    earlier = None
+    if args.reference is not None:
+        earlier = json.loads(args.reference.read_text())
+        for key in ("num_videos", "seed"):
+            if earlier[key] != getattr(args, key):
+                p.error(f"--reference: {args.reference} has {key} {earlier[key]}, this sweep "
+                        f"{getattr(args, key)}")
+        missing = set(args.conditions.split(",")) - set(earlier["rows"][0])
+        if missing:
+            p.error(f"--reference: {args.reference} has no {', '.join(sorted(missing))} rows")
     pipe = load_pipeline(args.model_dir)
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
     # (model folder, its pipeline, scheduler or None for the folder's own, steps, guidance)
@@ -107,7 +122,7 @@ def main(argv=None) -> int:
             row[condition] = report["metrics"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    reference = rows[0]
+    reference = rows[0] if earlier is None else earlier["rows"][0]
     for row in rows:
         for condition in args.conditions.split(","):
             got, ref = row[condition], reference[condition]
@@ -120,6 +135,10 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(args.model_dir), "guidance": guidance,
                                     "num_videos": args.num_videos, "seed": args.seed,
+                                    "reference": None if earlier is None else {
+                                        "file": str(args.reference),
+                                        **{k: reference[k] for k in ("model", "scheduler",
+                                                                     "steps", "guidance")}},
                                     "rows": rows}, indent=2) + "\n")
     print(f"{'setting':<10} {'s/video':>8} holds  model")
     for row in rows:
