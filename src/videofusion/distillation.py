@@ -46,7 +46,7 @@ from .condition import Condition, Conditioning
 from .config import TrainConfig
 from .models.videofusion import VideoFusionModel
 from .noise import decomposed_noise
-from .objective import Loss, noise_regression
+from .objective import Loss, noise_regression, noised_clips
 from .pipeline import VideoFusionPipeline, load_pipeline
 from .sampling import guided_noise_prediction
 from .sharding import shard_like
@@ -162,14 +162,7 @@ def guidance_distillation_loss(
     """The student's loss on clips ``video`` ``(B, C, F, H, W)``: at a timestep drawn from all T
     per clip, its epsilon regresses on the (guided) teacher's at the same decomposed z_t,
     weighted by ``weighting``; ``student_kwargs`` as in :func:`distillation_loss`."""
-    batch = video.shape[0]
-    timesteps = torch.randint(0, alphas_cumprod.numel(), (batch,), generator=generator,
-                              device=alphas_cumprod.device).to(video.device)
-    alpha_bar = alphas_cumprod.to(video.device)[timesteps].to(video.dtype)
-    noise = decomposed_noise(video.shape, lambdas, generator, device=video.device,
-                             dtype=video.dtype)
-    a = per_clip(alpha_bar, video)
-    z_t = a.sqrt() * video + (1 - a).sqrt() * noise
+    z_t, timesteps, alpha_bar, _ = noised_clips(video, alphas_cumprod, lambdas, generator)
     with torch.no_grad():
         target = teacher(z_t, timesteps, alpha_bar)
     prediction = student(z_t, timesteps, alpha_bar, lambdas, **student_kwargs)

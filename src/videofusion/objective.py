@@ -44,19 +44,25 @@ def diffusion_loss(
     ``epsilon`` re-weights each clip by its timestep (``loss_weights``), a departure from the
     spec's plain average; ``per_frame`` stays unweighted.
     """
-    batch = video.shape[0]
-    num_train_timesteps = alphas_cumprod.shape[0]
-    timesteps = torch.randint(0, num_train_timesteps, (batch,), generator=generator,
+    z_t, timesteps, alpha_bar, noise = noised_clips(video, alphas_cumprod, lambdas, generator)
+    prediction = model(z_t, timesteps, alpha_bar, lambdas, class_labels=class_labels,
+                       encoder_hidden_states=encoder_hidden_states,
+                       stop_gradient=stop_gradient, freeze_base=freeze_base)
+    return noise_regression(prediction, noise, alpha_bar, weighting, snr_gamma)
+
+
+def noised_clips(video: torch.Tensor, alphas_cumprod: torch.Tensor, lambdas: torch.Tensor,
+                 generator: torch.Generator | None = None):
+    """Spec §3's forward process for a batch ``video`` ``(B, C, F, H, W)``: a timestep per clip
+    drawn from all T, decomposed noise (§1), z_t = sqrt(abar) x + sqrt(1 - abar) eps. Returns
+    ``(z_t, timesteps (B,), alpha_bar (B,), noise)``."""
+    timesteps = torch.randint(0, alphas_cumprod.shape[0], (video.shape[0],), generator=generator,
                               device=alphas_cumprod.device).to(video.device)
     noise = decomposed_noise(video.shape, lambdas, generator, device=video.device,
                              dtype=video.dtype)
     alpha_bar = alphas_cumprod.to(video.device)[timesteps].to(video.dtype)  # (B,)
     a = alpha_bar.view(-1, 1, 1, 1, 1)
-    z_t = a.sqrt() * video + (1 - a).sqrt() * noise
-    prediction = model(z_t, timesteps, alpha_bar, lambdas, class_labels=class_labels,
-                       encoder_hidden_states=encoder_hidden_states,
-                       stop_gradient=stop_gradient, freeze_base=freeze_base)
-    return noise_regression(prediction, noise, alpha_bar, weighting, snr_gamma)
+    return a.sqrt() * video + (1 - a).sqrt() * noise, timesteps, alpha_bar, noise
 
 
 def noise_regression(prediction, target: torch.Tensor, alpha_bar: torch.Tensor,
