@@ -470,3 +470,18 @@ def test_guidance_distillation_ignores_the_rounds():
     assert config.total_steps == 7
     with pytest.raises(ValueError, match="distill_kind"):
         TrainConfig(distill_from="teacher", distill_kind="consistency").validate()
+
+
+def test_only_a_guidance_distillation_may_lengthen_its_round_on_resume():
+    """Its one round is its max_steps; a progressive round's length places every later
+    teacher, so changing it on resume is refused like any change to the objective."""
+    def changes(kind, new_kind=None, steps=9):
+        saved = TrainConfig(distill_from="teacher", distill_kind=kind, distill_steps_per_round=7)
+        wanted = TrainConfig(distill_from="teacher", distill_kind=new_kind or kind,
+                             distill_steps_per_round=steps)
+        return wanted.resume_changes(saved)
+
+    assert changes("guidance") == []
+    assert changes("progressive") == ["distill_steps_per_round 7 -> 9"]
+    assert "distill_steps_per_round 7 -> 9" in changes("progressive", "guidance")
+    assert "distill_steps_per_round 7 -> 9" in changes("guidance", "progressive")

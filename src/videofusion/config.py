@@ -33,7 +33,8 @@ from .safety import finite_float
 RUNTIME_FIELDS = ("resume", "stop_at_step", "raw_weights", "overwrite")
 # Settings that may change when a run is resumed: how long, how often, how visibly and with how
 # much memory it runs, never the model, the data or the objective (docs/training.md, "Safety").
-# ema_decay may change only from 0, which turns the EMA on.
+# ema_decay may change only from 0, which turns the EMA on; the one round of a guidance
+# distillation may lengthen (distill_steps_per_round: its max_steps).
 RESUMABLE = ("max_steps", "output_dir", "num_workers", "vae_slice", "latent_cache",
              "gradient_checkpointing", "mixed_precision", "checkpoint_every",
              "checkpoints_total_limit", "sample_every", "sample_num", "sample_steps",
@@ -363,7 +364,9 @@ class TrainConfig:
         for f in fields(self):
             old, new = getattr(saved, f.name), getattr(self, f.name)
             if f.name in RUNTIME_FIELDS or f.name in RESUMABLE or old == new or (
-                    f.name == "ema_decay" and old == 0):
+                    f.name == "ema_decay" and old == 0) or (
+                    f.name == "distill_steps_per_round" and self.distill_kind == "guidance"
+                    and saved.distill_kind == "guidance"):
                 continue
             changes.append(f"{f.name} {old!r} -> {new!r}")
         return changes
