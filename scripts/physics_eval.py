@@ -1,7 +1,7 @@
 """Measure the shipped physics model against held-out renders and draw its README gallery.
 
     python scripts/physics_eval.py [--model-dir DIR] [--recipe-dir runs/physics] \
-        [--num-videos 256] [--only gallery,eval,floor]
+        [--num-videos 256] [--only gallery,eval,floor,domains]
 
 The real clips are those of ``scripts/train_physics.py``'s held-out render (other seeds than
 the training clips, never trained on); the floor set is its third render. Writes
@@ -11,6 +11,8 @@ docs/results/physics/ (``--results``):
   and the coherence metrics (key-frame seam, flicker), each beside the real clips' values;
 - ``floor.json``: the same metrics between the held-out and the floor renders (real vs real, at
   the same number of videos): the value a perfect model would reach;
+- ``domains.json``: the coherence metrics of ``--domain-videos`` class-prompted videos per
+  domain, each beside that domain's held-out clips;
 and docs/gallery/physics/: a GIF per domain (class prompt; the renders' captions name the domain
 and little more), the domains' contact sheet and the content/motion grid of one domain (rows
 share the base noise, columns the residual noise).
@@ -57,6 +59,22 @@ def floor(args) -> None:
     write_report(report, args.results / "floor.json", started)
 
 
+def domains(args, names: list[str]) -> None:
+    """The coherence metrics domain by domain, each beside that domain's held-out clips: where
+    the aggregate hides a domain whose bodies flicker or smear."""
+    from videofusion.evaluation import evaluate
+
+    started, rows = time.perf_counter(), {}
+    for label, name in enumerate(names):
+        report = evaluate(args.held_out / name, args.model_dir, metrics="coherence",
+                          num_videos=args.domain_videos, seed=args.seed, condition="class",
+                          class_labels=(label,), progress=False)
+        rows[name] = report["metrics"]
+        print(name, json.dumps(report["metrics"]), flush=True)
+    write_report({"protocol": report["protocol"], "metrics": rows},
+                 args.results / "domains.json", started)
+
+
 def gallery(args, pipe) -> None:
     from videofusion.control import content_motion_grid
     from videofusion.video_io import contact_sheet, write_gif
@@ -88,8 +106,10 @@ def main() -> None:
     parser.add_argument("--grid-domain", default="cheetah", help="the content/motion grid's")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help=f"where the JSON reports go (default {RESULTS.relative_to(ROOT)})")
-    parser.add_argument("--only", default="gallery,eval,floor",
-                        help="comma-separated subset of gallery,eval,floor")
+    parser.add_argument("--domain-videos", type=int, default=16,
+                        help="videos per domain of the domains part")
+    parser.add_argument("--only", default="gallery,eval,floor,domains",
+                        help="comma-separated subset of gallery,eval,floor,domains")
     args = parser.parse_args()
     args.held_out = args.recipe_dir / "data" / "held_out"
     args.results.mkdir(parents=True, exist_ok=True)
@@ -102,6 +122,8 @@ def main() -> None:
         evaluations(args)
     if "floor" in parts:
         floor(args)
+    if "domains" in parts:
+        domains(args, VideoFusionPipeline.from_pretrained(args.model_dir).class_names)
 
 
 if __name__ == "__main__":
