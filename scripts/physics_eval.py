@@ -98,7 +98,9 @@ def main() -> None:
     from videofusion.pipeline import VideoFusionPipeline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=SHIPPED_MODELS["physics"].folder)
+    # repository-relative, like --recipe-dir, so that the reports name no local path
+    parser.add_argument("--model-dir", type=Path,
+                        default=SHIPPED_MODELS["physics"].folder.relative_to(ROOT))
     parser.add_argument("--recipe-dir", type=Path, default=Path("runs/physics"),
                         help="scripts/train_physics.py's --out: its data/held_out and data/floor")
     parser.add_argument("--num-videos", type=int, default=256)
@@ -114,8 +116,9 @@ def main() -> None:
     args.held_out = args.recipe_dir / "data" / "held_out"
     args.results.mkdir(parents=True, exist_ok=True)
     parts = set(args.only.split(","))
+    pipe = (VideoFusionPipeline.from_pretrained(args.model_dir)
+            if parts & {"gallery", "domains"} else None)
     if "gallery" in parts:
-        pipe = VideoFusionPipeline.from_pretrained(args.model_dir)
         pipe.set_progress_bar_config(disable=True)
         gallery(args, pipe)
     if "eval" in parts:
@@ -123,7 +126,7 @@ def main() -> None:
     if "floor" in parts:
         floor(args)
     if "domains" in parts:
-        domains(args, VideoFusionPipeline.from_pretrained(args.model_dir).class_names)
+        domains(args, pipe.class_names)
 
 
 if __name__ == "__main__":
