@@ -122,3 +122,51 @@ def test_worst_jerk_is_a_clips_largest_second_difference_where_the_mean_hides_a_
     assert speed == pytest.approx([21 / 15 / 32, 1 / 32], abs=1e-6)
     assert coherence.coherence_metrics(videos, digits=True)["worst_jerk"] == pytest.approx(
         3 / 32, abs=1e-6)
+
+
+def gliding_body(frames=16, size=32):
+    """An orange 4x10 bar gliding 1 px a frame over a blue sky with a faint gradient."""
+    videos = np.zeros((1, frames, size, size, 3), np.float32)
+    videos[..., 2] = np.linspace(0.35, 0.5, size)[:, None]  # sky: within 0.25 of its median
+    videos[..., 1] = 0.2
+    for i in range(frames):
+        videos[0, i, 12:16, 4 + i : 14 + i] = (0.9, 0.6, 0.3)
+    return videos
+
+
+def test_a_gliding_body_is_one_piece_of_constant_area():
+    pieces, areas = coherence.foreground_shapes(gliding_body())
+    assert (pieces == 1).all() and (areas == 40).all()
+    metrics = coherence.coherence_metrics(gliding_body())
+    assert metrics["foreground_pieces"] == 1.0 and metrics["foreground_area_change"] == 0.0
+
+
+def test_foreground_pieces_count_a_body_falling_apart_but_not_speckle():
+    videos = gliding_body()
+    for i in range(8, 16):  # from frame 8 a two-pixel sky gap cuts the bar in two halves
+        videos[0, i, 12:16, 8 + i : 10 + i] = videos[0, i, 0:4, 0:2]
+    videos[0, :, 2, 2] = (1.0, 1.0, 1.0)  # a one-pixel speck in every frame
+    videos[0, :, 25:27, 25] = (1.0, 1.0, 1.0)  # and a two-pixel one
+    pieces, areas = coherence.foreground_shapes(videos)
+    assert pieces[0].tolist() == [1] * 8 + [2] * 8
+    assert areas[0].tolist() == [40] * 8 + [32] * 8
+    assert coherence.coherence_metrics(videos)["foreground_pieces"] == 1.5
+
+
+def test_foreground_pieces_join_diagonal_neighbours():
+    videos = np.zeros((1, 3, 8, 8, 3), np.float32)
+    for i in range(4):
+        videos[0, :, i, i] = 1.0  # a one-pixel diagonal line: one piece of 4 pixels
+    pieces, areas = coherence.foreground_shapes(videos)
+    assert (pieces == 1).all() and (areas == 4).all()
+
+
+def test_foreground_area_change_is_the_relative_change_between_frames():
+    videos = np.zeros((2, 4, 16, 16, 3), np.float32)
+    for i, side in enumerate((4, 6, 4, 4)):
+        videos[0, i, :side, :side] = 1.0  # 16, 36, 16, 16 pixels
+    # clip 1 shows nothing in its first two frames: only the pair (2, 3) has a foreground
+    videos[1, 2:, :3, :3] = 1.0
+    change = coherence.area_change(coherence.foreground_shapes(videos)[1])
+    assert change[0] == pytest.approx((20 / 26 + 20 / 26 + 0) / 3)
+    assert change[1] == pytest.approx((2 + 0) / 2)  # 0 -> 9 pixels: 9 / 4.5; then no change

@@ -21,6 +21,8 @@ _TABLE = (
     ("motion error (frame side)", "motion_error", True, "{:.4f}"),
     ("key-frame seam", "key_frame_seam", True, "{:.3f}"),
     ("flicker", "flicker", True, "{:.4f}"),
+    ("foreground pieces per frame", "foreground_pieces", True, "{:.3f}"),
+    ("foreground area change", "foreground_area_change", True, "{:.4f}"),
     ("colour deviation", "colour_deviation", True, "{:.4f}"),
     ("palette colours covered", "palette_coverage", True, "{:d}"),
     ("mean speed (frame side)", "mean_speed", True, "{:.4f}"),
@@ -68,7 +70,9 @@ def build_report(real: VideoSet, fake: VideoSet, protocol: EvalProtocol, values:
     if "coherence" in metrics:
         described["coherence"] = ("videofusion.metrics.coherence: key-frame seam (key frame's "
                                   "deviation from its neighbours' mean over the other inner "
-                                  "frames'), flicker on 4x4 frames; on moving digits also "
+                                  "frames'), flicker on 4x4 frames, foreground pieces per frame "
+                                  "and area change (pixels a channel >= 0.25 from its frame "
+                                  "median; pieces >= 3 pixels); on moving digits also "
                                   "colour deviation from the clip median, palette colours "
                                   "covered, tracked speed, mean jerk and each clip's worst jerk in "
                                   "frame sides")

@@ -15,6 +15,14 @@ For any video (pixels in [0, 1], frames ``(batch, frames, H, W, channels)``):
 * **flicker**: the mean frame-to-frame change of the low-frequency appearance (frames averaged
   down to ``FLICKER_SIZE`` x ``FLICKER_SIZE``), read against the real clips' value: slow,
   smooth motion changes it little, colour or brightness jumps change it a lot.
+* **foreground pieces** and **foreground area change**: the shape of what stands out from the
+  background (pixels with a channel at least ``FOREGROUND_DISTANCE`` from that channel's median
+  over the frame), as the number of its connected pieces per frame and the mean relative change
+  of its area from frame to frame (:func:`foreground_shapes`). A body that smears or falls
+  apart in the second half of a clip (a walker's legs drifting off as blobs) keeps a smooth
+  low-frequency appearance, so flicker misses it; it shows as more pieces and an area that
+  swells and shrinks. Read against the real clips' values (a render's thin pole may show as two
+  pieces).
 
 For moving digits (one digit on a dark background):
 
@@ -39,6 +47,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from videofusion.data.moving_digits import PALETTE
 from videofusion.metrics.digits import track_positions, unit_frames
@@ -48,6 +57,10 @@ FLICKER_SIZE = 4
 # frame's brightest; frames whose brightest foreground is below DIGIT_MIN show no digit.
 CORE_SHARE = 0.5
 DIGIT_MIN = 0.2
+# Foreground: a channel at least this far from its median over the frame (RGB in [0, 1]).
+# Connected pieces of fewer than MIN_PIECE pixels are speckle, not shape.
+FOREGROUND_DISTANCE = 0.25
+MIN_PIECE = 3
 
 
 def _frames(videos) -> torch.Tensor:
@@ -114,6 +127,34 @@ def flicker(videos) -> float:
     return float((low[:, 1:] - low[:, :-1]).abs().mean())
 
 
+def foreground_shapes(videos) -> tuple[np.ndarray, np.ndarray]:
+    """``(batch, frames)`` each: the number of foreground pieces (8-connected, at least
+    ``MIN_PIECE`` pixels) and the foreground area in pixels, counting those pieces only."""
+    x = _frames(videos)
+    background = x.flatten(-2).median(dim=-1).values[..., None, None]
+    mask = ((x - background).abs().amax(dim=2) >= FOREGROUND_DISTANCE).numpy()  # (B, F, H, W)
+    pieces = np.zeros(mask.shape[:2], dtype=np.int64)
+    areas = np.zeros(mask.shape[:2], dtype=np.int64)
+    for index in np.ndindex(*mask.shape[:2]):
+        labels, _ = ndimage.label(mask[index], structure=np.ones((3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel())[1:]
+        kept = sizes[sizes >= MIN_PIECE]
+        pieces[index], areas[index] = len(kept), kept.sum()
+    return pieces, areas
+
+
+def area_change(areas: np.ndarray) -> np.ndarray:
+    """Per clip: mean |A_{i+1} - A_i| / ((A_{i+1} + A_i) / 2) over frame pairs with any
+    foreground (NaN for a clip with none)."""
+    a = areas.astype(np.float64)
+    mean = (a[:, 1:] + a[:, :-1]) / 2
+    change = np.where(mean > 0, np.abs(np.diff(a, axis=1)) / np.maximum(mean, 1e-12), np.nan)
+    seen = ~np.isnan(change).all(axis=1)
+    out = np.full(len(a), np.nan)
+    out[seen] = np.nanmean(change[seen], axis=1)
+    return out
+
+
 def digit_colours(videos) -> np.ndarray:
     """``(batch, frames, 3)``: mean colour of each frame's brightest digit pixels, the
     background (each channel's median) removed; NaN where a frame shows no digit."""
@@ -171,7 +212,12 @@ def motion_statistics(videos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def coherence_metrics(videos, digits: bool = False) -> dict[str, float]:
     """The set's coherence numbers (moving-digits ones with ``digits``), JSON-ready."""
-    result = {"key_frame_seam": key_frame_seam(videos), "flicker": flicker(videos)}
+    pieces, areas = foreground_shapes(videos)
+    changes = area_change(areas)
+    result = {"key_frame_seam": key_frame_seam(videos), "flicker": flicker(videos),
+              "foreground_pieces": float(pieces.mean()),
+              "foreground_area_change": float(np.nanmean(changes)) if np.isfinite(changes).any()
+              else None}
     if digits:
         deviation = colour_deviation(videos)
         speed, jerk, worst_jerk = motion_statistics(videos)
