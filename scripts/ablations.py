@@ -22,8 +22,8 @@ Runs go to ``runs/ablations/<config>/seed<N>/``, row reports and ``table.md`` to
 ``docs/results/ablations/<config>/seed<N>/``; once two seeds have rows, ``seeds.md`` beside
 those folders holds each row's mean over seeds. ``--steps``, ``--pretrain-steps``,
 ``--batch-size`` ... override the config for every row. Other data: ``--data FOLDER --real
-TEST_FOLDER`` runs the same rows on a video folder and evaluates FVD / KVD / IS against the
-held-out folder (the digit metrics need moving digits).
+TEST_FOLDER`` runs the same rows on a video folder and evaluates FVD / KVD / IS and the
+coherence numbers against the held-out folder (the digit metrics need moving digits).
 
 The physics model (RQ1 in latent space): ``--recipe-dir runs/physics`` takes the folders that
 ``scripts/train_physics.py`` made there (its render, held-out, vae and cache stages): ``--data

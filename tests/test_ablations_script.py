@@ -148,6 +148,33 @@ def test_seeds_md_compares_each_row_with_its_reference_seed_by_seed(tmp_path):
     assert not any(line.startswith("| RQ3") for line in lines)  # no lambda-0.25/0.75 rows
 
 
+def test_coherence_columns_appear_where_rows_measured_them_with_the_real_values(tmp_path):
+    from videofusion import experiments
+
+    coherence = {"key_frame_seam": 1.25, "flicker": 0.0044, "foreground_pieces": 1.5,
+                 "foreground_area_change": 0.05, "key_frame_seam_real": 1.19,
+                 "flicker_real": 0.0033, "foreground_pieces_real": 1.358,
+                 "foreground_area_change_real": 0.0315}
+    for seed in (0, 1):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        vdm, vf = _row("vdm", 100.0), _row("vf_lambda_0.5", 90.0)
+        vdm["report"]["metrics"].update(coherence)
+        vf["report"]["metrics"].update(coherence | {"flicker": 0.0040 + seed / 1000})
+        for row in (vdm, vf):
+            (folder / f"{row['name']}.json").write_text(json.dumps(row))
+    table = experiments.write_table(tmp_path / "seed0").read_text().splitlines()
+    assert table[0].endswith("| motion error | seam | flicker | pieces | area change | "
+                             "digit metrics input | stage-1 weights |")
+    assert "| 1.250 | 0.0040 | 1.500 | 0.0500 |" in table[3]
+    lines = experiments.write_seed_summary(tmp_path / "seed0").read_text().splitlines()
+    assert "| 0.0045 (0.0040, 0.0050) |" in lines[3]
+    assert ("Real clips (the held-out set every row is measured against): seam 1.190, flicker "
+            "0.0033, pieces 1.358, area change 0.0315.") in lines
+    assert "| RQ1 | vf_lambda_0.5 - vdm | 1 | -10.000 | n/a | +0.000 | n/a | +0.000 | +0.0006 | "\
+           "+0.000 | +0.0000 | - |" in lines
+
+
 def test_training_runs_share_the_cores_unless_the_caller_set_the_threads(monkeypatch):
     script = _load_script()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

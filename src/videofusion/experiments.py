@@ -50,7 +50,7 @@ ABLATIONS = {row.name: row for row in (
 )}
 # what each row is evaluated on: moving digits get the digit metrics too
 DIGIT_METRICS = "fvd,kvd,is,content,motion,fvd_digits"
-VIDEO_METRICS = "fvd,kvd,is"
+VIDEO_METRICS = "fvd,kvd,is,coherence"
 
 TABLE_KEYS = (("fvd", "FVD"), ("kvd_x1000", "KVD x1000"), ("is_i3d_k400", "IS (I3D-K400)"),
               ("fvd_digits", "FVD-digits"), ("content_consistency", "content"),
@@ -64,6 +64,10 @@ COMPARISONS = (("RQ1", "vf_lambda_0.5", "vdm"), ("RQ2", "vf_base_scratch", "vf_l
                ("RQ4", "vf_no_stop_gradient", "vf_lambda_0.5"))
 DIFFERENCE_KEYS = (("fvd", "FVD"), ("fvd_digits", "FVD-digits"),
                    ("content_consistency", "content"), ("prompt_adherence", "prompt adherence"))
+# coherence numbers (videofusion.metrics.coherence): both tables add these columns only where a
+# row measured them (``--metrics ...,coherence``), and seeds.md the real clips' values
+COHERENCE_KEYS = (("key_frame_seam", "seam"), ("flicker", "flicker"),
+                  ("foreground_pieces", "pieces"), ("foreground_area_change", "area change"))
 # the digit metrics that changed with the classifier's foreground input (docs/metrics.md)
 OLD_INPUT_KEYS = ("content_consistency", "prompt_adherence", "motion_error")
 
@@ -100,23 +104,37 @@ def _rows(results: Path) -> list[dict]:
     return sorted(rows, key=lambda r: _order(r["name"]))
 
 
+def _number(key: str, value: float) -> str:
+    """3 decimals; 4 for flicker and area change, which live near 0.01."""
+    return f"{value:.4f}" if key in ("flicker", "foreground_area_change") else f"{value:.3f}"
+
+
 def _cell(metrics: dict, key: str) -> str:
     """A metric to 3 decimals, with its bootstrap spread where the report has one."""
     value = metrics.get(key)
     if not isinstance(value, (int, float)):
         return "n/a"
     spread = metrics.get(f"{key}_bootstrap_std")
-    return f"{value:.3f}" + (f" ± {spread:.1f}" if isinstance(spread, (int, float)) else "")
+    return _number(key, value) + (f" ± {spread:.1f}" if isinstance(spread, (int, float))
+                                  else "")
+
+
+def _columns(keys: tuple, metrics: list[dict]) -> tuple:
+    """``keys`` plus the coherence keys that some of ``metrics`` has."""
+    return keys + tuple((k, label) for k, label in COHERENCE_KEYS
+                        if any(isinstance(m.get(k), (int, float)) for m in metrics))
 
 
 def write_table(results: Path) -> Path:
+    rows = _rows(results)
+    columns = _columns(TABLE_KEYS, [_flatten(row["report"]) for row in rows])
     lines = ["| row | question | stage-2 steps x batch | stage-1 steps | "
-             + " | ".join(label for _, label in TABLE_KEYS)
+             + " | ".join(label for _, label in columns)
              + " | digit metrics input | stage-1 weights |",
-             "|---" * (6 + len(TABLE_KEYS)) + "|"]
-    for row in _rows(results):
+             "|---" * (6 + len(columns)) + "|"]
+    for row in rows:
         metrics = _flatten(row["report"])
-        cells = [_cell(metrics, k) for k, _ in TABLE_KEYS]
+        cells = [_cell(metrics, k) for k, _ in columns]
         lines.append(f"| {row['name']} | {row['question']} | {row['steps']} x "
                      f"{row['batch_size']} | {row['pretrain_steps']} | " + " | ".join(cells)
                      + f" | {_digit_input(row)} | {_stage_one(row)} |")
@@ -146,23 +164,34 @@ def write_seed_summary(results: Path) -> Path | None:
                 left_out.append(f"{row['name']} at {folder.name}")
             measured.setdefault(row["name"], {})[folder.name] = metrics
             rows.setdefault(row["name"], {})[folder.name] = row
-    lines = ["| row | seeds | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
-             "|---" * (2 + len(TABLE_KEYS)) + "|"]
+    everything = [m for per_seed in measured.values() for m in per_seed.values()]
+    columns = _columns(TABLE_KEYS, everything)
+    lines = ["| row | seeds | " + " | ".join(label for _, label in columns) + " |",
+             "|---" * (2 + len(columns)) + "|"]
     for name in sorted(measured, key=_order):
         per_seed = measured[name]
         cells = []
-        for key, _ in TABLE_KEYS:
+        for key, _ in columns:
             values = [m[key] for m in per_seed.values() if isinstance(m.get(key), (int, float))]
-            cells.append("n/a" if not values else f"{sum(values) / len(values):.3f}" + (
-                " (" + ", ".join(f"{v:.3f}" for v in values) + ")" if len(values) > 1 else ""))
+            cells.append("n/a" if not values else _number(key, sum(values) / len(values)) + (
+                " (" + ", ".join(_number(key, v) for v in values) + ")" if len(values) > 1
+                else ""))
         lines.append(f"| {name} | {', '.join(s[4:] for s in per_seed)} | "
                      + " | ".join(cells) + " |")
+    reference = next((m for m in everything if any(f"{k}_real" in m for k, _ in COHERENCE_KEYS)),
+                     None)
+    if reference is not None:
+        values = [f"{label} {_number(k, reference[f'{k}_real'])}" for k, label in COHERENCE_KEYS
+                  if isinstance(reference.get(f"{k}_real"), (int, float))]
+        lines += ["", "Real clips (the held-out set every row is measured against): "
+                  + ", ".join(values) + "."]
     differences = []
+    difference_keys = _columns(DIFFERENCE_KEYS, everything)
     for question, name, reference in COMPARISONS:
         for seed in [s.name for s in seeds if s.name in rows.get(name, {})
                      and s.name in rows.get(reference, {})]:
             a, b = measured[name][seed], measured[reference][seed]
-            cells = [_difference(a, b, key) for key, _ in DIFFERENCE_KEYS]
+            cells = [_difference(a, b, key) for key, _ in difference_keys]
             differences.append(f"| {question} | {name} - {reference} | {seed[4:]} | "
                                + " | ".join(cells) + " | "
                                + _same_stage_one(rows[name][seed], rows[reference][seed]) + " |")
@@ -172,8 +201,8 @@ def write_seed_summary(results: Path) -> Path | None:
                   "where both rows have one. 'same stage 1' compares the hashes of the stage-1 "
                   "weights.", "",
                   "| question | row - reference | seed | " + " | ".join(
-                      label for _, label in DIFFERENCE_KEYS) + " | same stage 1 |",
-                  "|---" * (4 + len(DIFFERENCE_KEYS)) + "|", *differences]
+                      label for _, label in difference_keys) + " | same stage 1 |",
+                  "|---" * (4 + len(difference_keys)) + "|", *differences]
     if left_out:
         lines += ["", "Content, adherence and motion measured on the digit classifier's old input "
                   "are not comparable with later ones (docs/metrics.md) and are left out: "
@@ -188,7 +217,7 @@ def _difference(metrics: dict, reference: dict, key: str) -> str:
     a, b = metrics.get(key), reference.get(key)
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return "n/a"
-    cell = f"{a - b:+.3f}"
+    cell = ("+" if a >= b else "-") + _number(key, abs(a - b))
     spreads = [m.get(f"{key}_bootstrap_std") for m in (metrics, reference)]
     if all(isinstance(s, (int, float)) for s in spreads):
         cell += f" ({(a - b) / (spreads[0] ** 2 + spreads[1] ** 2) ** 0.5:+.1f})"
