@@ -1,7 +1,7 @@
 """Measure the shipped physics model against held-out renders and draw its README gallery.
 
     python scripts/physics_eval.py [--model-dir DIR] [--recipe-dir runs/physics] \
-        [--num-videos 256] [--only gallery,eval,floor,domains]
+        [--num-videos 256] [--only gallery,eval,floor,domains,pilot]
 
 The real clips are those of ``scripts/train_physics.py``'s held-out render (other seeds than
 the training clips, never trained on); the floor set is its third render. Writes
@@ -13,6 +13,10 @@ docs/results/physics/ (``--results``):
   the same number of videos): the value a perfect model would reach;
 - ``domains.json``: the coherence metrics of ``--domain-videos`` class-prompted videos per
   domain, each beside that domain's held-out clips;
+- ``pilot_protocol.json``: FVD / KVD under the protocol of the first pilot on these renders
+  (``docs/results/dmc/``: 64 class-prompted videos against 64 held-out clips, both at 32x32,
+  DDPM 25 steps, guidance 2, seed 0), and the floor renders under it: where the shipped model
+  stands against that pilot's FVD of 2682;
 and docs/gallery/physics/: a GIF per domain (class prompt; the renders' captions name the domain
 and little more), the domains' contact sheet and the content/motion grid of one domain (rows
 share the base noise, columns the residual noise).
@@ -57,6 +61,22 @@ def floor(args) -> None:
     report = evaluate(args.held_out, args.recipe_dir / "data" / "floor", metrics=METRICS,
                       num_videos=args.num_videos, progress=True)
     write_report(report, args.results / "floor.json", started)
+
+
+def pilot_protocol(args) -> None:
+    from videofusion.evaluation import evaluate
+
+    started, rows = time.perf_counter(), {}
+    pilot = {"metrics": "fvd,kvd", "num_videos": 64, "resolution": 32, "seed": 0}
+    for name, fake, sampling in (
+            ("model", args.model_dir, {"condition": "class", "num_inference_steps": 25,
+                                       "guidance_scale": 2.0, "scheduler": "ddpm"}),
+            ("floor", args.recipe_dir / "data" / "floor", {})):
+        report = evaluate(args.held_out, fake, progress=True, **pilot, **sampling)
+        rows[name] = {"protocol": report["protocol"], "metrics": report["metrics"]}
+    write_report({"metrics": {k: v["metrics"] for k, v in rows.items()},
+                  "protocols": {k: v["protocol"] for k, v in rows.items()}},
+                 args.results / "pilot_protocol.json", started)
 
 
 def domains(args, names: list[str]) -> None:
@@ -110,8 +130,8 @@ def main() -> None:
                         help=f"where the JSON reports go (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--domain-videos", type=int, default=16,
                         help="videos per domain of the domains part")
-    parser.add_argument("--only", default="gallery,eval,floor,domains",
-                        help="comma-separated subset of gallery,eval,floor,domains")
+    parser.add_argument("--only", default="gallery,eval,floor,domains,pilot",
+                        help="comma-separated subset of gallery,eval,floor,domains,pilot")
     args = parser.parse_args()
     args.held_out = args.recipe_dir / "data" / "held_out"
     args.results.mkdir(parents=True, exist_ok=True)
@@ -127,6 +147,8 @@ def main() -> None:
         floor(args)
     if "domains" in parts:
         domains(args, pipe.class_names)
+    if "pilot" in parts:
+        pilot_protocol(args)
 
 
 if __name__ == "__main__":
