@@ -178,11 +178,10 @@ def write_seed_summary(results: Path) -> Path | None:
                 else ""))
         lines.append(f"| {name} | {', '.join(s[4:] for s in per_seed)} | "
                      + " | ".join(cells) + " |")
-    reference = next((m for m in everything if any(f"{k}_real" in m for k, _ in COHERENCE_KEYS)),
-                     None)
-    if reference is not None:
-        values = [f"{label} {_number(k, reference[f'{k}_real'])}" for k, label in COHERENCE_KEYS
-                  if isinstance(reference.get(f"{k}_real"), (int, float))]
+    real = next((m for m in everything if any(f"{k}_real" in m for k, _ in COHERENCE_KEYS)), None)
+    if real is not None:
+        values = [f"{label} {_number(k, real[f'{k}_real'])}" for k, label in COHERENCE_KEYS
+                  if isinstance(real.get(f"{k}_real"), (int, float))]
         lines += ["", "Real clips (the held-out set every row is measured against): "
                   + ", ".join(values) + "."]
     differences = []
