@@ -321,3 +321,39 @@ def test_noise_floor_of_folders_is_zero_for_the_same_videos_and_not_for_others(t
                                         extractor=fake_extractor(), progress=False)
     assert smaller["protocol"]["resolution"] == [16, 16] and smaller["sets"][0]["num_videos"] == 3
     assert abs(smaller["sets"][0]["fvd"]) < 1e-6  # both sets at 16x16, so the same videos
+
+
+def test_a_folder_is_read_round_robin_over_its_classes_unless_natural_order_is_asked(tmp_path):
+    """A sorted folder's first videos can all come from one class; the balanced order gives every
+    class its share, and the real folder's captions (the prompts of a text model) follow the
+    same order as its videos, so both sides hold the same mix."""
+    from videofusion.evaluation.sets import folder_captions, in_order
+
+    clips = digit_clips(6, 4)
+    root = tmp_path / "real"
+    for i, (frames, _) in enumerate(clips):  # classes 0 (four videos) and 1 (two)
+        label = 0 if i < 4 else 1
+        write_mp4(frames, root / str(label) / f"clip_{i}.mp4")
+        (root / str(label) / f"clip_{i}.txt").write_text(f"clip {i} of class {label}")
+    balanced = load_video_folder(root, 4, 4, (32, 32), progress=False)
+    assert balanced.folder_labels == [0, 1, 0, 1] and balanced.class_labels == [0, 1, 0, 1]
+    assert balanced.captions == ["clip 0 of class 0", "clip 4 of class 1",
+                                 "clip 1 of class 0", "clip 5 of class 1"]
+    assert np.array_equal(balanced.videos[1], load_video_folder(
+        root / "1", 1, 4, (32, 32), progress=False).videos[0])  # the pixels follow the order
+    natural = load_video_folder(root, 4, 4, (32, 32), progress=False, order="natural")
+    assert natural.folder_labels == [0, 0, 0, 0]
+    for order, read in (("balanced", balanced), ("natural", natural)):
+        assert folder_captions(root, 4, order) == read.captions
+    everything = load_video_folder(root, 10, 4, (32, 32), progress=False)
+    assert everything.folder_labels == [0, 1, 0, 1, 0, 0]  # a class that runs out drops out
+
+    class Entry:
+        def __init__(self, name, class_label):
+            self.name, self.class_label = name, class_label
+
+    flat = [Entry(n, -1) for n in "abc"]
+    assert in_order(flat) == flat  # no class folders: the sorted order
+    assert in_order([]) == []
+    with pytest.raises(ValueError, match="folder_order must be one of"):
+        EvalProtocol(folder_order="random")

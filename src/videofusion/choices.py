@@ -43,6 +43,9 @@ I3D_METRICS = frozenset({"fvd", "kvd", "is"})  # on Kinetics-400 I3D features (m
 # What a model conditioned on both class and text is sampled with (auto: captions).
 EVAL_CONDITIONS = ("auto", "class", "text")
 MOVING_DIGITS = "moving-digits"  # the real set that is the moving-digits test split
+# Which videos of a folder an evaluation reads: round-robin over its class folders, or the first
+# ones in sorted order (what reports before the field existed used).
+FOLDER_ORDERS = ("balanced", "natural")
 # What a sampling request gets when it names no length or step count (pipeline, CLI, evaluation).
 DEFAULT_NUM_FRAMES = 16
 DEFAULT_INFERENCE_STEPS = 50

@@ -14,6 +14,7 @@ from videofusion.choices import (
     DEFAULT_INFERENCE_STEPS,
     DTYPES,
     EVAL_CONDITIONS,
+    FOLDER_ORDERS,
     METRICS,
     MOVING_DIGITS,
     SCHEDULERS,
@@ -105,6 +106,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--condition", choices=EVAL_CONDITIONS,
                    help="a model conditioned on class and text: sample with captions (auto, "
                         "text) or class labels alone (class); default: auto")
+    p.add_argument("--folder-order", choices=FOLDER_ORDERS,
+                   help="which videos of a folder are read: round-robin over its class folders "
+                        "(balanced) or the first ones in sorted order (natural); default: "
+                        f"{DEFAULT.folder_order}")
     p.add_argument("--out", default="eval_report.json", help="JSON report path")
     p.set_defaults(handler=run_eval)
     return p

@@ -82,13 +82,14 @@ def _video_sets(real, fake, protocol: EvalProtocol, device, progress) -> tuple[V
     set at the fake set's size."""
     if is_model_dir(fake):
         text = protocol.condition != "class" and _text_conditioned(fake)
-        captions = (folder_captions(real, protocol.num_videos)
+        captions = (folder_captions(real, protocol.num_videos, protocol.folder_order)
                     if text and str(real) != MOVING_DIGITS else None)
         fake_set = sample_model(fake, protocol, device, progress, captions)
         channels = fake_set.sampling["channels"]
     else:
         fake_set = load_video_folder(fake, protocol.num_videos, protocol.num_frames,
-                                     protocol.resolution, "fake", progress)
+                                     protocol.resolution, "fake", progress,
+                                     protocol.folder_order)
         fake_set = label_folder_set(fake_set, protocol.class_labels)
         channels = 3
     size = fake_set.videos.shape[2:4]
@@ -98,7 +99,7 @@ def _video_sets(real, fake, protocol: EvalProtocol, device, progress) -> tuple[V
                                       **options)
     else:
         real_set = load_video_folder(real, protocol.num_videos, protocol.num_frames, size,
-                                     "real", progress)
+                                     "real", progress, protocol.folder_order)
     return real_set, fake_set
 
 

@@ -15,6 +15,7 @@ from videofusion.choices import (
     DEFAULT_DTYPE,
     DTYPES,
     EVAL_CONDITIONS,
+    FOLDER_ORDERS,
     METRICS,
     PROTOCOL_FRAMES,
     SCHEDULERS,
@@ -49,6 +50,10 @@ class EvalProtocol:
     ``dtype``: the precision of a model's forward passes while sampling; it changes the videos,
     so it is recorded (the device is not: it changes them only up to float rounding).
     ``real_options`` go to ``MovingDigits`` when the real set is the moving-digits test split.
+    ``folder_order``: which videos of a folder are read. ``balanced`` takes them round-robin over
+    the class folders, so that any ``num_videos`` covers every class as evenly as it can (a
+    sorted folder's first 128 videos may hold three of its six classes); ``natural`` takes the
+    first ones in sorted order.
     """
 
     metrics: tuple[str, ...] = METRICS
@@ -67,6 +72,7 @@ class EvalProtocol:
     dtype: str = DEFAULT_DTYPE  # the sampling networks' forward passes (autocast)
     batch_size: int = 8  # videos per sampling batch; a stochastic sampler's noise follows it
     real_options: dict = field(default_factory=dict)
+    folder_order: str = "balanced"
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -82,6 +88,9 @@ class EvalProtocol:
             set_(self, "class_labels", tuple(int(c) for c in self.class_labels))
         if self.condition not in EVAL_CONDITIONS:
             raise ValueError(f"condition must be one of {EVAL_CONDITIONS}, got {self.condition!r}")
+        if self.folder_order not in FOLDER_ORDERS:
+            raise ValueError(f"folder_order must be one of {FOLDER_ORDERS}, "
+                             f"got {self.folder_order!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not 0.0 <= self.eta <= 1.0:

@@ -76,6 +76,19 @@ def _folder_label(classes: list[str], label: int, caption: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def in_order(entries: list, order: str = "balanced") -> list:
+    """A folder listing in the order an evaluation reads it (``FOLDER_ORDERS``): ``natural`` as
+    listed (sorted); ``balanced`` round-robin over the class labels, each class in its own
+    sorted order, so the first ``n`` entries hold every class as evenly as ``n`` allows."""
+    if order == "natural":
+        return list(entries)
+    groups: dict[int, list] = {}
+    for entry in entries:
+        groups.setdefault(entry.class_label, []).append(entry)
+    rounds = max(len(group) for group in groups.values()) if groups else 0
+    return [group[i] for i in range(rounds) for group in groups.values() if i < len(group)]
+
+
 def _native_size(entries) -> tuple[int, int] | None:
     """``(height, width)`` of the first readable entry of a folder listing."""
     import av
@@ -104,9 +117,10 @@ def load_video_folder(
     resolution: tuple[int, int] | None,
     name: str = "videos",
     progress: bool = True,
+    order: str = "balanced",
 ) -> VideoSet:
-    """The first ``num_frames`` frames of up to ``num_videos`` readable videos of a folder
-    (natural order), resized to cover ``resolution`` and centre-cropped.
+    """The first ``num_frames`` frames of up to ``num_videos`` readable videos of a folder, taken
+    in ``order`` (:func:`in_order`), resized to cover ``resolution`` and centre-cropped.
 
     ``resolution=None`` keeps the folder's native size (its first readable video's): FVD then
     resizes each frame straight to the I3D's input, as its protocol does, with no detour
@@ -128,7 +142,7 @@ def load_video_folder(
     bar = tqdm(total=min(num_videos, len(ds.entries)), desc=f"reading {name}", unit="video",
                disable=not progress)
     with bar:
-        for entry in ds.entries:
+        for entry in in_order(ds.entries, order):
             if len(videos) == num_videos:
                 break
             if entry.num_frames < num_frames:
@@ -154,15 +168,15 @@ def load_video_folder(
                     folder_labels=folder_labels)
 
 
-def folder_captions(path: str | Path, num_videos: int) -> list[str]:
-    """The captions of a folder's first ``num_videos`` videos (the order
-    :func:`load_video_folder` reads them in), without reading a frame: the prompts to sample a
-    text-conditioned model with when the folder is the real set."""
+def folder_captions(path: str | Path, num_videos: int, order: str = "balanced") -> list[str]:
+    """The captions of the ``num_videos`` videos :func:`load_video_folder` reads first (same
+    ``order``), without reading a frame: the prompts to sample a text-conditioned model with
+    when the folder is the real set, so that both sides hold the same mix of classes."""
     from videofusion.data import VideoFolder
     from videofusion.data.transforms import MIN_RESOLUTION
 
     ds = VideoFolder(path, split=None, num_frames=1, resolution=MIN_RESOLUTION, start="center")
-    captions = [entry.caption for entry in ds.entries[:num_videos]]
+    captions = [entry.caption for entry in in_order(ds.entries, order)[:num_videos]]
     if not any(captions):
         raise ValueError(f"real: {path} has no captions to prompt a text-conditioned model with "
                          "(sidecar .txt or captions.json); sample it with condition 'class'")
