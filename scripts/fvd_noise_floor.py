@@ -10,12 +10,12 @@ by that metric at that N. Prints a table and writes JSON.
     .venv/bin/python scripts/fvd_noise_floor.py --num-videos 64 --sets 4 \\
         --out docs/results/ablations/noise_floor_64.json
 
-Folders of videos instead (``--real FOLDER --other FOLDER [FOLDER ...]``): the first N videos
-of the real folder, the set the rows are evaluated against (read as ``videofusion.evaluation``
-reads a real folder), against the first N of each other folder, disjoint real sets of the same
-data. FVD, its bootstrap spread and KVD; no digit metrics. The physics model's two real sets
-(scripts/train_physics.py: held_out and floor, 258 renders each from other seeds), at the N of
-its ablation rows:
+Folders of videos instead (``--real FOLDER --other FOLDER [FOLDER ...]``): N videos of the
+real folder, the set the rows are evaluated against (read as ``videofusion.evaluation`` reads a
+real folder: round-robin over its class folders), against N of each other folder read the same
+way, disjoint real sets of the same data. FVD, its bootstrap spread and KVD; no digit metrics.
+The physics model's two real sets (scripts/train_physics.py: held_out and floor, 258 renders
+each from other seeds), at the N of its ablation rows:
 
     .venv/bin/python scripts/fvd_noise_floor.py --real runs/physics/data/held_out \\
         --other runs/physics/data/floor --num-videos 256 \\
