@@ -76,7 +76,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, help=f"sampling seed (default: {DEFAULT.seed})")
     p.add_argument("--class-labels", type=_labels, metavar="CLASSES",
                    help="model: classes to cycle through, by name or index (e.g. "
-                        "cheetah,walker or 1,5); folder: one label index per video")
+                        "cheetah,walker or 1,5); folder: one label index per video, in the order "
+                        "read (--folder-order)")
     p.add_argument("--steps", dest="num_inference_steps", type=int_range(1, 10_000),
                    help="sampling steps; default: the model's own (default_inference_steps), "
                         f"else {DEFAULT_INFERENCE_STEPS}")
