@@ -77,6 +77,7 @@ def folder_noise_floor(real: str | Path, others: list[str | Path], num_videos: i
     ``videofusion.evaluation.load_video_folder`` (the loader of ``evaluate(real=...)``, in its
     default class-balanced order): at ``resolution`` or the real folder's own size, every other
     folder at the real set's."""
+    from videofusion.choices import DEFAULT_FOLDER_ORDER
     from videofusion.evaluation import compute_metrics, load_video_folder
 
     size = None if resolution is None else (resolution, resolution)
@@ -96,7 +97,7 @@ def folder_noise_floor(real: str | Path, others: list[str | Path], num_videos: i
             notes += [f"{path}: skipped ({reason})" for path, reason in other.skipped]
     notes += [f"{path}: skipped ({reason})" for path, reason in real_set.skipped]
     return {"protocol": {"real": real_set.description, "num_videos": num_videos,
-                         "folder_order": "balanced",
+                         "folder_order": DEFAULT_FOLDER_ORDER,
                          "num_real": len(real_set.videos), "num_frames": num_frames,
                          "resolution": [int(v) for v in size], "sets": len(rows)},
             "sets": rows, "summary": _summary(rows, FOLDER_KEYS),

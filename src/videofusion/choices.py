@@ -46,6 +46,7 @@ MOVING_DIGITS = "moving-digits"  # the real set that is the moving-digits test s
 # Which videos of a folder an evaluation reads: round-robin over its class folders, or the first
 # ones in sorted order (what reports before the field existed used).
 FOLDER_ORDERS = ("balanced", "natural")
+DEFAULT_FOLDER_ORDER = "balanced"
 # What a sampling request gets when it names no length or step count (pipeline, CLI, evaluation).
 DEFAULT_NUM_FRAMES = 16
 DEFAULT_INFERENCE_STEPS = 50

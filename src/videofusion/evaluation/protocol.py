@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from videofusion.choices import (
     DEFAULT_DTYPE,
+    DEFAULT_FOLDER_ORDER,
     DTYPES,
     EVAL_CONDITIONS,
     FOLDER_ORDERS,
@@ -72,7 +73,7 @@ class EvalProtocol:
     dtype: str = DEFAULT_DTYPE  # the sampling networks' forward passes (autocast)
     batch_size: int = 8  # videos per sampling batch; a stochastic sampler's noise follows it
     real_options: dict = field(default_factory=dict)
-    folder_order: str = "balanced"
+    folder_order: str = DEFAULT_FOLDER_ORDER
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise once, here

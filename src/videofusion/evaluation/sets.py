@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from videofusion.choices import MOVING_DIGITS
+from videofusion.choices import DEFAULT_FOLDER_ORDER, MOVING_DIGITS
 
 _CAPTION_DIGIT = re.compile(r"\bdigit (\d)\b")
 
@@ -76,7 +76,7 @@ def _folder_label(classes: list[str], label: int, caption: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def in_order(entries: list, order: str = "balanced") -> list:
+def in_order(entries: list, order: str = DEFAULT_FOLDER_ORDER) -> list:
     """A folder listing in the order an evaluation reads it (``FOLDER_ORDERS``): ``natural`` as
     listed (sorted); ``balanced`` round-robin over the class labels, each class in its own
     sorted order, so the first ``n`` entries hold every class as evenly as ``n`` allows."""
@@ -117,7 +117,7 @@ def load_video_folder(
     resolution: tuple[int, int] | None,
     name: str = "videos",
     progress: bool = True,
-    order: str = "balanced",
+    order: str = DEFAULT_FOLDER_ORDER,
 ) -> VideoSet:
     """The first ``num_frames`` frames of up to ``num_videos`` readable videos of a folder, taken
     in ``order`` (:func:`in_order`), resized to cover ``resolution`` and centre-cropped.
@@ -168,7 +168,8 @@ def load_video_folder(
                     folder_labels=folder_labels)
 
 
-def folder_captions(path: str | Path, num_videos: int, order: str = "balanced") -> list[str]:
+def folder_captions(path: str | Path, num_videos: int,
+                    order: str = DEFAULT_FOLDER_ORDER) -> list[str]:
     """The captions of the ``num_videos`` videos :func:`load_video_folder` reads first (same
     ``order``), without reading a frame: the prompts to sample a text-conditioned model with
     when the folder is the real set, so that both sides hold the same mix of classes."""
