@@ -22,8 +22,9 @@ src/videofusion/assets/default_model ...``) is bundled the same way: the card th
 parent's training too, read from the parent's ``training_record.json``, which every bundled
 folder carries (steps, seconds, commands, its own parent). ``--recipe FILE`` names the commands
 that made the run's data and VAE too (``scripts/train_physics.py`` writes it); the card quotes
-them. A few-step student distilled from a shipped model (``--distill-from``) ships as it was
-distilled: its DDIM, its step count and guidance 1, the guidance folded in.
+them. A student distilled from a shipped model (``--distill-from``) samples with guidance 1, the
+guidance folded in; a progressive student also keeps its DDIM and step count, a guidance student
+takes ``--scheduler`` and ``--steps`` like any model.
 """
 
 from __future__ import annotations
@@ -197,6 +198,9 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
         if progressive else
         f"| distilled | guidance {distilled_guidance:g} folded in (guidance distillation): one "
         f"pass of each network per step of its teacher's sampler (spec §7) |\n")
+    guidance_row = (f"{guidance:g} by default (`default_guidance_scale`; `--guidance` overrides)"
+                    if distilled_guidance is None else
+                    f"{guidance:g}, the only value it takes (its guidance is folded in)")
     return f"""# {title}
 
 {data} Residual generator input:
@@ -211,7 +215,7 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
 | storage | fp16 safetensors (cast to fp32 when loaded) |
 | sampler | {sampler}, {steps} steps (`scheduler/`, `default_inference_steps`; `--scheduler`, \
 `--steps` override) |
-| guidance | {guidance:g} by default (`default_guidance_scale`; `--guidance` overrides) |
+| guidance | {guidance_row} |
 {distilled}
 {retrain}:
 
@@ -254,11 +258,11 @@ def main() -> None:
                         help="RUN/pipeline holds raw (not EMA) weights: say so in the card")
     parser.add_argument("--scheduler", choices=tuple(SCHEDULERS),
                         help="the sampler shipped with the model (default ancestral DDPM; a "
-                             "distilled student keeps its own DDIM)")
+                             "progressive student keeps its own DDIM)")
     parser.add_argument("--steps", type=int,
                         help="its step count: the default of `videofusion sample` / `eval` / the "
-                             "studio for this model with that sampler (default 25; a distilled "
-                             "student keeps its own)")
+                             "studio for this model with that sampler (default 25; a "
+                             "progressive student keeps its own)")
     parser.add_argument("--guidance", type=float,
                         help="the guidance scale measured best for this model: the default of "
                              "`videofusion sample` / `eval` for it (unset: 2)")
@@ -268,10 +272,16 @@ def main() -> None:
                          "--config ... --resume --stop-at-step N`")
     target = args.target or SHIPPED_MODELS[args.model].folder
     pipe = VideoFusionPipeline.from_pretrained(args.run / "pipeline", dtype=torch.float16)
-    distilled = pipe.config.get("distilled_guidance_scale") is not None
-    if distilled and (args.scheduler or args.steps or args.guidance is not None):
-        raise SystemExit("a distilled student ships as it was distilled (its DDIM, its steps, "
-                         "guidance 1): drop --scheduler, --steps and --guidance")
+    folded = pipe.config.get("distilled_guidance_scale") is not None
+    # a progressive student is tied to its DDIM and step count; a guidance student only to
+    # guidance 1 (it runs any sampler at any step count, as its teacher did)
+    distilled = folded and pipe.config.get("distilled_steps") is not None
+    if folded and args.guidance is not None:
+        raise SystemExit("a distilled student samples with guidance 1, its guidance folded in: "
+                         "drop --guidance")
+    if distilled and (args.scheduler or args.steps):
+        raise SystemExit("a progressive student ships as it was distilled (its DDIM, its "
+                         "steps): drop --scheduler and --steps")
     if not distilled:
         args.scheduler, args.steps = args.scheduler or "ddpm", args.steps or 25
     steps = pipe.config.distilled_steps if distilled else args.steps

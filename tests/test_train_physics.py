@@ -188,3 +188,32 @@ def test_a_bundle_over_the_size_limit_is_refused_and_changes_nothing(latent_run,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert [p.name for p in target.iterdir()] == ["README.md"]
     assert (target / "README.md").read_text() == "the model before"
+
+
+def test_a_guidance_student_takes_a_sampler_and_steps_but_no_guidance(latent_run, tmp_path,
+                                                                      monkeypatch):
+    """A guidance student runs any sampler at any step count, as its teacher did, but only at
+    guidance 1; a progressive student is tied to the DDIM and step count it was distilled for."""
+    pipe = VideoFusionPipeline.from_pretrained(latent_run / "pipeline")
+    pipe.register_to_config(distilled_guidance_scale=4.0, distilled_steps=None,
+                            default_guidance_scale=1.0)
+    pipe.save_pretrained(latent_run / "pipeline")
+    target = tmp_path / "student"
+    args = (latent_run, "--model", "physics", "--config-name", "physics_64.yaml", "--target",
+            target)
+    with pytest.raises(SystemExit, match="drop --guidance"):
+        bundle(monkeypatch, *args, "--guidance", "4")
+    assert not target.exists()
+    bundle(monkeypatch, *args, "--scheduler", "ddim", "--steps", "12")
+    shipped = VideoFusionPipeline.from_pretrained(target)
+    assert type(shipped.scheduler).__name__ == "DDIMScheduler"
+    assert shipped.config.default_inference_steps == 12
+    assert (shipped.default_guidance, shipped.config.distilled_guidance_scale) == (1.0, 4.0)
+    card = (target / "README.md").read_text()
+    assert "DDIMScheduler, 12 steps" in card
+    assert "| guidance | 1, the only value it takes (its guidance is folded in) |" in card
+    pipe.register_to_config(distilled_steps=4)  # a progressive student
+    pipe.save_pretrained(latent_run / "pipeline")
+    for flags in (("--steps", "12"), ("--scheduler", "ddpm")):
+        with pytest.raises(SystemExit, match="progressive student ships as it was distilled"):
+            bundle(monkeypatch, *args, *flags)
