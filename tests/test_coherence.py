@@ -86,6 +86,9 @@ def test_palette_names_follow_the_colour():
     videos[1, :, 2:5, 2:5] = (0.0, 0.9, 0.9)
     assert coherence.palette_names(videos) == ["red", "cyan"]
     assert coherence.coherence_metrics(videos, digits=True)["palette_coverage"] == 2
+    three = np.concatenate([videos, videos[:1]])
+    assert coherence.coherence_metrics(three, digits=True)["palette_counts"] == {"red": 2,
+                                                                                "cyan": 1}
 
 
 def test_digit_colour_ignores_a_tinted_background():

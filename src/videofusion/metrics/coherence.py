@@ -210,7 +210,7 @@ def motion_statistics(videos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return speed, jerks.mean(axis=1), jerks.max(axis=1)
 
 
-def coherence_metrics(videos, digits: bool = False) -> dict[str, float]:
+def coherence_metrics(videos, digits: bool = False) -> dict:
     """The set's coherence numbers (moving-digits ones with ``digits``), JSON-ready."""
     pieces, areas = foreground_shapes(videos)
     changes = area_change(areas)
@@ -226,6 +226,8 @@ def coherence_metrics(videos, digits: bool = False) -> dict[str, float]:
             "colour_deviation": float(np.nanmean(deviation)) if np.isfinite(deviation).any()
             else None,
             "palette_coverage": len(set(names)),
+            # which colours, not only how many: a set can cover six while drawing mostly one
+            "palette_counts": {name: names.count(name) for name in PALETTE if name in names},
             "mean_speed": float(speed.mean()),
             "jerk": float(jerk.mean()),
             "worst_jerk": float(worst_jerk.mean()),
