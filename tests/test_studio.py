@@ -191,3 +191,26 @@ def test_the_page_offers_the_folders_step_count_and_every_sampler(shipped):
     index = json.loads((shipped.models[MODEL] / "model_index.json").read_text())
     assert shipped.defaults(MODEL)["steps"] == index["default_inference_steps"]
     assert set(SAMPLERS) > set(SCHEDULERS)
+
+
+def test_generate_is_enabled_only_once_the_model_has_run(tmp_path, monkeypatch):
+    """A click before the warm-up would wait for the imports and the model behind a bar that
+    does not move; the page says "Loading" until the warm-up has run, or failed."""
+    pytest.importorskip("gradio")
+    local = Studio(SHIPPED_MODELS, tmp_path)
+    app = studio.build_app(local)
+    button = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "generate")
+    assert (button.interactive, button.value) == (False, studio.LOADING)
+    (on_load,) = [f.fn for f in app.fns.values() if [t[1] for t in f.targets] == ["load"]]
+    assert not local.wait_ready(timeout=0.01)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no model")
+
+    monkeypatch.setattr(local, "generate", failing)
+    with pytest.raises(RuntimeError):
+        local.warm_up()
+    assert local.wait_ready(timeout=0)  # a failed warm-up enables the button too
+    update = on_load()
+    assert (update["value"], update["interactive"]) == ("Generate", True)
+    local.close()

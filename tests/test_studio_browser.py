@@ -108,6 +108,10 @@ def test_studio_in_chromium(studio_url):
             generate = page.locator("#generate")
             expect(generate).to_be_visible(timeout=60_000)
             print(f"page loaded in {time.perf_counter() - start:.1f} s")
+            # the button waits for the model (loaded and run once), so a click never does
+            expect(generate).to_be_enabled(timeout=120_000)
+            expect(generate).to_have_text("Generate")
+            print(f"Generate enabled {time.perf_counter() - start:.1f} s after the page was asked")
             status = page.locator("#status")
 
             def set_number(elem_id: str, value) -> None:
@@ -185,7 +189,7 @@ def test_studio_in_chromium(studio_url):
             run("Error")
             assert "not an image" in status.inner_text()
             page.reload()
-            expect(generate).to_be_visible(timeout=60_000)
+            expect(generate).to_be_enabled(timeout=60_000)  # the model is warm: at once
             big = tmp_path / "big.png"
             big.write_bytes(bytes(11 * 1024 * 1024))
             page.locator("#image input[type=file]").set_input_files(str(big))

@@ -178,6 +178,7 @@ class Studio:
         # workers) took 1.4x as long on 2 cores; one worker is also the queue
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-sampler")
         self._runs = 0
+        self.ready = threading.Event()  # set once the warm-up has run (or failed)
 
     def pipeline(self, name: str):
         """The pipeline of model ``name``, loaded once (a second caller waits for the first);
@@ -210,8 +211,14 @@ class Studio:
         """Load the first model and run it once (two frames, one step), so the first click
         pays neither the imports nor the text encoder's loading."""
         name = next(iter(self.models))
-        self.generate(Request(name, self.defaults(name)["class_label"], frames=2, steps=1),
-                      keep=False)
+        try:
+            self.generate(Request(name, self.defaults(name)["class_label"], frames=2, steps=1),
+                          keep=False)
+        finally:  # a failed warm-up shows its error at the first click instead
+            self.ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self.ready.wait(timeout)
 
     def cancel(self) -> None:
         """Stop the running generation at its next denoising step (or clip)."""
@@ -337,6 +344,9 @@ def new_seed() -> int:
 
 # ---- the page -------------------------------------------------------------------------------
 
+LOADING = "Loading the model…"
+
+
 def build_app(studio: Studio):
     """The Gradio page over ``studio``: inputs left, video and decomposition right."""
     import gradio as gr
@@ -367,7 +377,9 @@ def build_app(studio: Studio):
                                             precision=0, elem_id="motion_seed")
                     motion_lock = gr.Checkbox(False, label="Lock motion", elem_id="motion_lock")
                 with gr.Row():
-                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    # enabled once the model has loaded and run: a click never waits for it
+                    generate = gr.Button(LOADING, variant="primary", elem_id="generate",
+                                         interactive=False)
                     cancel = gr.Button("Cancel", elem_id="cancel")
                 with gr.Accordion("Sampling", open=True):
                     frames = gr.Number(16, label=f"Frames ({low}-{high})", elem_id="frames")
@@ -412,6 +424,12 @@ def build_app(studio: Studio):
                     gr.update(value=d["steps"]), f"Model: {name}")
 
         model.change(on_model, model, [class_label, prompt, steps, status])
+
+        def when_ready():
+            studio.wait_ready()
+            return gr.update(value="Generate", interactive=True)
+
+        app.load(when_ready, None, generate, concurrency_limit=None, show_progress="hidden")
 
         def run(model, prompt, class_label, frames, sampler, steps, guidance, lambda_,
                 content_seed, content_lock, motion_seed, motion_lock, image, long_frames,
