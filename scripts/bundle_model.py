@@ -275,16 +275,16 @@ def main() -> None:
     folded = pipe.config.get("distilled_guidance_scale") is not None
     # a progressive student is tied to its DDIM and step count; a guidance student only to
     # guidance 1 (it runs any sampler at any step count, as its teacher did)
-    distilled = folded and pipe.config.get("distilled_steps") is not None
+    progressive = folded and pipe.config.get("distilled_steps") is not None
     if folded and args.guidance is not None:
         raise SystemExit("a distilled student samples with guidance 1, its guidance folded in: "
                          "drop --guidance")
-    if distilled and (args.scheduler or args.steps):
+    if progressive and (args.scheduler or args.steps):
         raise SystemExit("a progressive student ships as it was distilled (its DDIM, its "
                          "steps): drop --scheduler and --steps")
-    if not distilled:
+    if not progressive:
         args.scheduler, args.steps = args.scheduler or "ddpm", args.steps or 25
-    steps = pipe.config.distilled_steps if distilled else args.steps
+    steps = pipe.config.distilled_steps if progressive else args.steps
     flags = "".join(f" --{flag} {value}" for flag, value in (
         ("model", args.model if args.model != DEFAULT_MODEL else None),
         ("config-name", args.config_name if args.model != DEFAULT_MODEL else None),
@@ -299,7 +299,7 @@ def main() -> None:
             names = video_classes(data)
         pipe.register_to_config(class_names=resolve_class_names(names, pipe.num_classes))
         record["classes"] = pipe.class_names
-    if not distilled:
+    if not progressive:
         pipe.use_scheduler(args.scheduler)
         pipe.register_to_config(default_inference_steps=steps)
     if args.guidance is not None:

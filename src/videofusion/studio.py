@@ -178,7 +178,7 @@ class Studio:
         # workers) took 1.4x as long on 2 cores; one worker is also the queue
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-sampler")
         self._runs = 0
-        self.ready = threading.Event()  # set once the warm-up has run (or failed)
+        self._ready = threading.Event()  # set once the warm-up has run (or failed)
 
     def pipeline(self, name: str):
         """The pipeline of model ``name``, loaded once (a second caller waits for the first);
@@ -215,10 +215,12 @@ class Studio:
             self.generate(Request(name, self.defaults(name)["class_label"], frames=2, steps=1),
                           keep=False)
         finally:  # a failed warm-up shows its error at the first click instead
-            self.ready.set()
+            self._ready.set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        return self.ready.wait(timeout)
+        """Whether the warm-up is over, waiting for it up to ``timeout`` seconds (None: until
+        it is): the page enables Generate then."""
+        return self._ready.wait(timeout)
 
     def cancel(self) -> None:
         """Stop the running generation at its next denoising step (or clip)."""
