@@ -352,6 +352,8 @@ def test_the_distilled_folder_samples_n_steps_of_one_pass_each(runs, teacher_dir
     assert calls == [("base", 2), ("residual", 2)]  # what guidance costs undistilled
     with pytest.raises(ValueError, match="distilled with guidance 3 folded in"):
         pipe(class_labels=[1], num_frames=4, guidance_scale=2.0, progress=False)
+    with pytest.raises(ValueError, match="residual_guidance_scale: this model was distilled"):
+        pipe(class_labels=[1], num_frames=4, residual_guidance_scale=2.0, progress=False)
 
 
 def test_the_cli_refuses_a_second_guidance_and_info_says_distilled(runs, tmp_path, capsys):

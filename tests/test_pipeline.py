@@ -199,6 +199,10 @@ def test_fixed_base_noise_and_fixed_residual_noise():
         ({"class_labels": [1], "output_type": "gif"}, "output_type"),
         ({"class_labels": [1], "guidance_scale": None}, "guidance_scale must be a finite"),
         ({"class_labels": [1], "guidance_scale": float("nan")}, "guidance_scale must be a fin"),
+        ({"class_labels": [1], "residual_guidance_scale": float("inf")},
+         "residual_guidance_scale must be a finite"),
+        ({"class_labels": [1], "residual_guidance_scale": "2"},
+         "residual_guidance_scale must be a finite"),
     ],
 )
 def test_bad_arguments_give_one_clear_error(kwargs, match):

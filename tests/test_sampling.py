@@ -195,6 +195,43 @@ def test_guidance_is_applied_to_both_networks():
     assert torch.allclose(eps[0, 0, :, 0, 0], expected)
 
 
+@pytest.mark.parametrize(("residual_scale", "rhat"), [(None, 30.0), (3.0, 30.0), (1.0, 10.0),
+                                                     (2.0, 20.0), (0.0, 0.0)])
+def test_the_residual_generator_takes_its_own_guidance_scale(residual_scale, rhat):
+    """bhat is guided with guidance_scale, rhat with residual_guidance_scale (None: the same)."""
+    model = VideoFusionModel(LabelEcho(10.0), LabelEcho(1.0))
+    lambdas = make_lambdas(4, 0.5)
+    cond = Condition(class_labels=torch.tensor([1]), null_class_labels=torch.tensor([0]))
+    eps = guided_noise_prediction(model, torch.zeros(1, 1, 4, 2, 2), torch.tensor([5]),
+                                  torch.tensor([0.5]), lambdas, cond, guidance_scale=3.0,
+                                  residual_guidance_scale=residual_scale)
+    expected = lambdas.sqrt() * 3 + (1 - lambdas).sqrt() * rhat  # bhat = 0 + 3 (1 - 0) = 3
+    assert torch.allclose(eps[0, 0, :, 0, 0], expected)
+
+
+def test_residual_guidance_one_runs_the_residual_generator_once_per_video():
+    """The speed of guiding the base alone: the residual generator sees the batch once, with
+    the conditional labels and the guided bhat, while the base still runs both branches."""
+    seen = {}
+
+    class Recording(LabelEcho):
+        def __init__(self, name, scale):
+            super().__init__(scale)
+            self.name = name
+
+        def forward(self, x, timestep, class_labels=None, encoder_hidden_states=None):
+            seen[self.name] = (x.shape[0], class_labels.tolist())
+            return super().forward(x, timestep, class_labels, encoder_hidden_states)
+
+    model = VideoFusionModel(Recording("residual", 10.0), Recording("base", 1.0))
+    cond = Condition(class_labels=torch.tensor([1, 2]), null_class_labels=torch.tensor([0, 0]))
+    eps = guided_noise_prediction(model, torch.zeros(2, 1, 4, 2, 2), torch.tensor([5, 5]),
+                                  torch.tensor([0.5, 0.5]), make_lambdas(4, 1.0), cond,
+                                  guidance_scale=3.0, residual_guidance_scale=1.0)
+    assert seen == {"base": (4, [0, 0, 1, 2]), "residual": (2, [1, 2])}
+    assert eps[:, 0, 0, 0, 0].tolist() == [3.0, 6.0]  # lambda 1: epshat = guided bhat
+
+
 def test_guidance_without_a_null_condition_is_an_error():
     model = VideoFusionModel(LabelEcho(1.0), LabelEcho(1.0))
     with pytest.raises(ValueError, match="null condition"):

@@ -89,6 +89,7 @@ def iter_long_video(
     width: int | None = None,
     num_inference_steps: int = 50,
     guidance_scale: float = 1.0,
+    residual_guidance_scale: float | None = None,
     lambda_: float | None = None,
     generator: torch.Generator | None = None,
     base_noise: torch.Tensor | None = None,
@@ -108,8 +109,9 @@ def iter_long_video(
     check_clips(num_frames, clip_frames, overlap)
     plan = pipeline.plan(prompt, class_labels, num_frames=min(clip_frames, num_frames),
                          height=height, width=width, num_inference_steps=num_inference_steps,
-                         guidance_scale=guidance_scale, lambda_=lambda_, num_videos=num_videos,
-                         eta=eta, signal_leak=signal_leak, dtype=dtype)
+                         guidance_scale=guidance_scale,
+                         residual_guidance_scale=residual_guidance_scale, lambda_=lambda_,
+                         num_videos=num_videos, eta=eta, signal_leak=signal_leak, dtype=dtype)
     batch, channels, _, h, w = plan.latent_shape
     frame_shape = (batch, channels, h, w)
     if base_noise is None:

@@ -67,6 +67,7 @@ class SamplingPlan:
     key_frame: torch.Tensor | None = None  # (batch, channels, h, w), model space
     signal_leak: torch.Tensor | None = None  # (channels,): z_T's data mean, or pure noise
     dtype: torch.dtype = torch.float32  # the networks' forward passes (autocast); latents: fp32
+    residual_guidance_scale: float | None = None  # None: guidance_scale
 
     @property
     def batch(self) -> int:
@@ -230,21 +231,20 @@ class VideoFusionPipeline(DiffusionPipeline):
         return height, width
 
     def prepare_condition(self, prompt=None, class_labels=None, num_videos: int = 1,
-                          guidance_scale: float = 1.0) -> tuple[Condition, int]:
+                          guidance_scale: float = 1.0,
+                          residual_guidance_scale: float | None = None,
+                          ) -> tuple[Condition, int]:
         """Prompts and/or class labels -> the ``Condition`` of ``num_videos`` videos each, and the
         batch size. A label is an index or a class name (``class_names``). A model that accepts
         both (``class+text``) takes either alone: the missing one is filled with its null
         (dropped-condition) value."""
         accepts = self.conditioning
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                or not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number (1: no guidance; the "
-                             f"model's default is pipe.default_guidance), got {guidance_scale!r}")
-        folded = self.config.get("distilled_guidance_scale")
-        if folded is not None and guidance_scale != 1.0:
-            raise ValueError(f"guidance_scale: this model was distilled with guidance {folded:g} "
-                             f"folded in and samples with guidance 1 ({guidance_scale:g} would "
-                             "guide it a second time)")
+        scales = {"guidance_scale": guidance_scale}
+        if residual_guidance_scale is not None:
+            scales["residual_guidance_scale"] = residual_guidance_scale
+        for name, scale in scales.items():
+            self.check_guidance(name, scale)
+        guided = any(scale != 1.0 for scale in scales.values())
         if prompt is not None and not accepts.text:
             raise ValueError("this model is not text-conditioned: it takes no prompt")
         if class_labels is not None and not accepts.classes:
@@ -255,8 +255,8 @@ class VideoFusionPipeline(DiffusionPipeline):
                                          (("prompt", accepts.text),
                                           ("class_labels", accepts.classes)) if used)
                 raise ValueError(f"this model is conditioned: pass {wanted}")
-            if guidance_scale != 1.0:
-                raise ValueError("guidance_scale needs a class- or text-conditioned model")
+            if guided:
+                raise ValueError("guidance needs a class- or text-conditioned model")
             return Condition(), num_videos
         labels = None
         if class_labels is not None:
@@ -291,6 +291,19 @@ class VideoFusionPipeline(DiffusionPipeline):
                 condition.encoder_hidden_states)
         return condition, count * num_videos
 
+    def check_guidance(self, name: str, scale) -> None:
+        """Refuse a guidance scale that is not a finite number, or that would guide a
+        guidance-distilled model a second time."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                or not math.isfinite(scale):
+            raise ValueError(f"{name} must be a finite number (1: no guidance; the model's "
+                             f"default is pipe.default_guidance), got {scale!r}")
+        folded = self.config.get("distilled_guidance_scale")
+        if folded is not None and scale != 1.0:
+            raise ValueError(f"{name}: this model was distilled with guidance {folded:g} folded "
+                             f"in and samples with guidance 1 ({scale:g} would guide it a "
+                             "second time)")
+
     @torch.no_grad()
     def plan(
         self,
@@ -302,6 +315,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
         guidance_scale: float = 1.0,
+        residual_guidance_scale: float | None = None,
         lambda_: float | list[float] | None = None,
         num_videos: int = 1,
         eta: float = 0.0,
@@ -315,7 +329,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         dtype = resolve_dtype(dtype)
         height, width = self.check_inputs(height, width, num_videos)
         condition, batch = self.prepare_condition(prompt, class_labels, num_videos,
-                                                  guidance_scale)
+                                                  guidance_scale, residual_guidance_scale)
         lambdas = self.model.lambdas(num_frames, self.config.default_lambda if lambda_ is None
                                      else lambda_)
         factor = self.vae_scale_factor
@@ -324,7 +338,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         key_frame = None if image is None else self.encode_image(image, batch, height, width)
         return SamplingPlan(height, width, shape, lambdas, condition, guidance_scale,
                             num_inference_steps, eta, key_frame, self.signal_leak(signal_leak),
-                            dtype)
+                            dtype, residual_guidance_scale)
 
     def prepare_latents(self, plan: SamplingPlan, generator: torch.Generator | None = None,
                         base_noise: torch.Tensor | None = None,
@@ -349,7 +363,9 @@ class VideoFusionPipeline(DiffusionPipeline):
         """z_T -> z_0 (``sampling.sample_decomposed``); ``before_step`` is its hook."""
         return sample_decomposed(
             self.model, self.scheduler, latents, fresh_noise, condition=plan.condition,
-            guidance_scale=plan.guidance_scale, eta=plan.eta, key_frame=plan.key_frame,
+            guidance_scale=plan.guidance_scale,
+            residual_guidance_scale=plan.residual_guidance_scale, eta=plan.eta,
+            key_frame=plan.key_frame,
             before_step=before_step, progress=progress, dtype=plan.dtype,
         )
 
@@ -389,6 +405,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         image=None,
         signal_leak: bool = True,
         dtype: str | torch.dtype | None = None,
+        residual_guidance_scale: float | None = None,
     ) -> VideoFusionPipelineOutput | tuple:
         """Generate videos. ``num_videos`` per prompt/label (or in all, when unconditional).
 
@@ -402,9 +419,12 @@ class VideoFusionPipeline(DiffusionPipeline):
         its training data's mean (``signal_leak_mean``; ``initial_latents`` says why).
         ``dtype`` (``"fp16"``, ``"bf16"`` or a torch dtype) runs the networks under autocast;
         the latents and the scheduler stay fp32 (``sample_decomposed``).
+        ``residual_guidance_scale`` guides the residual generator with a scale of its own
+        (``None``: ``guidance_scale``; ``sampling.guided_noise_prediction``).
         """
         plan = self.plan(prompt, class_labels, num_frames=num_frames, height=height, width=width,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                         residual_guidance_scale=residual_guidance_scale,
                          lambda_=lambda_, num_videos=num_videos, eta=eta, image=image,
                          signal_leak=signal_leak, dtype=dtype)
         frames = self.generate(plan, generator, base_noise, residual_noise, output_type, progress)

@@ -39,6 +39,7 @@ def guided_noise_prediction(
     condition: Condition,
     guidance_scale: float = 1.0,
     key_frame: torch.Tensor | None = None,
+    residual_guidance_scale: float | None = None,
 ) -> torch.Tensor:
     """epshat with classifier-free guidance applied to each network in turn (spec §4).
 
@@ -47,29 +48,34 @@ def guided_noise_prediction(
     The guided bhat is removed from the residual input, so both passes of the residual generator
     see the same z'. A known ``key_frame`` ``(B, C, H, W)`` replaces bhat by the base noise it
     implies (:func:`implied_base_noise`); the base generator is then not run.
+
+    ``residual_guidance_scale`` guides the residual generator with a scale of its own (``None``:
+    ``guidance_scale``, the paper's one scale for both). Beyond the paper: the base generator
+    draws the content, so guiding it alone keeps the prompt, and a residual scale of 1 skips the
+    residual generator's unconditional pass, the costlier of the two networks.
     """
-    guide = guidance_scale != 1.0
-    cond = condition.for_guidance() if guide else condition.plain()
+    if residual_guidance_scale is None:
+        residual_guidance_scale = guidance_scale
 
-    def doubled(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, x]) if guide else x
+    def guided(run: Callable[..., torch.Tensor], x: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        """``run(x, t, alpha_bar, copies, condition)`` under guidance ``scale``."""
+        if scale == 1.0:
+            return run(x, timestep, alpha_bar, 1, condition.plain())
+        twice = [torch.cat([v, v]) for v in (x, timestep, alpha_bar)]  # (2B, ...), null first
+        uncond, conditional = run(*twice, 2, condition.for_guidance()).chunk(2)
+        return uncond + scale * (conditional - uncond)
 
-    def guided(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        if not guide:
-            return run(x)
-        uncond, conditional = run(doubled(x)).chunk(2)
-        return uncond + guidance_scale * (conditional - uncond)
-
-    t, a = doubled(timestep), doubled(alpha_bar)  # (B,) or (2B,)
     base = None
     if key_frame is not None:
         base = implied_base_noise(z_t, key_frame, alpha_bar)  # (B, C, H, W)
     elif not model.is_baseline:
-        base = guided(lambda x: model.predict_base(x, t, **cond), z_t)  # (B, C, H, W)
+        base = guided(lambda x, t, a, n, cond: model.predict_base(x, t, **cond), z_t,
+                      guidance_scale)  # (B, C, H, W)
     residual = guided(
-        lambda x: model.predict_residual(x, None if base is None else doubled(base), t, a,
-                                         lambdas, **cond),
-        z_t,
+        lambda x, t, a, n, cond: model.predict_residual(
+            x, None if base is None else torch.cat([base] * n), t, a, lambdas, **cond),
+        z_t, residual_guidance_scale,
     )  # (B, C, F, H, W)
     if base is None:
         return residual
@@ -143,6 +149,7 @@ def sample_decomposed(
     *,
     condition: Condition | None = None,
     guidance_scale: float = 1.0,
+    residual_guidance_scale: float | None = None,
     eta: float = 0.0,
     key_frame: torch.Tensor | None = None,
     before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
@@ -172,6 +179,9 @@ def sample_decomposed(
     steps renew the base. The returned key frame is the image itself (schedulers whose last
     step stops short of abar = 1 would leave a trace of noise).
 
+    ``residual_guidance_scale``: the residual generator's own guidance
+    (``guided_noise_prediction``).
+
     ``dtype`` float16 or bfloat16 runs the networks' forward passes under autocast, for speed
     on a GPU; the latents, epshat and the scheduler's arithmetic stay in the latents' dtype,
     where rounding would add up over the steps.
@@ -183,7 +193,7 @@ def sample_decomposed(
         key_frame = key_frame.to(latents)
     predict = partial(guided_noise_prediction, model, lambdas=lambdas,
                       condition=condition or Condition(), guidance_scale=guidance_scale,
-                      key_frame=key_frame)
+                      residual_guidance_scale=residual_guidance_scale, key_frame=key_frame)
     step = noise_injecting_step(scheduler, eta)
     batch = latents.shape[0]
     z = latents

@@ -84,6 +84,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", "--guidance", type=float_range(0),
                    help="classifier-free guidance; default: the model's own "
                         "(default_guidance_scale), else 2 for conditional models, else 1")
+    p.add_argument("--residual-guidance-scale", "--residual-guidance", type=float_range(0),
+                   help="model: guidance of the residual generator alone; default: the same "
+                        "as --guidance-scale")
     p.add_argument("--lambda", dest="lambda_", type=float_range(0, 1), metavar="LAMBDA",
                    help="model: share of the noise common to the clip; default: the trained "
                         "value")

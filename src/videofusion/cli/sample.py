@@ -52,6 +52,10 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
                    help="classifier-free guidance scale; default: the model's own "
                         "(default_guidance_scale in model_index.json), else 2 for conditional "
                         "models, else 1")
+    p.add_argument("--residual-guidance", type=float_range(0),
+                   help="guidance of the residual generator alone (docs/method.md, "
+                        "'Guidance'); default: the same as --guidance. 1 skips its "
+                        "unconditional pass")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--base-seed", type=SEED, help="one base noise for all videos (same content)")
     p.add_argument("--residual-seed", type=SEED,
@@ -113,6 +117,7 @@ def run_sample(args: argparse.Namespace) -> int:
     guidance = args.guidance if args.guidance is not None else pipe.default_guidance
     settings = dict(num_frames=args.frames, height=args.resolution, width=args.resolution,
                     num_inference_steps=args.steps or pipe.default_steps, guidance_scale=guidance,
+                    residual_guidance_scale=args.residual_guidance,
                     lambda_=args.lambda_, eta=args.eta, signal_leak=args.signal_leak,
                     dtype=args.dtype)
     out = Path(args.out)

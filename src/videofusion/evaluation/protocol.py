@@ -65,6 +65,7 @@ class EvalProtocol:
     class_labels: tuple[int, ...] | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    residual_guidance_scale: float | None = None  # None: guidance_scale
     lambda_: float | None = None
     scheduler: str | None = None
     eta: float = 0.0  # DDIM's share of fresh noise (0: deterministic, 1: DDPM-like)

@@ -106,8 +106,9 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
             )
             plan = pipe.plan(**condition, num_frames=num_frames, height=size, width=size,
                              num_inference_steps=steps,
-                             guidance_scale=guidance_scale, lambda_=protocol.lambda_,
-                             eta=protocol.eta,
+                             guidance_scale=guidance_scale,
+                             residual_guidance_scale=protocol.residual_guidance_scale,
+                             lambda_=protocol.lambda_, eta=protocol.eta,
                              signal_leak=protocol.signal_leak, dtype=protocol.dtype)
             _, latent_channels, _, h, w = plan.latent_shape  # (batch, C, frames, h, w)
             # z_T drawn video by video, so a video does not depend on the batch size; a
@@ -127,6 +128,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
             bar.update(stop - start)
     sampling = {"num_inference_steps": steps,
                 "guidance_scale": guidance_scale,
+                "residual_guidance_scale": plan.residual_guidance_scale,
                 "scheduler": type(pipe.scheduler).__name__, "eta": protocol.eta,
                 "sample_size": size,
                 "channels": channels, "seed": seed,
