@@ -43,7 +43,8 @@ def long_video_seam_of(args, labels: list[int], frames: int = 40, clip: int = 16
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
     chunks = list(iter_long_video(pipe, frames, clip, overlap, class_labels=labels,
                                   num_inference_steps=args.steps, guidance_scale=guidance,
-                                  num_videos=1, progress=False,
+                                  residual_guidance_scale=args.residual_guidance,
+                                  lambda_=args.lambda_, num_videos=1, progress=False,
                                   generator=torch.Generator().manual_seed(args.seed)))
     videos = np.concatenate(chunks, axis=1)  # (batch, frames, H, W, C)
     return {"videos": len(labels), "frames": frames, "clip_frames": clip, "overlap": overlap,
@@ -70,6 +71,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float)
+    p.add_argument("--residual-guidance", type=float, help="default: the same as --guidance")
+    p.add_argument("--lambda", dest="lambda_", type=float, help="default: the trained value")
     p.add_argument("--scheduler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conditions", default="class,text")
@@ -81,7 +84,8 @@ def main() -> None:
     digits = args.real is None
     num_videos = len(real.videos)
     report = {"model": args.model_dir, "real_set": real.description, "steps": args.steps,
-              "guidance": args.guidance, "scheduler": args.scheduler, "seed": args.seed,
+              "guidance": args.guidance, "residual_guidance": args.residual_guidance,
+              "lambda": args.lambda_, "scheduler": args.scheduler, "seed": args.seed,
               "num_videos": num_videos}
     report["real"] = coherence_metrics(real.videos, digits=digits)
     print("real", json.dumps(report["real"]))
@@ -92,6 +96,8 @@ def main() -> None:
         start = time.perf_counter()
         protocol = EvalProtocol(num_videos=num_videos, num_frames=args.frames, seed=args.seed,
                                 num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                residual_guidance_scale=args.residual_guidance,
+                                lambda_=args.lambda_,
                                 condition=condition, scheduler=args.scheduler,
                                 class_labels=labels)
         fake = sample_model(args.model_dir, protocol, "cpu", progress=False,

@@ -42,9 +42,10 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
 
 
 def seconds_per_video(pipe, scheduler: str | None, steps: int, guidance: float,
-                      repeats: int) -> float:
+                      repeats: int, residual_guidance: float | None = None) -> float:
     pipe.use_scheduler(scheduler)
-    kwargs = {"class_labels": [3], "num_inference_steps": steps, "guidance_scale": guidance}
+    kwargs = {"class_labels": [3], "num_inference_steps": steps, "guidance_scale": guidance,
+              "residual_guidance_scale": residual_guidance}
     pipe(**kwargs, generator=torch.Generator().manual_seed(0))  # warm-up
     times = []
     for seed in range(repeats):
@@ -82,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--student", action="append", default=[], metavar="DIR",
                    help="a distilled folder, sampled with its own scheduler, steps and guidance")
     p.add_argument("--guidance", type=float, help="default: the model's")
+    p.add_argument("--residual-guidance", type=float,
+                   help="the residual generator's own guidance (default: --guidance)")
     p.add_argument("--conditions", default="class,text")
     p.add_argument("--num-videos", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
@@ -110,15 +113,18 @@ def main(argv=None) -> int:
         settings.append((folder, student, None, student.default_steps, 1.0))
     rows = []
     for folder, model, scheduler, steps, scale in settings:
+        residual = None if model is not pipe else args.residual_guidance
         row = {"model": str(folder), "scheduler": scheduler or "own", "steps": steps,
-               "guidance": scale, "threads": torch.get_num_threads(),
+               "guidance": scale, "residual_guidance": residual,
+               "threads": torch.get_num_threads(),
                "seconds_per_video": round(seconds_per_video(model, scheduler, steps, scale,
-                                                            args.repeats), 3)}
+                                                            args.repeats, residual), 3)}
         for condition in args.conditions.split(","):
             report = evaluate("moving-digits", folder, metrics="fvd,content,coherence",
                               num_videos=args.num_videos, num_inference_steps=steps,
                               scheduler=scheduler, guidance_scale=scale,
-                              condition=condition, seed=args.seed, progress=False)
+                              residual_guidance_scale=residual, condition=condition,
+                              seed=args.seed, progress=False)
             row[condition] = report["metrics"]
         rows.append(row)
         print(json.dumps(row), flush=True)
