@@ -65,6 +65,7 @@ CASES = [
     (TRAIN + ["--base-from", "{tmp}/no_unet"], "no_unet"),
     # sample: numbers
     (SAMPLE + ["--guidance", "nan"], "finite"),
+    (SAMPLE + ["--residual-guidance", "-1"], "--residual-guidance"),
     (SAMPLE + ["--eta", "inf"], "finite"),
     (SAMPLE + ["--eta", "-0.5"], "--eta"),
     (SAMPLE + ["--lambda", "2"], "--lambda"),
@@ -105,6 +106,7 @@ CASES = [
     (EVAL + ["--num-frames", "0"], "--num-frames"),
     (EVAL + ["--batch-size", "-1"], "--batch-size"),
     (EVAL + ["--guidance", "nan"], "finite"),
+    (EVAL + ["--residual-guidance", "inf"], "finite"),
     (EVAL + ["--steps", "0"], "steps"),
     (EVAL + ["--seed", "-1"], "seed"),
     (EVAL + ["--metrics", "bogus"], "bogus"),

@@ -61,6 +61,19 @@ def test_sample_guides_with_the_models_default_unless_told(model_dir, tmp_path, 
     assert used == [2.0, 3.0, 1.5]
 
 
+def test_sample_passes_the_residual_guidance_on(model_dir, tmp_path, monkeypatch):
+    used = []
+    call = VideoFusionPipeline.plan
+    monkeypatch.setattr(VideoFusionPipeline, "plan", lambda self, *a, **kw: (
+        used.append((kw["guidance_scale"], kw["residual_guidance_scale"])),
+        call(self, *a, **kw))[1])
+    common = ["--class-label", "1", "--frames", "4", "--steps", "1", "--out", str(tmp_path / "o")]
+    for extra in ([], ["--residual-guidance", "1"],
+                  ["--guidance", "3", "--residual-guidance", "2"]):
+        assert main(["sample", "--model-dir", str(model_dir), *common, *extra]) == 0
+    assert used == [(2.0, None), (2.0, 1.0), (3.0, 2.0)]
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "euler"])
 def test_fixed_base_and_residual_seeds_give_identical_videos(model_dir, tmp_path, scheduler):
     from videofusion.video_io import read_video
