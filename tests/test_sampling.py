@@ -232,6 +232,30 @@ def test_residual_guidance_one_runs_the_residual_generator_once_per_video():
     assert eps[:, 0, 0, 0, 0].tolist() == [3.0, 6.0]  # lambda 1: epshat = guided bhat
 
 
+def test_the_sampler_passes_the_residual_guidance_scale_to_every_step():
+    """One DDIM step from z_T = 0 with label-echo networks: epshat is the guided mix of both
+    networks' constants, so the returned z_0 tells which residual scale the step used."""
+    model = VideoFusionModel(LabelEcho(10.0), LabelEcho(1.0))
+    lambdas = make_lambdas(4, 0.5)
+    cond = Condition(class_labels=torch.tensor([1]), null_class_labels=torch.tensor([0]))
+
+    scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=True,
+                              timestep_spacing="trailing")
+    scheduler.set_timesteps(1)
+    abar = scheduler.alphas_cumprod[scheduler.timesteps[0]]
+
+    def run(residual_scale):
+        return sample_decomposed(model, scheduler, torch.zeros(1, 1, 4, 2, 2),
+                                 FreshNoise(lambdas, torch.Generator().manual_seed(0)),
+                                 condition=cond, guidance_scale=3.0,
+                                 residual_guidance_scale=residual_scale)
+
+    for scale, rhat in ((None, 30.0), (1.0, 10.0)):
+        eps = lambdas.sqrt() * 3 + (1 - lambdas).sqrt() * rhat  # bhat 3, as guided
+        x0 = -(1 - abar).sqrt() * eps / abar.sqrt()  # DDIM's last step to abar = 1
+        assert torch.allclose(run(scale)[0, 0, :, 0, 0], x0, rtol=1e-4), scale
+
+
 def test_guidance_without_a_null_condition_is_an_error():
     model = VideoFusionModel(LabelEcho(1.0), LabelEcho(1.0))
     with pytest.raises(ValueError, match="null condition"):
