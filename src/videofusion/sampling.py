@@ -50,9 +50,10 @@ def guided_noise_prediction(
     implies (:func:`implied_base_noise`); the base generator is then not run.
 
     ``residual_guidance_scale`` guides the residual generator with a scale of its own (``None``:
-    ``guidance_scale``, the paper's one scale for both). Beyond the paper: the base generator
-    draws the content, so guiding it alone keeps the prompt, and a residual scale of 1 skips the
-    residual generator's unconditional pass, the costlier of the two networks.
+    ``guidance_scale``, the paper's one scale for both). Beyond the paper, to ask which network
+    carries the prompt into the clip: a residual scale of 1 skips the residual generator's
+    unconditional pass, the costlier of the two, and on the shipped model loses the digit in a
+    quarter of the class-prompted frames (``docs/results.md``, "Few-step sampling").
     """
     if residual_guidance_scale is None:
         residual_guidance_scale = guidance_scale

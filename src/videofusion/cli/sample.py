@@ -53,9 +53,8 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
                         "(default_guidance_scale in model_index.json), else 2 for conditional "
                         "models, else 1")
     p.add_argument("--residual-guidance", type=float_range(0),
-                   help="guidance of the residual generator alone (docs/method.md, "
-                        "'Guidance'); default: the same as --guidance. 1 skips its "
-                        "unconditional pass")
+                   help="guidance of the residual generator alone (docs/method.md, §7); "
+                        "default: the same as --guidance. 1 skips its unconditional pass")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--base-seed", type=SEED, help="one base noise for all videos (same content)")
     p.add_argument("--residual-seed", type=SEED,
