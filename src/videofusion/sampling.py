@@ -57,27 +57,35 @@ def guided_noise_prediction(
     """
     if residual_guidance_scale is None:
         residual_guidance_scale = guidance_scale
+    # the networks' other inputs for 1 copy of the batch, or 2 (null first), made once
+    inputs = {1: (timestep, alpha_bar, condition.plain())}
+    if guidance_scale != 1.0 or residual_guidance_scale != 1.0:
+        inputs[2] = (torch.cat([timestep, timestep]), torch.cat([alpha_bar, alpha_bar]),
+                     condition.for_guidance())  # (2B,)
 
-    def guided(run: Callable[..., torch.Tensor], x: torch.Tensor,
+    def guided(run: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor,
                scale: float) -> torch.Tensor:
-        """``run(x, t, alpha_bar, copies, condition)`` under guidance ``scale``."""
+        """``run(x, copies)`` under guidance ``scale``."""
         if scale == 1.0:
-            return run(x, timestep, alpha_bar, 1, condition.plain())
-        twice = [torch.cat([v, v]) for v in (x, timestep, alpha_bar)]  # (2B, ...), null first
-        uncond, conditional = run(*twice, 2, condition.for_guidance()).chunk(2)
+            return run(x, 1)
+        uncond, conditional = run(torch.cat([x, x]), 2).chunk(2)
         return uncond + scale * (conditional - uncond)
+
+    def base_pass(x: torch.Tensor, copies: int) -> torch.Tensor:
+        t, _, cond = inputs[copies]
+        return model.predict_base(x, t, **cond)
+
+    def residual_pass(x: torch.Tensor, copies: int) -> torch.Tensor:
+        t, a, cond = inputs[copies]
+        return model.predict_residual(x, None if base is None else torch.cat([base] * copies),
+                                      t, a, lambdas, **cond)
 
     base = None
     if key_frame is not None:
         base = implied_base_noise(z_t, key_frame, alpha_bar)  # (B, C, H, W)
     elif not model.is_baseline:
-        base = guided(lambda x, t, a, n, cond: model.predict_base(x, t, **cond), z_t,
-                      guidance_scale)  # (B, C, H, W)
-    residual = guided(
-        lambda x, t, a, n, cond: model.predict_residual(
-            x, None if base is None else torch.cat([base] * n), t, a, lambdas, **cond),
-        z_t, residual_guidance_scale,
-    )  # (B, C, F, H, W)
+        base = guided(base_pass, z_t, guidance_scale)  # (B, C, H, W)
+    residual = guided(residual_pass, z_t, residual_guidance_scale)  # (B, C, F, H, W)
     if base is None:
         return residual
     if key_frame is not None:  # the key frame is known: nothing to correct
