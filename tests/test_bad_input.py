@@ -47,6 +47,7 @@ CASES = [
     (TRAIN + ["--beta-start", "0.5", "--beta-end", "0.1"], "beta_start"),
     (TRAIN + ["--max-grad-norm", "0"], "max_grad_norm"),
     (TRAIN + ["--snr-gamma=-inf"], "finite"),
+    (TRAIN + ["--base-teacher-forcing", "2"], "base_teacher_forcing"),
     (TRAIN + ["--sample-guidance", "nan"], "finite"),
     (TRAIN + ["--max-steps", "0"], "max_steps"),
     (TRAIN + ["--checkpoint-every", "0"], "checkpoint_every"),

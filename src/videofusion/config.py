@@ -123,6 +123,10 @@ class TrainConfig:
                                           "must build the same networks")
     freeze_base: bool = setting(False, "ablation: the base generator gets no gradient in stage 2")
     stop_gradient: bool = setting(True, "ablation: non-key frames also train the base generator")
+    base_teacher_forcing: float = setting(0.0, "beyond the paper: the share of clips whose "
+                                               "residual generator sees the true base noise "
+                                               "instead of bhat, as in image-to-video "
+                                               "(default 0)")
     max_steps: int = setting(10_000, "stage 2 (joint training) optimizer steps")
     # videofusion.distillation: progressive distillation instead of the two stages
     distill_from: str | None = setting(None, "distil this VideoFusionPipeline folder into a "
@@ -310,6 +314,10 @@ class TrainConfig:
                  and not self.freeze_base,
                  "the VDM baseline has no base generator: drop --base-pretrain-steps, "
                  "--base-from and --freeze-base")
+        need(0 <= self.base_teacher_forcing <= 1,
+             f"base_teacher_forcing must be in [0, 1], got {self.base_teacher_forcing}")
+        need(self.base_teacher_forcing == 0 or self.model != "vdm",
+             "the VDM baseline has no base noise to force: drop --base-teacher-forcing")
         if self.base_from_scratch:
             need(self.base_pretrain_steps == 0 and self.base_from is None,
                  "--base-from-scratch skips stage 1: it cannot go with --base-pretrain-steps "

@@ -36,6 +36,7 @@ def diffusion_loss(
     freeze_base: bool = False,
     weighting: str = "epsilon",
     snr_gamma: float = 5.0,
+    base_teacher_forcing: float = 0.0,
 ) -> Loss:
     """Loss of spec §3 for a batch ``video`` ``(B, C, F, H, W)`` in the model's space.
 
@@ -43,11 +44,21 @@ def diffusion_loss(
     are zeros and this is the standard video diffusion loss. ``weighting`` other than
     ``epsilon`` re-weights each clip by its timestep (``loss_weights``), a departure from the
     spec's plain average; ``per_frame`` stays unweighted.
+
+    ``base_teacher_forcing`` (beyond the paper) is the chance of each clip that the residual
+    generator sees the true base noise instead of bhat. The key frame's noise is all base
+    (lambda^k = 1), so b is the key frame's slot of the drawn noise; those clips train the
+    residual generator as image-to-video samples it, with the key frame known exactly.
     """
     z_t, timesteps, alpha_bar, noise = noised_clips(video, alphas_cumprod, lambdas, generator)
+    forcing = {}
+    if base_teacher_forcing > 0:
+        draw = torch.rand(video.shape[0], generator=generator, device=alphas_cumprod.device)
+        forcing = {"base_noise": noise[:, :, key_frame_index(video.shape[2])],
+                   "teacher_forced": (draw < base_teacher_forcing).to(video.device)}
     prediction = model(z_t, timesteps, alpha_bar, lambdas, class_labels=class_labels,
                        encoder_hidden_states=encoder_hidden_states,
-                       stop_gradient=stop_gradient, freeze_base=freeze_base)
+                       stop_gradient=stop_gradient, freeze_base=freeze_base, **forcing)
     return noise_regression(prediction, noise, alpha_bar, weighting, snr_gamma)
 
 

@@ -413,7 +413,8 @@ class Trainer:
                                  self.lambdas, generator=noise_gen,
                                  stop_gradient=config.stop_gradient,
                                  freeze_base=config.freeze_base, weighting=config.loss_weighting,
-                                 snr_gamma=config.snr_gamma, **cond)
+                                 snr_gamma=config.snr_gamma,
+                                 base_teacher_forcing=config.base_teacher_forcing, **cond)
         k = key_frame_index(config.frames)
         per_frame = out.per_frame.detach()
         others = torch.cat([per_frame[:, :k], per_frame[:, k + 1:]], dim=1)

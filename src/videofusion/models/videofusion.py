@@ -131,12 +131,16 @@ class VideoFusionModel(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         stop_gradient: bool = True,
         freeze_base: bool = False,
+        base_noise: torch.Tensor | None = None,
+        teacher_forced: torch.Tensor | None = None,
     ) -> NoisePrediction:
         """epshat for a noisy clip (spec §3). ``timestep``, ``alpha_bar``: ``(B,)``.
 
         With ``stop_gradient`` the base generator gets gradient only through the key frame; the
         other frames (and the residual input) see ``stop_gradient(bhat)``. ``freeze_base`` gives
-        it none at all.
+        it none at all. For the clips marked ``teacher_forced`` ``(B,)`` the other frames see the
+        true ``base_noise`` b ``(B, C, H, W)`` instead of bhat, as in image-to-video where a
+        known key frame fixes b (beyond the paper: ``TrainConfig.base_teacher_forcing``).
         """
         num_frames = z_t.shape[2]
         if lambdas.numel() != num_frames:
@@ -152,6 +156,9 @@ class VideoFusionModel(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_base):
             bhat = self.predict_base(z_t, timestep, **cond)
         bhat_others = bhat.detach() if stop_gradient else bhat
+        if teacher_forced is not None:
+            forced = teacher_forced.view(-1, 1, 1, 1)
+            bhat_others = torch.where(forced, base_noise.to(bhat_others), bhat_others)
         rhat = self.predict_residual(z_t, bhat_others, timestep, alpha_bar, lambdas, **cond)
         if self.key_frame_correction:
             # the base generator learns from its own image loss (objective), not through rhat^k
