@@ -1,9 +1,12 @@
 """Where a class-prompted clip changes colour: frame by frame, and when its key frame is given.
 
-    python scripts/colour_by_frame.py [MODEL_DIR] [--num-videos 32] [--out FILE]
+    python scripts/colour_by_frame.py [MODEL_DIR] [--num-videos 32] [--guidance W] [--steps N]
+        [--out FILE]
 
 Samples ``--num-videos`` class-prompted videos of a moving-digits model folder at its default
-sampler and guidance (the coherence probe's protocol, seed 0), then samples them again by
+sampler, steps and guidance unless given (the coherence probe's protocol, seed 0; a run's
+``pipeline/`` folder records no defaults, so compare it with a bundled model at the bundled
+model's ``--guidance 4 --steps 25``), then samples them again by
 image-to-video from each one's own key frame, same labels. For each set it prints the mean
 |colour - the clip's median colour| at every frame position (the key frame is frame
 ``frames // 2``), the sorted colour deviation per clip, and the coherence metrics.
@@ -46,22 +49,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR)
     p.add_argument("--num-videos", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="default: the folder's")
+    p.add_argument("--steps", type=int, help="default: the folder's")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    protocol = EvalProtocol(num_videos=args.num_videos, seed=args.seed, condition="class")
+    pipe = load_pipeline(args.model_dir)
+    guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    steps = pipe.default_steps if args.steps is None else args.steps
+    protocol = EvalProtocol(num_videos=args.num_videos, seed=args.seed, condition="class",
+                            guidance_scale=guidance, num_inference_steps=steps)
     sampled = sample_model(args.model_dir, protocol, progress=False)
     videos, labels = sampled.videos, list(sampled.class_labels)  # (batch, frames, H, W, C) uint8
     report = {"model": args.model_dir, "num_videos": args.num_videos, "seed": args.seed,
-              "sampled": colour_report(videos)}
+              "guidance_scale": guidance, "num_inference_steps": steps,
+              "scheduler": type(pipe.scheduler).__name__, "sampled": colour_report(videos)}
     print("sampled", json.dumps(report["sampled"]))
-    pipe = load_pipeline(args.model_dir)
     key_frames = videos[:, videos.shape[1] // 2]  # (batch, H, W, C)
     again = []
     for start in range(0, len(videos), BATCH):
         stop = start + BATCH
         again.append(pipe(class_labels=labels[start:stop], image=list(key_frames[start:stop]),
-                          num_frames=videos.shape[1], num_inference_steps=pipe.default_steps,
-                          guidance_scale=pipe.default_guidance, progress=False,
+                          num_frames=videos.shape[1], num_inference_steps=steps,
+                          guidance_scale=guidance, progress=False,
                           generator=torch.Generator().manual_seed(args.seed + 1 + start)).frames)
     again = (np.concatenate(again) * 255).round().astype(np.uint8)
     report["from_own_key_frame"] = colour_report(again)
