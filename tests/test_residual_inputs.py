@@ -139,3 +139,12 @@ def test_a_teacher_forced_clip_combines_the_true_base_and_keeps_the_base_generat
         torch.testing.assert_close(out.noise[1, :, i], s * bhat[1])
     assert lambdas[k] == 1
     torch.testing.assert_close(out.base, bhat)  # the base generator still learns from its own
+
+
+def test_teacher_forcing_needs_both_the_mask_and_the_base_noise():
+    import pytest
+    model = VideoFusionModel(Recorder(3), tiny_base(), residual_input="key_frame_estimate")
+    z = torch.zeros(1, 3, 4, 8, 8)
+    with pytest.raises(ValueError, match="go together"):
+        model(z, torch.tensor([5]), torch.tensor([0.5]), make_lambdas(4, 0.5),
+              teacher_forced=torch.tensor([True]))

@@ -156,6 +156,8 @@ class VideoFusionModel(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_base):
             bhat = self.predict_base(z_t, timestep, **cond)
         bhat_others = bhat.detach() if stop_gradient else bhat
+        if (teacher_forced is None) != (base_noise is None):
+            raise ValueError("teacher_forced and base_noise go together")
         if teacher_forced is not None:
             forced = teacher_forced.view(-1, 1, 1, 1)
             bhat_others = torch.where(forced, base_noise.to(bhat_others), bhat_others)
