@@ -145,7 +145,7 @@ def test_teacher_forcing_needs_both_the_mask_and_the_base_noise():
     import pytest
     model = VideoFusionModel(Recorder(3), tiny_base(), residual_input="key_frame_estimate")
     z = torch.zeros(1, 3, 4, 8, 8)
-    with pytest.raises(ValueError, match="go together"):
+    with pytest.raises(ValueError, match="^teacher_forced and base_noise go together$"):
         model(z, torch.tensor([5]), torch.tensor([0.5]), make_lambdas(4, 0.5),
               teacher_forced=torch.tensor([True]))
 
