@@ -1,13 +1,13 @@
 """Where a class-prompted clip changes colour: frame by frame, and when its key frame is given.
 
     python scripts/colour_by_frame.py [MODEL_DIR] [--num-videos 32] [--guidance W] [--steps N]
-        [--out FILE]
+        [--scheduler NAME] [--out FILE]
 
 Samples ``--num-videos`` class-prompted videos of a moving-digits model folder at its default
 sampler, steps and guidance unless given (the coherence probe's protocol, seed 0; a run's
-``pipeline/`` folder records no defaults, so compare it with a bundled model at the bundled
-model's ``--guidance 4 --steps 25``), then samples them again by
-image-to-video from each one's own key frame, same labels. For each set it prints the mean
+``pipeline/`` folder records no defaults and keeps its training scheduler, DDIM, so compare it
+with the bundled model at its ``--scheduler ddpm --guidance 4 --steps 25``), then samples them
+again by image-to-video from each one's own key frame, same labels. For each set it prints the mean
 |colour - the clip's median colour| at every frame position (the key frame is frame
 ``frames // 2``), the sorted colour deviation per clip, and the coherence metrics.
 
@@ -51,13 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="default: the folder's")
     p.add_argument("--steps", type=int, help="default: the folder's")
+    p.add_argument("--scheduler", help="default: the folder's")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    pipe = load_pipeline(args.model_dir)
+    pipe = load_pipeline(args.model_dir).use_scheduler(args.scheduler)
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
     steps = pipe.default_steps if args.steps is None else args.steps
     protocol = EvalProtocol(num_videos=args.num_videos, seed=args.seed, condition="class",
-                            guidance_scale=guidance, num_inference_steps=steps)
+                            guidance_scale=guidance, num_inference_steps=steps,
+                            scheduler=args.scheduler)
     sampled = sample_model(args.model_dir, protocol, progress=False)
     videos, labels = sampled.videos, list(sampled.class_labels)  # (batch, frames, H, W, C) uint8
     report = {"model": args.model_dir, "num_videos": args.num_videos, "seed": args.seed,
