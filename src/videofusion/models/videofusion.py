@@ -153,11 +153,11 @@ class VideoFusionModel(nn.Module):
                 )
             rhat = self.residual(z_t, timestep, **cond)
             return NoisePrediction(rhat, None, rhat)
+        if (teacher_forced is None) != (base_noise is None):
+            raise ValueError("teacher_forced and base_noise go together")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_base):
             bhat = self.predict_base(z_t, timestep, **cond)
         bhat_others = bhat.detach() if stop_gradient else bhat
-        if (teacher_forced is None) != (base_noise is None):
-            raise ValueError("teacher_forced and base_noise go together")
         if teacher_forced is not None:
             forced = teacher_forced.view(-1, 1, 1, 1)
             bhat_others = torch.where(forced, base_noise.to(bhat_others), bhat_others)
