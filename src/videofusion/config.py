@@ -97,10 +97,6 @@ class TrainConfig:
                                                 "adds the residual generator's correction, "
                                                 "learnt from the whole clip (spec §7); "
                                                 "ignored by model vdm (no key frame)")
-    key_frame_embedding: bool = setting(False, "beyond the paper: the residual generator also "
-                                               "gets the key frame's clean estimate pooled "
-                                               "into one embedding for the clip (spec §7); "
-                                               "ignored by model vdm (no key frame)")
     base_channels: list[int] = setting(factory=lambda: [32, 64, 64], help="e.g. 32,64,64")
     residual_channels: list[int] = setting(factory=lambda: [16, 32, 64], help="e.g. 16,32,64")
     layers_per_block: int = setting(1)

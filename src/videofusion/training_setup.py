@@ -171,7 +171,6 @@ def build_training_model(config: TrainConfig, channels: int, resolution: int, nu
         base_channels=config.base_channels, residual_channels=config.residual_channels,
         layers_per_block=config.layers_per_block, residual_input=config.residual_input,
         key_frame_correction=config.key_frame_correction,
-        key_frame_embedding=config.key_frame_embedding and config.model != "vdm",
     )
     if config.base_from:
         model.base = BaseGenerator.from_pretrained(config.base_from)
@@ -198,9 +197,7 @@ def init_from(model: VideoFusionModel, folder: Path, config: TrainConfig) -> Non
     Two changes of residual input are allowed: a ``paper`` model fine-tuned with a key-frame
     input (``with_key_frame``, ``key_frame_estimate``) gets zero weights on the residual
     generator's new input channels, so the run starts from exactly the parent's
-    predictions; and one key-frame input may replace the other (same shapes, weights kept).
-    A parent without a key-frame embedding fine-tuned with one keeps the new encoder's own
-    start, whose zero last layer also leaves the parent's predictions unchanged."""
+    predictions; and one key-frame input may replace the other (same shapes, weights kept)."""
     from safetensors.torch import load_file
 
     if not (folder / "residual" / "config.json").is_file():
@@ -232,10 +229,6 @@ def init_from(model: VideoFusionModel, folder: Path, config: TrainConfig) -> Non
         if name == "residual" and widen and "conv_in.weight" in state:
             weight = state["conv_in.weight"]  # (out, C, kh, kw) -> (out, 2C, kh, kw)
             state["conv_in.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
-        if name == "residual" and model.embeds_key_frame and not any(
-                key.startswith("key_frame_encoder.") for key in state):
-            own = network.key_frame_encoder.state_dict()
-            state.update({f"key_frame_encoder.{key}": value for key, value in own.items()})
         try:
             network.load_state_dict(state)  # fp16 storage is cast to the model's fp32
         except RuntimeError:

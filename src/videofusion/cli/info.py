@@ -78,7 +78,6 @@ def model_info(folder: Path) -> dict:
         "sample_size": index.get("sample_size"),
         "residual_input": index.get("residual_input"),
         "key_frame_correction": bool(index.get("key_frame_correction", False)),
-        "key_frame_embedding": bool(residual.get("key_frame_embedding", False)),
         # distillation (videofusion.distillation): the guidance folded in, the steps (progressive)
         "distilled": None if index.get("distilled_guidance_scale") is None else {
             "guidance_scale": index["distilled_guidance_scale"],
@@ -119,8 +118,6 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"residual input: {info['residual_input']}")
     if info["key_frame_correction"]:
         print("key frame:      corrected by the residual generator (spec §7)")
-    if info["key_frame_embedding"]:
-        print("key frame:      pooled into the residual generator's embedding (spec §7)")
     distilled = info["distilled"]
     if distilled:
         steps = (f"{distilled['steps']} DDIM steps, " if distilled["steps"] is not None

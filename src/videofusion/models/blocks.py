@@ -164,24 +164,6 @@ class TemporalAttention(nn.Module):
         return add_pixel_tokens(x, out.view(b, hw, num_frames, c).transpose(1, 2))
 
 
-class KeyFrameEncoder(nn.Module):
-    """One vector for the whole clip from an image of its key frame ``(B, C, H, W)`` -> ``(B, D)``.
-
-    Pooled over the image (mean and max of per-pixel features), so what the key frame holds
-    (its colours) reaches every frame's embedding wherever the content sits in that frame.
-    The last layer starts at zero: a model given this input starts as the one it extends."""
-
-    def __init__(self, channels: int, hidden: int, emb_dim: int):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.SiLU(),
-                                      nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU())
-        self.project = zero_init(nn.Linear(2 * hidden, emb_dim))
-
-    def forward(self, key_frame: torch.Tensor) -> torch.Tensor:
-        x = self.features(key_frame).flatten(2)  # (B, hidden, H * W)
-        return self.project(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))  # (B, D)
-
-
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()

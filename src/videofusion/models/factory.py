@@ -58,7 +58,6 @@ def build_residual(
     num_classes: int | None = None,
     cross_attention_dim: int | None = None,
     in_channels: int | None = None,
-    key_frame_embedding: bool = False,
 ) -> SpaceTimeUNet:
     """A space-time UNet: temporal layers everywhere, spatial attention at the lowest level."""
     levels = len(block_out_channels)
@@ -69,7 +68,6 @@ def build_residual(
         temporal_attention=(True,) * levels,
         attention_heads=4, norm_num_groups=min(8, block_out_channels[0]),
         num_classes=num_classes, cross_attention_dim=cross_attention_dim,
-        key_frame_embedding=key_frame_embedding,
     )
 
 
@@ -85,16 +83,14 @@ def build_model(
     layers_per_block: int = 1,
     residual_input: str = "paper",
     key_frame_correction: bool = False,
-    key_frame_embedding: bool = False,
 ) -> VideoFusionModel:
     """VideoFusion (image base + light residual) or the VDM baseline at matched parameters.
 
     For ``kind="vdm"`` the space-time UNet's widths are ``residual_channels`` scaled until its
     parameter count matches the VideoFusion model built from the same arguments
-    (:func:`matched_residual`). ``residual_input``, ``key_frame_correction`` and
-    ``key_frame_embedding`` then describe that VideoFusion model only (a key-frame input widens
-    its residual generator's first layer): the baseline has no key frame, sees plain noisy
-    frames and corrects nothing.
+    (:func:`matched_residual`). ``residual_input`` and ``key_frame_correction`` then describe
+    that VideoFusion model only (a key-frame input widens its residual generator's first
+    layer): the baseline has no key frame, sees plain noisy frames and corrects nothing.
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be 'videofusion' or 'vdm', got {kind!r}")
@@ -104,8 +100,7 @@ def build_model(
             "cross_attention_dim": text_dim if "text" in condition else None}
     in_channels = 2 * channels if residual_input in KEY_FRAME_CHANNEL_INPUTS else channels
     residual = build_residual(channels, residual_channels, layers_per_block,
-                              in_channels=in_channels, key_frame_embedding=key_frame_embedding,
-                              **cond)
+                              in_channels=in_channels, **cond)
     base = build_base_unet(sample_size, channels, base_channels, layers_per_block, **cond)
     if kind == "videofusion":
         return VideoFusionModel(residual, base, residual_input, key_frame_correction)

@@ -19,7 +19,6 @@ from torch import nn
 
 from .blocks import (
     Downsample,
-    KeyFrameEncoder,
     ResBlock,
     SpatialAttention,
     TemporalAttention,
@@ -75,7 +74,6 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         num_classes: int | None = None,
         cross_attention_dim: int | None = None,
-        key_frame_embedding: bool = False,
     ):
         super().__init__()
         levels = len(block_out_channels)
@@ -101,9 +99,6 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         # pooled text joins the embedding; the token sequence feeds cross-attention
         self.text_embedding = (nn.Linear(cross_attention_dim, emb_dim)
                                if cross_attention_dim is not None else None)
-        # beyond the paper: the clip's key frame, pooled, joins every frame's embedding
-        self.key_frame_encoder = (KeyFrameEncoder(out_channels, ch0, emb_dim)
-                                  if key_frame_embedding else None)
 
         def layer(cin, cout, level):
             return SpaceTimeLayer(
@@ -148,19 +143,15 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         frame_index: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
-        key_frame: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict noise for ``sample`` ``(B, C, F, H, W)``.
 
         ``timestep``: scalar or ``(B,)``. ``frame_index``: ``(F,)`` or ``(B, F)``, default
         ``0..F-1``. ``class_labels``: ``(B,)`` with ``num_classes`` as the null label.
-        ``encoder_hidden_states``: ``(B, tokens, cross_attention_dim)``. ``key_frame``
-        ``(B, out_channels, H, W)``: an image of the clip's key frame, for a model built with
-        ``key_frame_embedding`` (and only for one).
+        ``encoder_hidden_states``: ``(B, tokens, cross_attention_dim)``.
         """
         b, c, f, h, w = self._check_input(sample)
         emb = self._embedding(sample, timestep, frame_index, class_labels, encoder_hidden_states)
-        emb = emb + self._key_frame_embedding(key_frame, b, f, h, w)
         context = encoder_hidden_states
         x = self.conv_in(fold_frames(sample))  # (B*F, C0, H, W)
         skips = [x]
@@ -198,20 +189,6 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
                 f"resolution {h}x{w} is not divisible by {factor}, the model's down-sampling factor"
             )
         return b, c, f, h, w
-
-    def _key_frame_embedding(self, key_frame, b, f, h, w):
-        """The pooled key frame, one row per frame ``(B*F, D)`` (0 for a model without one)."""
-        if self.key_frame_encoder is None:
-            if key_frame is not None:
-                raise ValueError("this model was built without key_frame_embedding: it takes "
-                                 "no key_frame")
-            return 0
-        expected = (b, self.config.out_channels, h, w)
-        if key_frame is None or tuple(key_frame.shape) != expected:
-            got = None if key_frame is None else tuple(key_frame.shape)
-            raise ValueError(f"this model embeds the key frame: pass key_frame of shape "
-                             f"{expected}, got {got}")
-        return self.key_frame_encoder(key_frame).repeat_interleave(f, dim=0)
 
     def _embedding(self, sample, timestep, frame_index, class_labels, encoder_hidden_states):
         """One embedding per frame, ``(B*F, D)``: timestep + frame index (+ class, + text)."""

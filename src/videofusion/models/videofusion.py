@@ -56,10 +56,6 @@ class VideoFusionModel(nn.Module):
     never sees the other frames, while every other frame follows the whole clip; sampled that
     way the two drift apart (the key-frame seam). The residual generator's key-frame output,
     unused by the paper, learns the base generator's error from the whole clip instead.
-
-    A residual generator built with ``key_frame_embedding`` (beyond the paper, spec §7) also
-    gets ``xhat0^k`` pooled into one vector added to every frame's embedding: the key frame's
-    colours reach a frame wherever its content has moved to.
     """
 
     def __init__(self, residual: nn.Module, base: nn.Module | None = None,
@@ -78,9 +74,6 @@ class VideoFusionModel(nn.Module):
             raise ValueError("key_frame_correction needs a base generator (the VDM baseline has "
                              "no key frame)")
         self.key_frame_correction = key_frame_correction
-        if base is None and self.embeds_key_frame:
-            raise ValueError("key_frame_embedding needs a base generator (the VDM baseline has "
-                             "no key frame)")
         in_channels = getattr(getattr(residual, "config", None), "in_channels", None)
         out_channels = getattr(getattr(residual, "config", None), "out_channels", None)
         if in_channels is not None and residual_input in KEY_FRAME_CHANNEL_INPUTS:
@@ -123,27 +116,10 @@ class VideoFusionModel(nn.Module):
     def predict_residual(self, z_t, base, timestep, alpha_bar, lambdas, class_labels=None,
                          encoder_hidden_states=None):
         """rhat for every frame, given bhat (``None`` for the baseline)."""
-        extra = {}
         if base is not None:
-            if self.embeds_key_frame:
-                extra["key_frame"] = self.key_frame_estimate(z_t, base, alpha_bar)
             z_t = self._residual_input(z_t, base, alpha_bar, lambdas)
         return self.residual(z_t, timestep, class_labels=class_labels,
-                             encoder_hidden_states=encoder_hidden_states, **extra)
-
-    @property
-    def embeds_key_frame(self) -> bool:
-        """Whether R_psi takes the key frame's clean estimate as a pooled embedding."""
-        return getattr(self.residual, "key_frame_encoder", None) is not None
-
-    @staticmethod
-    def key_frame_estimate(z_t, base, alpha_bar):
-        """``xhat0^k = (z_t^k - sqrt(1 - abar_t) bhat) / sqrt(abar_t)``, clamped to the data
-        range: ``(B, C, F, H, W)`` -> ``(B, C, H, W)``. The key frame's noise is all base
-        (lambda^k = 1), so given the true b it is the clean key frame itself."""
-        key = z_t[:, :, key_frame_index(z_t.shape[2])]  # (B, C, H, W)
-        a = alpha_bar.to(z_t).view(-1, 1, 1, 1)
-        return ((key - (1 - a).sqrt() * base) / a.sqrt()).clamp(-1, 1)
+                             encoder_hidden_states=encoder_hidden_states)
 
     def forward(
         self,
@@ -215,10 +191,10 @@ class VideoFusionModel(nn.Module):
         sigma = (1 - alpha_bar.to(z_t)).sqrt().view(-1, 1, 1, 1, 1)
         z_res = z_t - s.sqrt() * sigma * base.unsqueeze(2)  # (B, C, F, H, W)
         if self.residual_input in KEY_FRAME_CHANNEL_INPUTS:
+            key = z_t[:, :, key_frame_index(z_t.shape[2])]  # (B, C, H, W)
             if self.residual_input == "key_frame_estimate":
-                key = self.key_frame_estimate(z_t, base, alpha_bar)
-            else:
-                key = z_t[:, :, key_frame_index(z_t.shape[2])]  # (B, C, H, W)
+                a = alpha_bar.to(z_t).view(-1, 1, 1, 1)
+                key = ((key - (1 - a).sqrt() * base) / a.sqrt()).clamp(-1, 1)
             key = key.unsqueeze(2).expand_as(z_t)
             z_res = torch.cat([z_res, key], dim=1)  # (B, 2C, F, H, W)
         return z_res
