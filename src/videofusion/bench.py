@@ -109,6 +109,8 @@ class BenchConfig:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     device: str = "cpu"
     compile: bool = False
+    # glibc's heap kept between steps, as the videofusion commands run (allocator.py)
+    keep_freed_memory: bool = True
     rss_memory: bool = True
     matmul_size: int = 2048
     seed: int = 0
@@ -402,6 +404,8 @@ def machine_info(config: BenchConfig) -> dict:
         cpu = names[0] if names else cpu
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": config.threads,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+            "allocator": "heap kept (allocator.keep_freed_memory)" if config.keep_freed_memory
+            else "glibc's default",
             "torch": torch.__version__, "python": platform.python_version(),
             "device": config.device}
     if config.device == "cuda" and torch.cuda.is_available():
@@ -889,7 +893,12 @@ def _worker_main(spec: str) -> int:
     for key, value in config.items():
         if isinstance(value, list):
             config[key] = tuple(value)
-    worker = Worker(BenchConfig(**config))
+    config = BenchConfig(**config)
+    if config.keep_freed_memory:
+        from .allocator import keep_freed_memory
+
+        keep_freed_memory()
+    worker = Worker(config)
     results = []
     for job in payload["jobs"]:
         job = dict(job)

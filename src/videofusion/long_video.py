@@ -21,9 +21,6 @@ next one's resident peak.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .allocator import release_freed_memory
 from .video_io import Mp4Writer
 
 
@@ -145,29 +143,6 @@ def _sample_clip(pipeline, plan, generator, base_noise, seam: SeamInpainting,
     latents, fresh_noise = pipeline.prepare_latents(plan, generator, base_noise)
     latents = pipeline.denoise(plan, latents, fresh_noise, before_step=seam, progress=False)
     return pipeline.postprocess(pipeline.decode(latents[:, :, keep]), "np")
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None (macOS, Windows, musl)."""
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand the C heap's free pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
-
-    glibc keeps what a clip's sampling freed in its heap, in holes laid out differently from
-    clip to clip, and the next clip's working memory comes on top of them: without this the
-    peak resident set of a 512-frame video at 32x32 sat about 20% above one clip's (medians of
-    fresh processes; about 10% with it) although nothing stayed allocated (docs/benchmarks.md,
-    issue 26). It takes a few milliseconds."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def generate_long(

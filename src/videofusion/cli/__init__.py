@@ -14,6 +14,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from videofusion.allocator import keep_freed_memory
 from videofusion.safety import RunStopped
 from videofusion.studio import add_studio_parser
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (also raised as ``SystemExit`` by argparse)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    keep_freed_memory()  # this process samples or trains: tensor memory is reused
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

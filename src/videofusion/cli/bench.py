@@ -51,6 +51,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="fresh processes per long-video length (median and spread)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (warm-up time reported as compile time)")
+    p.add_argument("--system-allocator", dest="keep_freed_memory", action="store_const",
+                   const=False, help="leave glibc's allocator at its defaults in the workers "
+                                     "(by default they keep freed memory in the heap, as the "
+                                     "other commands do)")
     p.add_argument("--profile", action="store_true",
                    help="instead: torch.profiler's top operators of one sampler step of each "
                         "model, at the largest resolution")
