@@ -82,3 +82,21 @@ def test_kept_memory_is_reused_without_faulting_its_pages_in_again():
     # again: measured 88,000 page faults in two 64x64 forwards, against 2,000 kept
     default, kept = faults("default"), faults("keep")
     assert kept * 5 < default, (kept, default)
+
+
+@pytest.mark.parametrize("command, kept", [
+    (["sample", "--model-dir", "no/such/folder"], True),
+    (["eval", "--fake", "no/such/folder"], True),
+    (["train", "--config", "no/such/config.yaml"], False),
+    (["info", "no/such/folder"], False),
+])
+def test_the_sampling_commands_keep_freed_memory_and_training_does_not(monkeypatch, command,
+                                                                       kept):
+    import videofusion.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(command[0]))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(command)
+    assert exit_.value.code == 2  # the missing folder, after the allocator was set
+    assert calls == ([command[0]] if kept else [])

@@ -109,7 +109,8 @@ class BenchConfig:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     device: str = "cpu"
     compile: bool = False
-    # glibc's heap kept between steps, as the videofusion commands run (allocator.py)
+    # glibc's heap kept between steps in the workers that only sample, as `videofusion sample`,
+    # `eval` and `studio` run (allocator.py); training workers keep glibc's defaults, as `train`
     keep_freed_memory: bool = True
     rss_memory: bool = True
     matmul_size: int = 2048
@@ -404,8 +405,8 @@ def machine_info(config: BenchConfig) -> dict:
         cpu = names[0] if names else cpu
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": config.threads,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-            "allocator": "heap kept (allocator.keep_freed_memory)" if config.keep_freed_memory
-            else "glibc's default",
+            "allocator": "heap kept in sampling-only workers (allocator.keep_freed_memory)"
+            if config.keep_freed_memory else "glibc's default",
             "torch": torch.__version__, "python": platform.python_version(),
             "device": config.device}
     if config.device == "cuda" and torch.cuda.is_available():
@@ -894,7 +895,8 @@ def _worker_main(spec: str) -> int:
         if isinstance(value, list):
             config[key] = tuple(value)
     config = BenchConfig(**config)
-    if config.keep_freed_memory:
+    if config.keep_freed_memory and not any(job["task"].startswith("training")
+                                            for job in payload["jobs"]):
         from .allocator import keep_freed_memory
 
         keep_freed_memory()
