@@ -4,16 +4,16 @@ On the CPU, torch takes tensor memory from the C allocator. glibc serves a large
 (above 128 KB, a threshold it raises as it goes) with a fresh ``mmap`` and unmaps it when the
 tensor is freed, and it returns the free top of its heap to the OS past a threshold: every
 sampler step then faults in and zero-fills again the pages the step before gave back (366,000
-page faults in two guided DDIM steps of the benchmark's 64x64 model, 16,000 with them kept,
-and a quarter less time; docs/benchmarks.md). The price of keeping them
+page faults in two guided DDIM steps of the benchmark's 64x64 model, a few thousand with them
+kept, and about a fifth less time; docs/benchmarks.md). The price of keeping them
 (:func:`keep_freed_memory`) is a resident set that stays at its peak while the process lives,
-which is what a sampling or training process wants. Long videos give each
+which a sampling process can afford. A training step measured no faster kept. Long videos give each
 clip's working memory back explicitly (:func:`release_freed_memory`), so that one clip's heap
 layout does not raise the next one's peak.
 
 Both are glibc's (``mallopt``, ``malloc_trim``); elsewhere (macOS, Windows, musl) they do
-nothing. They change the whole process, so the command line calls :func:`keep_freed_memory`
-once at start; a library user decides for their own process.
+nothing. They change the whole process, so the sampling commands call
+:func:`keep_freed_memory` once at start; a library user decides for their own process.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .assets import SHIPPED_MODELS, ShippedModel, installed_models
 from .choices import DEFAULT_INFERENCE_STEPS, SCHEDULERS
 from .class_names import class_index, folder_configs, resolve_class_names
@@ -542,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="videofusion")
     add_studio_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["studio", *(sys.argv[1:] if argv is None else argv)])
+    keep_freed_memory()  # as `videofusion studio`: the server's process samples
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError) as err:
