@@ -3,13 +3,14 @@
 On the CPU, torch takes tensor memory from the C allocator. glibc serves a large request
 (above 128 KB, a threshold it raises as it goes) with a fresh ``mmap`` and unmaps it when the
 tensor is freed, and it returns the free top of its heap to the OS past a threshold: every
-sampler step then faults in and zero-fills again the pages the step before gave back (366,000
-page faults in two guided DDIM steps of the benchmark's 64x64 model, a few thousand with them
-kept, and about a fifth less time; docs/benchmarks.md). The price of keeping them
-(:func:`keep_freed_memory`) is a resident set that stays at its peak while the process lives,
-which a sampling process can afford. A training step measured no faster kept. Long videos give each
-clip's working memory back explicitly (:func:`release_freed_memory`), so that one clip's heap
-layout does not raise the next one's peak.
+sampler step then faults in and zero-fills again the pages the step before gave back.
+Measured on two guided DDIM steps of the benchmark's 64x64 model: 300,000-400,000 page faults
+with glibc's defaults, a few thousand with the memory kept (:func:`keep_freed_memory`), and
+about a fifth less time (docs/benchmarks.md). The price is a resident set that stays at its
+peak while the process lives, which a sampling process can afford; a training step measured
+no faster kept. Long videos give each clip's working memory back explicitly
+(:func:`release_freed_memory`), so that one clip's heap layout does not raise the next one's
+peak.
 
 Both are glibc's (``mallopt``, ``malloc_trim``); elsewhere (macOS, Windows, musl) they do
 nothing. They change the whole process, so the sampling commands call
