@@ -38,6 +38,18 @@ def test_decomposition_measures_change_from_the_key_frame():
         decompose(video, [0.5, 1.0])
 
 
+def test_the_progress_bar_moves_at_most_every_interval_but_shows_first_and_last():
+    now = [0.0]
+    seen = []
+    update = studio.at_most_every(0.5, lambda *call: seen.append(call), clock=lambda: now[0])
+    for step, t in enumerate([0.0, 0.1, 0.2, 0.49, 0.5, 0.6, 1.2, 1.3]):
+        now[0] = t
+        update(step, 8, "steps")
+    now[0] = 1.31
+    update(8, 8, "steps")  # the last one, however soon
+    assert seen == [(0, 8, "steps"), (4, 8, "steps"), (6, 8, "steps"), (8, 8, "steps")]
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("frames", 1, "frames must lie in"),
     ("frames", 8.5, "frames must be a whole number"),
