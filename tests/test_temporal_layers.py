@@ -312,3 +312,65 @@ def test_attention_refuses_channels_its_heads_do_not_divide():
 
     with pytest.raises(ValueError, match=r"^channels 10 are not divisible by attention heads 4$"):
         Attention(10, 4)
+
+
+# ---- clip attention (beyond the paper, docs/method.md §7): every pixel of every frame
+
+def reference_clip_attention(layer, v):
+    """x + to_out(multi-head softmax attention over all F*H*W tokens of each clip), tokens =
+    group_norm(frame) + the frame's position encoding."""
+    a = norm_per_frame(layer.norm, v) + position_encoding(v.shape[2], v.shape[1]).T.reshape(
+        1, C, -1, 1, 1)
+    attn, dh = layer.attn, C // layer.attn.heads
+    out = torch.empty_like(v)
+    for b in range(v.shape[0]):
+        tokens = a[b].reshape(C, -1).T  # (F*H*W, C), frame-major
+        q = tokens @ attn.to_q.weight.T
+        k, val = (tokens @ attn.to_kv.weight.T).chunk(2, dim=-1)
+        heads = []
+        for h in range(attn.heads):
+            s = slice(h * dh, (h + 1) * dh)
+            heads.append(torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(dh), dim=-1) @ val[:, s])
+        mixed = torch.cat(heads, dim=-1) @ attn.to_out.weight.T + attn.to_out.bias
+        out[b] = v[b] + mixed.T.reshape(v.shape[1:])
+    return out
+
+
+def test_clip_attention_matches_its_definition():
+    layer = randomised(blocks.ClipAttention(C, HEADS, GROUPS))
+    v = video()
+    with torch.no_grad():
+        torch.testing.assert_close(run(layer, v), reference_clip_attention(layer, v),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_clip_attention_joins_any_pixel_of_any_frame_within_its_clip_only():
+    """Temporal attention moves one pixel's change to that pixel in other frames only; clip
+    attention moves it to every pixel of every frame of the same clip, and not to the other
+    clip of the batch."""
+    layer = randomised(blocks.ClipAttention(C, HEADS, GROUPS))
+    layer.norm = torch.nn.Identity()  # the group norm mixes the pixels of a frame; drop it
+    v = video()
+    w = v.clone()
+    w[0, :, 4, 1, 2] += 3.0  # one pixel of the last frame of clip 0
+    with torch.no_grad():
+        diff = (run(layer, v) - run(layer, w)).abs().amax(dim=1)  # (B, F, H, W)
+    assert (diff[0] > 1e-6).all()
+    assert (diff[1] == 0).all()
+
+
+def test_clip_attention_starts_as_the_identity_and_the_unet_as_without_it():
+    torch.manual_seed(0)
+    plain = tiny_residual()
+    torch.manual_seed(0)
+    with_clip = type(plain)(**{**plain.config, "clip_attention": (False, True)})
+    assert [n for n, _ in with_clip.named_modules() if n.endswith("cattn")]
+    missing, unexpected = with_clip.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".cattn." in k for k in missing)
+    v = torch.randn(2, plain.config.in_channels, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(with_clip(v, 500), plain(v, 500))
+        for name, p in with_clip.named_parameters():  # it counts once its own weights move
+            if ".cattn." in name:
+                p.add_(0.05 * torch.randn_like(p))
+        assert not torch.allclose(with_clip(v, 500), plain(v, 500))
