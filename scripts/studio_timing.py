@@ -1,13 +1,15 @@
 """Time the studio: the page within 10 s of the command, the first video of the shipped model
 within 5 s of the click (its own setting: 16 frames, DDPM 25 steps).
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/studio_timing.py [--clicks 3] [--wait-warm]
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/studio_timing.py [--clicks 3] [--wait-warm] \
+        [--sampler NAME --steps N]
 
 Starts ``python -m videofusion.studio`` on a free port, opens it in Debian's chromium through
 Playwright, and prints seconds from the command to the page, to the Generate button being
 enabled (the model loaded and run once), then from each click to the video. The first click
 comes as soon as the button is enabled, as a user's would; ``--wait-warm`` waits 30 s more, so
-that nothing left of the start-up shares the cores.
+that nothing left of the start-up shares the cores. ``--sampler`` and ``--steps`` set the page's
+sampler and step count before the first click (default: the model's own).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=3)
     parser.add_argument("--wait-warm", action="store_true")
+    parser.add_argument("--sampler", help="one of the page's samplers, e.g. unipc")
+    parser.add_argument("--steps", type=int)
     args = parser.parse_args()
     from playwright.sync_api import expect, sync_playwright
 
@@ -56,6 +60,13 @@ def main() -> None:
                 time.sleep(30)  # the machine settles after the warm-up
             page.locator("#class_label input").click()
             page.get_by_role("option", name="3", exact=True).click()
+            if args.sampler:
+                page.locator("#sampler input").click()
+                page.get_by_role("option", name=args.sampler, exact=True).click()
+            if args.steps:
+                box = page.locator("#steps input").first
+                box.fill(str(args.steps))
+                box.press("Tab")
             for click in range(args.clicks):
                 before = page.locator("#status").inner_text()
                 t0 = time.perf_counter()
