@@ -252,7 +252,6 @@ def test_config_precedence_yaml_then_flags(tmp_path):
     ({"base_teacher_forcing": 1.5}, "base_teacher_forcing must be in"),
     ({"base_teacher_forcing": -0.1}, "base_teacher_forcing must be in"),
     ({"model": "vdm", "base_teacher_forcing": 0.5}, "no base noise to force"),
-    ({"model": "vdm", "clip_attention": True}, "drop --clip-attention"),
     ({"class_drop": 1.0, "condition": "class"}, "class_drop must lie in"),
     ({"class_drop": 0.5, "condition": "text"}, "class_drop needs condition class"),
     ({"loss_weighting": "x0"}, "loss_weighting must be one of"),
@@ -453,24 +452,3 @@ def test_losses_are_read_off_the_device_only_when_the_run_logs(tmp_path, monkeyp
     assert flushed == [[1, 2, 3], [4, 5, 6], [7]]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 8))
-
-
-def test_init_from_a_model_without_clip_attention_starts_from_its_predictions(tmp_path):
-    source = train(tiny(tmp_path, condition="class", output_dir=str(tmp_path / "source")))
-    tuned = train(tiny(tmp_path, condition="class", init_from=str(source), ema_decay=0.0,
-                       base_from_scratch=False, max_steps=1, learning_rate=1e-30,
-                       clip_attention=True, output_dir=str(tmp_path / "tuned")))
-    parent, child = (VideoFusionPipeline.from_pretrained(p).model for p in (source, tuned))
-    assert child.residual.config.clip_attention[-1] and not any(
-        child.residual.config.clip_attention[:-1])
-    assert any(name.endswith("cattn") for name, _ in child.residual.named_modules())
-    z_t, t = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0)), \
-        torch.tensor([900, 300])
-    alpha_bar, lambdas = torch.tensor([0.1, 0.7]), parent.lambdas(4)
-    with torch.no_grad():
-        before = parent(z_t, t, alpha_bar, lambdas, class_labels=torch.tensor([1, 2])).noise
-        after = child(z_t, t, alpha_bar, lambdas, class_labels=torch.tensor([1, 2])).noise
-    torch.testing.assert_close(after, before)
-    with pytest.raises(ValueError, match="does not match the residual"):  # not the reverse
-        train(tiny(tmp_path, condition="class", init_from=str(tuned), base_from_scratch=False,
-                   output_dir=str(tmp_path / "back")))

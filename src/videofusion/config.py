@@ -97,9 +97,6 @@ class TrainConfig:
                                                 "adds the residual generator's correction, "
                                                 "learnt from the whole clip (spec §7); "
                                                 "ignored by model vdm (no key frame)")
-    clip_attention: bool = setting(False, "beyond the paper: the residual generator's lowest "
-                                          "level also attends across all pixels of all "
-                                          "frames (docs/method.md §7)")
     base_channels: list[int] = setting(factory=lambda: [32, 64, 64], help="e.g. 32,64,64")
     residual_channels: list[int] = setting(factory=lambda: [16, 32, 64], help="e.g. 16,32,64")
     layers_per_block: int = setting(1)
@@ -321,9 +318,6 @@ class TrainConfig:
              f"base_teacher_forcing must be in [0, 1], got {self.base_teacher_forcing}")
         need(self.base_teacher_forcing == 0 or self.model != "vdm",
              "the VDM baseline has no base noise to force: drop --base-teacher-forcing")
-        need(not self.clip_attention or self.model != "vdm",
-             "--clip-attention is an option of VideoFusion's residual generator; the VDM "
-             "baseline is matched to the model without it: drop --clip-attention")
         if self.base_from_scratch:
             need(self.base_pretrain_steps == 0 and self.base_from is None,
                  "--base-from-scratch skips stage 1: it cannot go with --base-pretrain-steps "

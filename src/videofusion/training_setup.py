@@ -170,7 +170,7 @@ def build_training_model(config: TrainConfig, channels: int, resolution: int, nu
         text_dim=captions.dim if captions else 384,
         base_channels=config.base_channels, residual_channels=config.residual_channels,
         layers_per_block=config.layers_per_block, residual_input=config.residual_input,
-        key_frame_correction=config.key_frame_correction, clip_attention=config.clip_attention,
+        key_frame_correction=config.key_frame_correction,
     )
     if config.base_from:
         model.base = BaseGenerator.from_pretrained(config.base_from)
@@ -230,11 +230,7 @@ def init_from(model: VideoFusionModel, folder: Path, config: TrainConfig) -> Non
             weight = state["conv_in.weight"]  # (out, C, kh, kw) -> (out, 2C, kh, kw)
             state["conv_in.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
         try:
-            # clip-attention layers the parent lacks keep their zero output: the parent's
-            # predictions (fp16 storage is cast to the model's fp32)
-            missing, unexpected = network.load_state_dict(state, strict=False)
-            if unexpected or any(".cattn." not in key for key in missing):
-                raise RuntimeError
+            network.load_state_dict(state)  # fp16 storage is cast to the model's fp32
         except RuntimeError:
             raise ValueError(f"--init-from: {folder / name} does not match the {name} "
                              "generator of the config (widths, layers or conditioning "

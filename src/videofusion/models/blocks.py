@@ -164,28 +164,6 @@ class TemporalAttention(nn.Module):
         return add_pixel_tokens(x, out.view(b, hw, num_frames, c).transpose(1, 2))
 
 
-class ClipAttention(nn.Module):
-    """Self-attention across every pixel of every frame of a clip, with a sinusoidal frame
-    position; zero-initialised. Beyond the paper: temporal attention joins a pixel to the same
-    pixel in the other frames, so what a moving object shows (its colour) passes between two
-    frames only where its positions overlap; these tokens reach the whole clip in one step."""
-
-    def __init__(self, channels: int, heads: int, groups: int):
-        super().__init__()
-        self.norm = group_norm(channels, groups)
-        self.attn = Attention(channels, heads)
-        zero_init(self.attn.to_out)
-
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        c = x.shape[1]
-        tokens = pixel_tokens(self.norm(x), num_frames)  # (B, F, H*W, C)
-        position = sinusoidal_embedding(torch.arange(num_frames, device=x.device), c)
-        tokens = tokens + position.to(tokens.dtype)[:, None]
-        b, _, hw, _ = tokens.shape
-        out = self.attn(tokens.reshape(b, num_frames * hw, c))  # (B, F*H*W, C)
-        return add_pixel_tokens(x, out.view(b, num_frames, hw, c))
-
-
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()

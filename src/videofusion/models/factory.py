@@ -58,10 +58,8 @@ def build_residual(
     num_classes: int | None = None,
     cross_attention_dim: int | None = None,
     in_channels: int | None = None,
-    clip_attention: bool = False,
 ) -> SpaceTimeUNet:
-    """A space-time UNet: temporal layers everywhere, spatial attention at the lowest level
-    (and, with ``clip_attention``, attention across the whole clip there too)."""
+    """A space-time UNet: temporal layers everywhere, spatial attention at the lowest level."""
     levels = len(block_out_channels)
     return SpaceTimeUNet(
         in_channels=in_channels or channels, out_channels=channels,
@@ -70,7 +68,6 @@ def build_residual(
         temporal_attention=(True,) * levels,
         attention_heads=4, norm_num_groups=min(8, block_out_channels[0]),
         num_classes=num_classes, cross_attention_dim=cross_attention_dim,
-        clip_attention=((False,) * (levels - 1) + (True,)) if clip_attention else None,
     )
 
 
@@ -86,7 +83,6 @@ def build_model(
     layers_per_block: int = 1,
     residual_input: str = "paper",
     key_frame_correction: bool = False,
-    clip_attention: bool = False,
 ) -> VideoFusionModel:
     """VideoFusion (image base + light residual) or the VDM baseline at matched parameters.
 
@@ -104,7 +100,7 @@ def build_model(
             "cross_attention_dim": text_dim if "text" in condition else None}
     in_channels = 2 * channels if residual_input in KEY_FRAME_CHANNEL_INPUTS else channels
     residual = build_residual(channels, residual_channels, layers_per_block,
-                              in_channels=in_channels, clip_attention=clip_attention, **cond)
+                              in_channels=in_channels, **cond)
     base = build_base_unet(sample_size, channels, base_channels, layers_per_block, **cond)
     if kind == "videofusion":
         return VideoFusionModel(residual, base, residual_input, key_frame_correction)

@@ -18,7 +18,6 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .blocks import (
-    ClipAttention,
     Downsample,
     ResBlock,
     SpatialAttention,
@@ -33,19 +32,16 @@ from .blocks import (
 
 
 class SpaceTimeLayer(nn.Module):
-    """ResBlock, then the optional temporal conv, spatial attention, temporal attention and
-    clip attention."""
+    """ResBlock, then the optional temporal conv, spatial attention and temporal attention."""
 
     def __init__(self, in_channels, out_channels, emb_dim, groups, dropout, *, temporal_conv,
-                 spatial_attention, temporal_attention, heads, context_dim,
-                 clip_attention=False):
+                 spatial_attention, temporal_attention, heads, context_dim):
         super().__init__()
         self.res = ResBlock(in_channels, out_channels, emb_dim, groups, dropout)
         self.tconv = TemporalConv(out_channels, groups) if temporal_conv else None
         self.sattn = (SpatialAttention(out_channels, heads, groups, context_dim)
                       if spatial_attention else None)
         self.tattn = TemporalAttention(out_channels, heads, groups) if temporal_attention else None
-        self.cattn = ClipAttention(out_channels, heads, groups) if clip_attention else None
 
     def forward(self, x, emb, context, num_frames: int):
         x = self.res(x, emb)
@@ -55,8 +51,6 @@ class SpaceTimeLayer(nn.Module):
             x = self.sattn(x, context)
         if self.tattn is not None:
             x = self.tattn(x, num_frames)
-        if self.cattn is not None:
-            x = self.cattn(x, num_frames)
         return x
 
 
@@ -80,16 +74,13 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         num_classes: int | None = None,
         cross_attention_dim: int | None = None,
-        clip_attention: Sequence[bool] | None = None,
     ):
         super().__init__()
         levels = len(block_out_channels)
-        clip_attention = clip_attention or (False,) * levels
-        if len(spatial_attention) != levels or len(temporal_attention) != levels or \
-                len(clip_attention) != levels:
+        if len(spatial_attention) != levels or len(temporal_attention) != levels:
             raise ValueError(
-                "spatial_attention, temporal_attention and clip_attention need one flag per "
-                f"entry of block_out_channels ({levels})"
+                "spatial_attention and temporal_attention need one flag per entry of "
+                f"block_out_channels ({levels})"
             )
         if cross_attention_dim is not None and not any(spatial_attention):
             raise ValueError("cross_attention_dim needs at least one spatial_attention level")
@@ -115,7 +106,6 @@ class SpaceTimeUNet(ModelMixin, ConfigMixin):
                 spatial_attention=spatial_attention[level],
                 temporal_attention=temporal_attention[level], heads=attention_heads,
                 context_dim=cross_attention_dim if spatial_attention[level] else None,
-                clip_attention=clip_attention[level],
             )
 
         self.conv_in = nn.Conv2d(in_channels, ch0, 3, padding=1)
