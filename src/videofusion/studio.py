@@ -340,9 +340,10 @@ class Studio:
 
 def at_most_every(seconds: float, callback: Callable[[int, int, str], None],
                   clock: Callable[[], float] = time.monotonic) -> Callable[[int, int, str], None]:
-    """``callback(done, total, what)`` passed on at most once per ``seconds``, and always the
-    first and the last call: each update is a message to the page and a redraw there, on the
-    same cores the sampler needs (a bar per step cost a 3 s generation 0.4-0.9 s)."""
+    """``callback(done, total, what)`` passed on at most once per ``seconds``, the first call
+    and the one with ``done == total`` always: each update is a message to the page and a
+    redraw there, on the cores the sampler needs (an update per step cost about 0.9 s of a
+    4-5 s click in the browser, docs/studio.md)."""
     last = -float("inf")
 
     def call(done: int, total: int, what: str) -> None:
