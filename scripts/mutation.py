@@ -56,8 +56,9 @@ def prepare(name: str, spec: dict, common: list[str]) -> Path:
                     ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     # some tests run the project's scripts (e.g. tests/test_safety.py the checkpoint migration)
-    shutil.copytree(ROOT / "scripts", work / "scripts",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    # or read its configs (tests/test_factory.py the physics model's widths)
+    for folder in ("scripts", "configs"):
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
     target = (PACKAGE / spec["file"]).as_posix()
 
     def lines(values):
@@ -69,7 +70,7 @@ def prepare(name: str, spec: dict, common: list[str]) -> Path:
         f"only_mutate = {target}\n"
         f"pytest_add_cli_args = {lines(common)}\n"
         f"pytest_add_cli_args_test_selection = {lines(spec['tests'])}\n"
-        "also_copy = \n    scripts\n"
+        "also_copy = \n    scripts\n    configs\n"
         "process_isolation = fork\n"
         # mutmut's wall-clock limit is (the tests' recorded time + 1 s) x this; its default 15
         # gave the training tests' mutants that loop forever 25-50 minutes each
