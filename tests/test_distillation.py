@@ -18,11 +18,13 @@ from videofusion.config import TrainConfig
 from videofusion.distillation import (
     DDIM_GRID,
     Distillation,
+    SamplerStates,
     alpha_bar_at,
     ddim_step,
     distillation_loss,
     distillation_target,
     guidance_distillation_loss,
+    record_sampler_states,
     step_grid,
     teacher_two_steps,
 )
@@ -487,3 +489,142 @@ def test_only_a_guidance_distillation_may_lengthen_its_round_on_resume():
     assert changes("progressive") == ["distill_steps_per_round 7 -> 9"]
     assert "distill_steps_per_round 7 -> 9" in changes("progressive", "guidance")
     assert "distill_steps_per_round 7 -> 9" in changes("guidance", "progressive")
+
+
+# ---- (5) guidance distillation at the teacher's own sampler states ----------------------------
+
+def test_the_recorded_states_are_the_teachers_ddim_trajectory(teacher_dir):
+    """Each recorded state is the previous one moved by one deterministic DDIM step (x0
+    clipped to [-1, 1], as the folder's scheduler does) with the guided epsilon of spec §4,
+    written out by hand; the first is the signal-leak start of the pipeline's own draw."""
+    pipe = load_pipeline(teacher_dir).use_scheduler("ddim")
+    pipe.scheduler.set_timesteps(1)  # the recording sets its own steps
+    pipe.register_to_config(default_inference_steps=4)
+    labels = torch.tensor([3, 10, 5])  # the second one dropped: the null label
+    lambdas = make_lambdas(4, 0.5)
+    null = torch.full_like(labels, 10)
+    states = record_sampler_states(pipe, Condition(labels, None, null), lambdas, GUIDANCE,
+                                   seed=7, chunk=2)
+    assert states.states.shape == (3, 4, 3, 4, 16, 16) and states.states.dtype == torch.float16
+    assert states.timesteps.tolist() == pipe.scheduler.timesteps.tolist()
+    assert states.class_labels.tolist() == labels.tolist() and states.text_states is None
+    # the first state of chunk 1 (clip 2) is the pipeline's z_T for seed 7 + 1
+    plan = pipe.plan(class_labels=[5], num_frames=4, num_inference_steps=4,
+                     guidance_scale=GUIDANCE)
+    z_T, _ = pipe.prepare_latents(plan, torch.Generator().manual_seed(8))
+    torch.testing.assert_close(states.states[2, 0].float(), z_T[0], atol=2e-3, rtol=1e-3)
+    model, alphas = pipe.model.eval(), pipe.scheduler.alphas_cumprod
+    for s in range(3):
+        t, t_next = states.timesteps[s], states.timesteps[s + 1]
+        z = states.states[:, s].float()
+        with torch.no_grad():
+            eps = hand_guided_eps(model, z, t.expand(3), alphas[t].expand(3), labels, null,
+                                  GUIDANCE)
+        x0 = ((z - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()).clamp(-1, 1)
+        expected = alphas[t_next].sqrt() * x0 + (1 - alphas[t_next]).sqrt() * eps
+        torch.testing.assert_close(states.states[:, s + 1].float(), expected, atol=2e-2,
+                                   rtol=1e-2)
+
+
+def test_a_drawn_state_comes_with_its_own_timestep_and_its_clips_condition():
+    clips, steps = 3, 4
+    marks = torch.arange(clips).view(-1, 1) * 10 + torch.arange(steps)  # clip n, step s: 10n + s
+    states = SamplerStates(marks.view(clips, steps, 1, 1, 1, 1).expand(-1, -1, 3, 2, 4, 4).half(),
+                           torch.tensor([900, 600, 300, 50]), torch.tensor([7, 10, 2]),
+                           torch.arange(clips).float().view(-1, 1, 1).expand(-1, 5, 8))
+    z_t, timesteps, condition = states.draw(64, torch.Generator().manual_seed(0), "cpu")
+    assert z_t.shape == (64, 3, 2, 4, 4) and z_t.dtype == torch.float32
+    mark = z_t[:, 0, 0, 0, 0].long()
+    clip, step = mark // 10, mark % 10
+    assert len(set(mark.tolist())) > 6  # clips and steps are both drawn
+    assert timesteps.tolist() == [[900, 600, 300, 50][s] for s in step.tolist()]
+    assert condition.class_labels.tolist() == [[7, 10, 2][n] for n in clip.tolist()]
+    assert condition.encoder_hidden_states[:, 0, 0].long().tolist() == clip.tolist()
+
+
+def one_state_distillation(root, teacher_dir, share):
+    config = distill_config(root, "one_state", teacher_dir, distill_kind="guidance",
+                            distill_weighting="epsilon", distill_sampler_states=share)
+    student = load_pipeline(teacher_dir).model
+    distillation = Distillation(config, root / "one_state", student,
+                                DDPMScheduler().alphas_cumprod, make_lambdas(4, 0.5))
+    torch.manual_seed(1)
+    state = torch.randn(1, 1, 3, 4, 16, 16)
+    distillation.sampler_states = SamplerStates(state.half(), torch.tensor([640]),
+                                                torch.tensor([6]))
+    return distillation, student, state[0].half().float()
+
+
+def test_a_sampler_state_step_regresses_the_student_on_the_guided_teacher_there(
+        teacher_dir, tmp_path):
+    distillation, student, state = one_state_distillation(tmp_path, teacher_dir, 1.0)
+    with torch.no_grad():
+        student.residual.conv_in.weight.mul_(1.1)  # the student is not its teacher
+    video = torch.zeros(2, 3, 4, 16, 16)  # not used: every clip is the recorded state
+    teacher = load_pipeline(teacher_dir).model.eval()
+    abar = DDPMScheduler().alphas_cumprod[640]
+    with torch.no_grad():
+        got = distillation.loss(student, video, Condition(torch.tensor([1, 2])), 0,
+                                torch.Generator().manual_seed(0))
+        z = state.expand(2, -1, -1, -1, -1)
+        labels, null = torch.tensor([6, 6]), torch.tensor([10, 10])
+        target = hand_guided_eps(teacher, z, torch.tensor([640, 640]), abar.expand(2), labels,
+                                 null, GUIDANCE)
+        mine = student(z, torch.tensor([640, 640]), abar.expand(2), make_lambdas(4, 0.5),
+                       class_labels=labels)
+        # the key frame's slot is corrected (spec §7): its base term counts as one more frame
+        k = 2
+        expected = ((mine.noise - target).pow(2).mean(dim=(1, 3, 4)).mean(dim=1)
+                    + (mine.base - target[:, :, k]).pow(2).mean(dim=(1, 2, 3)) / 4).mean()
+    assert mine.key_frame_corrected
+    torch.testing.assert_close(got.loss, expected, rtol=1e-4, atol=0)
+    assert got.loss > 1e-6
+
+
+def test_without_sampler_states_the_loss_is_on_noised_clips(teacher_dir, tmp_path):
+    distillation, student, _ = one_state_distillation(tmp_path, teacher_dir, 0.0)
+    video = torch.rand(2, 3, 4, 16, 16) * 2 - 1
+    labels = torch.tensor([3, 10])
+    with torch.no_grad():
+        got = distillation.loss(student, video, Condition(labels), 0,
+                                torch.Generator().manual_seed(0))
+        teacher = load_pipeline(teacher_dir).model.eval()
+        expected = guidance_distillation_loss(
+            student, lambda z, t, a: hand_guided_eps(teacher, z, t, a, labels,
+                                                     torch.tensor([10, 10]), GUIDANCE),
+            video, DDPMScheduler().alphas_cumprod, make_lambdas(4, 0.5),
+            generator=torch.Generator().manual_seed(0), class_labels=labels)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-4, atol=0)
+
+
+def test_a_run_records_the_states_once_and_resumes_on_them_bitwise(teacher_dir, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    settings = {"distill_kind": "guidance", "distill_weighting": "epsilon",
+                "distill_sampler_states": 0.5, "distill_sampler_clips": 3}
+    try:
+        straight = run(distill_config(tmp_path, "straight", teacher_dir, **settings))
+        run(distill_config(tmp_path, "split", teacher_dir, stop_at_step=1, **settings))
+        path = tmp_path / "split" / "sampler_states" / "states.safetensors"
+        written = path.stat().st_mtime_ns
+        resumed = run(distill_config(tmp_path, "split", teacher_dir, resume=True, **settings))
+    finally:
+        torch.set_num_threads(threads)
+    assert path.stat().st_mtime_ns == written  # read back, not recorded again
+    states = straight.distillation.sampler_states
+    assert states.states.shape[:2] == (3, load_pipeline(teacher_dir).default_steps)
+    assert_same_tensors(straight.model.state_dict(), resumed.model.state_dict())
+    # another teacher guidance records other states: the file's are not reused
+    config = distill_config(tmp_path, "split", teacher_dir, distill_guidance=1.5, **settings)
+    assert SamplerStates.load(path, {"teacher": "elsewhere"}) is None
+    assert config.distill_guidance == 1.5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"distill_kind": "guidance", "distill_sampler_states": 1.5}, "share in"),
+    ({"distill_kind": "progressive", "distill_sampler_states": 0.5}, "distill-kind guidance"),
+    ({"distill_kind": "guidance", "distill_sampler_clips": 0}, "distill_sampler_clips"),
+])
+def test_impossible_sampler_state_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"distill_from": "teacher", **overrides}).validate()

@@ -152,6 +152,13 @@ class TrainConfig:
                                                       "timesteps (default truncated-snr: "
                                                       "max(SNR, 1) on the clean estimate)",
                                      choices=LOSS_WEIGHTINGS)
+    distill_sampler_states: float = setting(0.0, "guidance distillation: the share of "
+                                                 "optimizer steps trained on the states z_t "
+                                                 "the teacher's own guided sampler visits "
+                                                 "instead of noised training clips (default 0)")
+    distill_sampler_clips: int = setting(128, "guidance distillation: how many training "
+                                              "clips' conditions the teacher samples once, "
+                                              "at the run's start, to record those states")
     # optimisation
     batch_size: int = setting(8, "clips per process per micro-step", group="optimisation")
     gradient_accumulation_steps: int = setting(1)
@@ -349,6 +356,13 @@ class TrainConfig:
              f"distill_guidance must be >= 0, got {self.distill_guidance}")
         need(self.distill_guidance in (None, 1.0) or self.condition != "none",
              "distill_guidance needs a class- or text-conditioned model")
+        need(0 <= self.distill_sampler_states <= 1,
+             f"distill_sampler_states is a share in [0, 1], got {self.distill_sampler_states}")
+        need(self.distill_sampler_states == 0 or self.distill_kind == "guidance",
+             "distill_sampler_states needs --distill-kind guidance: a progressive student "
+             "learns two teacher steps from noised clips")
+        need(self.distill_sampler_clips >= 1,
+             f"distill_sampler_clips must be >= 1, got {self.distill_sampler_clips}")
 
     def _validate_rounds(self, need) -> None:
         rounds, timesteps = self.distill_rounds, self.num_train_timesteps

@@ -29,31 +29,44 @@ count, at half the passes: what matters where deterministic sampling loses conte
 (``docs/results.md``, "Few-step sampling"), so that halving steps needs an ODE teacher that is
 already below the bar.
 
+Sampler states (``distill_sampler_states``, beyond Meng et al.): noised training clips are not
+where a guided sampler goes. Guidance pushes its states off the data, so a student that only
+ever saw noised clips meets, at sampling, z_t it was never trained on, and that is where the
+class-prompted students lost content (``docs/results.md``). The teacher samples the conditions
+of ``distill_sampler_clips`` training clips once, with its own sampler and guidance, and every
+state z_t it visits is kept (``SamplerStates``); a share of the optimizer steps then regresses
+the student on the teacher's guided epsilon at those states instead of at noised clips.
+
 Layout: ``(batch, channels, frames, height, width)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from .checkpoint import atomic_directory
 from .condition import Condition, Conditioning
 from .config import TrainConfig
 from .models.videofusion import VideoFusionModel
 from .noise import decomposed_noise
 from .objective import Loss, noise_regression, noised_clips
-from .pipeline import VideoFusionPipeline, load_pipeline
+from .pipeline import SamplingPlan, VideoFusionPipeline, load_pipeline
 from .sampling import guided_noise_prediction
 from .sharding import shard_like
 
 # The DDIM every grid and every distilled folder uses: nested timesteps, the last step to x_0.
 DDIM_GRID = {"timestep_spacing": "trailing", "set_alpha_to_one": True, "steps_offset": 0}
 ROUNDS_DIR = "rounds"  # output_dir/rounds/round-R: round R's student, round R + 1's teacher
+SAMPLER_STATES = "sampler_states/states.safetensors"  # in output_dir: the recorded states
 
 # The teacher's epsilon of clips z_t at per-clip timesteps and abar: (z_t, t, abar) -> eps.
 Teacher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -169,6 +182,106 @@ def guidance_distillation_loss(
     return noise_regression(prediction, target, alpha_bar, weighting, snr_gamma)
 
 
+@dataclasses.dataclass
+class SamplerStates:
+    """The states z_t a guided teacher's sampler visited, with the conditions it sampled:
+    ``states`` ``(N, S, C, F, H, W)`` (float16: read only as training inputs), ``timesteps``
+    ``(S,)`` of the sampler's S steps, ``class_labels`` ``(N,)`` and / or ``text_states``
+    ``(N, tokens, dim)``, null where the training clip's condition was dropped."""
+
+    states: torch.Tensor
+    timesteps: torch.Tensor
+    class_labels: torch.Tensor | None = None
+    text_states: torch.Tensor | None = None
+
+    def draw(self, batch: int, generator: torch.Generator, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor, Condition]:
+        """``batch`` states drawn uniformly over clips and steps: ``(z_t (B, C, F, H, W),
+        timesteps (B,), their conditions)``."""
+        clips, steps = self.states.shape[:2]
+        clip = torch.randint(0, clips, (batch,), generator=generator, device=generator.device)
+        step = torch.randint(0, steps, (batch,), generator=generator, device=generator.device)
+        clip, step = clip.cpu(), step.cpu()
+
+        def pick(values):
+            return None if values is None else values[clip].to(device)
+
+        z_t = self.states[clip, step].to(device, torch.float32)
+        return z_t, self.timesteps[step].to(device), Condition(pick(self.class_labels),
+                                                               pick(self.text_states))
+
+    def save(self, path: Path, about: dict[str, str]) -> None:
+        """Written whole or not at all, ``about`` (what recorded them) as the file's metadata."""
+        tensors = {"states": self.states, "timesteps": self.timesteps}
+        tensors.update({name: value for name, value in (("class_labels", self.class_labels),
+                                                        ("text_states", self.text_states))
+                        if value is not None})
+        with atomic_directory(path.parent) as folder:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, folder / path.name,
+                      metadata=about)
+
+    @classmethod
+    def load(cls, path: Path, about: dict[str, str]) -> SamplerStates | None:
+        """The states at ``path`` if ``about`` says they were recorded as now; ``None`` if there
+        are none or others (a safetensors file: no pickle is read)."""
+        if not path.is_file():
+            return None
+        with safe_open(path, framework="pt") as handle:
+            if handle.metadata() != about:
+                return None
+            found = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        return cls(found["states"], found["timesteps"], found.get("class_labels"),
+                   found.get("text_states"))
+
+
+@torch.no_grad()
+def record_sampler_states(pipe: VideoFusionPipeline, condition: Condition, lambdas: torch.Tensor,
+                          guidance_scale: float, seed: int, chunk: int = 16) -> SamplerStates:
+    """Sample one video per clip of ``condition`` (its null values filled in, as
+    ``Distillation.with_null`` does) with ``pipe``'s own sampler, steps and signal leak at
+    ``guidance_scale``, keeping every state z_t the sampler denoises. Chunk c draws its noise
+    from seed ``seed + c``."""
+    count = len(next(v for v in (condition.class_labels, condition.encoder_hidden_states)
+                     if v is not None))
+    height, width = pipe.check_inputs()
+    factor = pipe.vae_scale_factor
+    recorded = []
+    for c, start in enumerate(range(0, count, chunk)):
+        part = Condition(*(None if v is None else v[start:start + chunk].to(pipe.device)
+                           for v in (getattr(condition, f.name)
+                                     for f in dataclasses.fields(condition))))
+        batch = len(part.class_labels if part.class_labels is not None
+                    else part.encoder_hidden_states)
+        shape = (batch, pipe.residual.config.out_channels, len(lambdas), height // factor,
+                 width // factor)
+        plan = SamplingPlan(height, width, shape, lambdas, part, guidance_scale,
+                            pipe.default_steps, signal_leak=pipe.signal_leak())
+        latents, fresh_noise = pipe.prepare_latents(plan, torch.Generator().manual_seed(seed + c))
+        visited: list[torch.Tensor] = []  # S x (B, C, F, H, W)
+        pipe.denoise(plan, latents, fresh_noise, before_step=partial(kept, visited),
+                     progress=False)
+        recorded.append(torch.stack(visited, dim=1))  # (B, S, C, F, H, W)
+    return SamplerStates(torch.cat(recorded), pipe.scheduler.timesteps.cpu().clone(),
+                         None if condition.class_labels is None else condition.class_labels.cpu(),
+                         None if condition.encoder_hidden_states is None
+                         else condition.encoder_hidden_states.cpu().float())
+
+
+def kept(visited: list[torch.Tensor], _: int, z_t: torch.Tensor) -> torch.Tensor:
+    """A sampler's ``before_step`` hook that keeps each state it is shown, unchanged."""
+    visited.append(z_t.to("cpu", torch.float16))
+    return z_t
+
+
+def condition_digest(condition: Condition) -> str:
+    """A short fingerprint of a condition's values, to tell recorded states apart."""
+    digest = hashlib.sha256()
+    for value in condition.plain().values():
+        if value is not None:
+            digest.update(value.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def per_clip(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``(B,)`` reshaped to broadcast against ``(B, C, F, H, W)``."""
     return values.to(like).view(-1, 1, 1, 1, 1)
@@ -207,6 +320,8 @@ class Distillation:
         self.own_steps = first.config.get("default_inference_steps")
         self.conditioning = Conditioning.of(student.residual)
         self._teacher = (0, frozen(first, self.device))
+        self.first = first
+        self.sampler_states: SamplerStates | None = None
 
     def round_of(self, step: int) -> int:
         """The round that trains optimizer step ``step`` (0-based)."""
@@ -251,6 +366,10 @@ class Distillation:
                           guidance_scale=self.guidance if round_ == 0 else 1.0)
         student_kwargs = {"stop_gradient": config.stop_gradient,
                           "freeze_base": config.freeze_base, **condition.plain()}
+        if self.uses_sampler_states(generator):
+            z_t, timesteps, condition = self.sampler_states.draw(video.shape[0], generator,
+                                                                 video.device)
+            return self.guidance_loss_at(student, z_t, timesteps, condition)
         if not self.progressive:
             return guidance_distillation_loss(
                 student, teacher, video, self.alphas_cumprod, self.lambdas, generator=generator,
@@ -259,6 +378,52 @@ class Distillation:
             student, teacher, video, self.grids[round_], self.alphas_cumprod, self.lambdas,
             generator=generator, clip=self.clip, weighting=config.distill_weighting,
             snr_gamma=config.snr_gamma, **student_kwargs)
+
+    def uses_sampler_states(self, generator: torch.Generator) -> bool:
+        """Whether this shard trains on recorded sampler states (odds
+        ``distill_sampler_states``); draws from ``generator`` only when they are on."""
+        share = self.config.distill_sampler_states
+        if not share:
+            return False
+        if self.sampler_states is None:
+            raise RuntimeError("distill_sampler_states is on but no states were prepared "
+                               "(Distillation.prepare_sampler_states)")
+        return bool(torch.rand((), generator=generator, device=generator.device) < share)
+
+    def guidance_loss_at(self, student, z_t: torch.Tensor, timesteps: torch.Tensor,
+                         condition: Condition) -> Loss:
+        """The guidance student's loss at given states ``z_t`` ``(B, C, F, H, W)`` and
+        ``timesteps`` ``(B,)``: its conditional epsilon against the guided teacher's."""
+        config = self.config
+        alpha_bar = self.alphas_cumprod[timesteps.to(self.alphas_cumprod.device)].to(z_t)
+        with torch.no_grad():
+            target = guided_noise_prediction(self.teacher(0), z_t, timesteps, alpha_bar,
+                                             self.lambdas, self.with_null(condition),
+                                             guidance_scale=self.guidance)
+        prediction = student(z_t, timesteps, alpha_bar, self.lambdas,
+                             stop_gradient=config.stop_gradient, freeze_base=config.freeze_base,
+                             **condition.plain())
+        return noise_regression(prediction, target, alpha_bar, config.distill_weighting,
+                                config.snr_gamma)
+
+    def prepare_sampler_states(self, condition: Condition, write: bool = True) -> None:
+        """The states the teacher's sampler visits for ``condition`` (one per training clip,
+        dropped as configured): read back from the run folder if recorded there for the same
+        teacher, guidance and conditions, else recorded now (minutes) and, with ``write``,
+        saved, so that a resumed run trains on the same states."""
+        path = self.output / SAMPLER_STATES
+        about = {"teacher": str(Path(self.config.distill_from).resolve()),
+                 "guidance_scale": repr(self.guidance),
+                 "scheduler": type(self.first.scheduler).__name__,
+                 "steps": str(self.first.default_steps), "seed": str(self.config.seed),
+                 "conditions": condition_digest(condition)}
+        states = SamplerStates.load(path, about)
+        if states is None:
+            states = record_sampler_states(self.first, self.with_null(condition), self.lambdas,
+                                           self.guidance, self.config.seed)
+            if write:
+                states.save(path, about)
+        self.sampler_states = states
 
     def with_null(self, condition: Condition) -> Condition:
         """``condition`` with the null label and the empty prompt's states that guidance pairs

@@ -277,6 +277,10 @@ class Trainer:
         self.lambdas = self.model.lambdas(config.frames, config.lambda_).to(self.device)
         self.distillation = None if config.distill_from is None else Distillation(
             config, self.output, self.model, self.alphas_cumprod, self.lambdas, self.captions)
+        if config.distill_sampler_states:
+            with accelerator.main_process_first():
+                self.distillation.prepare_sampler_states(self._sampler_state_conditions(),
+                                                         write=accelerator.is_main_process)
         self.module, self.optimizer = accelerator.prepare(
             setup.TrainingModule(self.model), setup.make_optimizer(config, self.model))
         self.ema = self._new_ema()
@@ -482,6 +486,17 @@ class Trainer:
         return get_scheduler(config.lr_scheduler, self.optimizer,
                              num_warmup_steps=min(config.lr_warmup_steps, steps),
                              num_training_steps=steps)
+
+    def _sampler_state_conditions(self) -> Condition:
+        """The conditions of ``distill_sampler_clips`` training clips (a seeded draw), dropped
+        as the batches' are: what the teacher samples to record its sampler's states."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        count = min(self.config.distill_sampler_clips, len(self.dataset))
+        chosen = torch.randperm(len(self.dataset), generator=generator)[:count].tolist()
+        items = [self.dataset[i] for i in chosen]
+        batch = {"caption": [item.get("caption", "") for item in items],
+                 "class_label": torch.as_tensor([item.get("class_label", 0) for item in items])}
+        return self.batch_condition(batch, generator)
 
     def _loader(self, start_step: int, end_step: int) -> DataLoader:
         config, accelerator = self.config, self.accelerator
