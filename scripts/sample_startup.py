@@ -1,0 +1,110 @@
+"""Where the seconds of `videofusion sample` of one video go: start-up, loading, sampling, files.
+
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/sample_startup.py [--repeats 5] [--steps N]
+        [--scheduler NAME] [--out FILE]
+
+Each repeat runs, in fresh processes and alternately, (1) the whole command
+``videofusion sample --class-label 3 --num-videos 1`` (wall clock from the parent, start-up
+and files included), and (2) the same work stage by stage in one process, each stage timed
+from inside: importing torch, then diffusers' ``UNet2DModel`` (what the base generator is),
+then the rest of ``videofusion.pipeline``; loading the shipped model; the plan (which loads
+the text encoder for the empty prompt of a class-only request); sampling; writing the mp4, GIF
+and contact sheet. Prints medians (and ranges) over the repeats. Stages run in the order the
+CLI runs them, so each import's time excludes what an earlier one already loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = "src/videofusion/assets/default_model"
+
+
+def stages(steps: int | None, scheduler: str | None) -> dict[str, float]:
+    """One run, stage by stage, in this (fresh) process."""
+    times, last = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        times[name] = round(now - last, 3)
+        last = now
+
+    import torch
+    lap("import torch")
+    from diffusers import UNet2DModel  # noqa: F401
+    lap("import diffusers' UNet2DModel")
+    from videofusion.pipeline import load_pipeline
+    from videofusion.video_io import contact_sheet, write_gif, write_mp4
+    lap("import the rest of videofusion")
+    pipe = load_pipeline(MODEL).use_scheduler(scheduler)
+    lap("load the model")
+    plan = pipe.plan(class_labels=[3], num_inference_steps=steps or pipe.default_steps,
+                     guidance_scale=pipe.default_guidance)
+    lap("plan (text encoder for the empty prompt)")
+    videos = pipe.generate(plan, torch.Generator().manual_seed(0), progress=False)
+    lap("sample")
+    with tempfile.TemporaryDirectory() as out:
+        write_mp4(videos[0], Path(out) / "video_000.mp4", pipe.config.fps, 4)
+        write_gif(videos[0], Path(out) / "video_000.gif", pipe.config.fps, 4)
+        contact_sheet(videos, Path(out) / "contact_sheet.png", scale=2)
+    lap("write mp4, GIF, contact sheet")
+    return times
+
+
+def whole_command(steps: int | None, scheduler: str | None) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "videofusion.cli", "sample", "--class-label", "3",
+                   "--num-videos", "1", "--out", str(Path(out) / "s")]
+        command += ["--steps", str(steps)] if steps else []
+        command += ["--scheduler", scheduler] if scheduler else []
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, help="default: the model's own")
+    parser.add_argument("--scheduler", help="default: the model's own")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(stages(args.steps, args.scheduler)))
+        return
+    child = [sys.executable, __file__, "--child"]
+    child += ["--steps", str(args.steps)] if args.steps else []
+    child += ["--scheduler", args.scheduler] if args.scheduler else []
+    wholes, runs = [], []
+    for _ in range(args.repeats):
+        wholes.append(whole_command(args.steps, args.scheduler))
+        start = time.perf_counter()
+        found = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+        process = time.perf_counter() - start
+        runs.append({**json.loads(found.strip().splitlines()[-1]), "process": process})
+
+    def summary(values: list[float]) -> dict[str, float]:
+        return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+                "max": round(max(values), 2)}
+
+    report = {"command": " ".join(sys.argv), "repeats": args.repeats,
+              "whole `videofusion sample` command": summary(wholes),
+              **{name: summary([r[name] for r in runs]) for name in runs[0]}}
+    for name, value in report.items():
+        if isinstance(value, dict):
+            print(f"{name:45s} {value['median']:6.2f} s  ({value['min']:.2f}-{value['max']:.2f})")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
