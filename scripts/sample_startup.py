@@ -1,16 +1,17 @@
 """Where the seconds of `videofusion sample` of one video go: start-up, loading, sampling, files.
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/sample_startup.py [--repeats 5] [--steps N]
-        [--scheduler NAME] [--out FILE]
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/sample_startup.py [--model-dir DIR] [--repeats 5]
+        [--steps N] [--scheduler NAME] [--out FILE]
 
 Each repeat runs, in fresh processes and alternately, (1) the whole command
 ``videofusion sample --class-label 3 --num-videos 1`` (wall clock from the parent, start-up
-and files included), and (2) the same work stage by stage in one process, each stage timed
-from inside: importing torch, then diffusers' ``UNet2DModel`` (what the base generator is),
-then the rest of ``videofusion.pipeline``; loading the shipped model; the plan (which loads
-the text encoder for the empty prompt of a class-only request); sampling; writing the mp4, GIF
-and contact sheet. Prints medians (and ranges) over the repeats. Stages run in the order the
-CLI runs them, so each import's time excludes what an earlier one already loaded.
+and files included; the shipped model unless ``--model-dir``), and (2) the same work stage by
+stage in one process, each stage timed from inside: importing torch, then diffusers'
+``UNet2DModel`` (what the base generator is), then the rest of ``videofusion.pipeline``;
+loading the model; the plan (which loads the text encoder for the empty prompt of a class-only
+request); sampling; writing the mp4, GIF and contact sheet. Prints medians (and ranges) over
+the repeats. Stages run in the order the CLI runs them, so each import's time excludes what an
+earlier one already loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 MODEL = "src/videofusion/assets/default_model"
 
 
-def stages(steps: int | None, scheduler: str | None) -> dict[str, float]:
+def stages(model: str, steps: int | None, scheduler: str | None) -> dict[str, float]:
     """One run, stage by stage, in this (fresh) process."""
     times, last = {}, time.perf_counter()
 
@@ -44,7 +45,7 @@ def stages(steps: int | None, scheduler: str | None) -> dict[str, float]:
     from videofusion.pipeline import load_pipeline
     from videofusion.video_io import contact_sheet, write_gif, write_mp4
     lap("import the rest of videofusion")
-    pipe = load_pipeline(MODEL).use_scheduler(scheduler)
+    pipe = load_pipeline(model).use_scheduler(scheduler)
     lap("load the model")
     plan = pipe.plan(class_labels=[3], num_inference_steps=steps or pipe.default_steps,
                      guidance_scale=pipe.default_guidance)
@@ -59,10 +60,10 @@ def stages(steps: int | None, scheduler: str | None) -> dict[str, float]:
     return times
 
 
-def whole_command(steps: int | None, scheduler: str | None) -> float:
+def whole_command(model: str, steps: int | None, scheduler: str | None) -> float:
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "videofusion.cli", "sample", "--class-label", "3",
-                   "--num-videos", "1", "--out", str(Path(out) / "s")]
+        command = [sys.executable, "-m", "videofusion.cli", "sample", "--model-dir", model,
+                   "--class-label", "3", "--num-videos", "1", "--out", str(Path(out) / "s")]
         command += ["--steps", str(steps)] if steps else []
         command += ["--scheduler", scheduler] if scheduler else []
         start = time.perf_counter()
@@ -72,6 +73,7 @@ def whole_command(steps: int | None, scheduler: str | None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default=MODEL)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, help="default: the model's own")
     parser.add_argument("--scheduler", help="default: the model's own")
@@ -79,14 +81,14 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(stages(args.steps, args.scheduler)))
+        print(json.dumps(stages(args.model_dir, args.steps, args.scheduler)))
         return
-    child = [sys.executable, __file__, "--child"]
+    child = [sys.executable, __file__, "--child", "--model-dir", args.model_dir]
     child += ["--steps", str(args.steps)] if args.steps else []
     child += ["--scheduler", args.scheduler] if args.scheduler else []
     wholes, runs = [], []
     for _ in range(args.repeats):
-        wholes.append(whole_command(args.steps, args.scheduler))
+        wholes.append(whole_command(args.model_dir, args.steps, args.scheduler))
         start = time.perf_counter()
         found = subprocess.run(child, check=True, capture_output=True, text=True).stdout
         process = time.perf_counter() - start

@@ -52,6 +52,7 @@ import torch
 from diffusers import DDIMScheduler
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from .checkpoint import atomic_directory
 from .condition import Condition, Conditioning
@@ -236,7 +237,8 @@ class SamplerStates:
 
 @torch.no_grad()
 def record_sampler_states(pipe: VideoFusionPipeline, condition: Condition, lambdas: torch.Tensor,
-                          guidance_scale: float, seed: int, chunk: int = 16) -> SamplerStates:
+                          guidance_scale: float, seed: int, chunk: int = 16,
+                          progress: bool = False) -> SamplerStates:
     """Sample one video per clip of ``condition`` (its null values filled in, as
     ``Distillation.with_null`` does) with ``pipe``'s own sampler, steps and signal leak at
     ``guidance_scale``, keeping every state z_t the sampler denoises. Chunk c draws its noise
@@ -246,7 +248,9 @@ def record_sampler_states(pipe: VideoFusionPipeline, condition: Condition, lambd
     height, width = pipe.check_inputs()
     factor = pipe.vae_scale_factor
     recorded = []
-    for c, start in enumerate(range(0, count, chunk)):
+    starts = range(0, count, chunk)
+    for c, start in enumerate(tqdm(starts, desc="recording the teacher's sampler states",
+                                   disable=not progress)):  # pragma: no mutate
         part = Condition(*(None if v is None else v[start:start + chunk].to(pipe.device)
                            for v in (getattr(condition, f.name)
                                      for f in dataclasses.fields(condition))))
@@ -420,7 +424,7 @@ class Distillation:
         states = SamplerStates.load(path, about)
         if states is None:
             states = record_sampler_states(self.first, self.with_null(condition), self.lambdas,
-                                           self.guidance, self.config.seed)
+                                           self.guidance, self.config.seed, progress=write)
             if write:
                 states.save(path, about)
         self.sampler_states = states
