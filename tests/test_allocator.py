@@ -60,11 +60,11 @@ PAGE_FAULTS = textwrap.dedent("""
     x = torch.randn(2, 3, 16, 64, 64)
     faults = []
     with torch.no_grad():
-        for _ in range(3):
+        for _ in range(6):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             net(x, torch.tensor([5, 5]))
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    print(faults[1] + faults[2])  # after the first forward, which faults its pages in anyway
+    print(sum(faults[1:]))  # after the first forward, which faults its pages in anyway
 """)
 
 
@@ -79,9 +79,11 @@ def test_kept_memory_is_reused_without_faulting_its_pages_in_again():
         return int(out.split()[-1])
 
     # glibc's default hands the forwards' large buffers back and faults them in (zero-filled)
-    # again: measured 88,000 page faults in two 64x64 forwards, against 2,000 kept
+    # again, forward after forward: measured 250,000-330,000 page faults in five 64x64
+    # forwards, against 4-6,000 kept, which do not grow with the forwards. Over two forwards
+    # the margin was once only 2.7x (26,561 against 9,730, in CI): five keep it wide.
     default, kept = faults("default"), faults("keep")
-    assert kept * 5 < default, (kept, default)
+    assert kept * 4 < default, (kept, default)
 
 
 @pytest.mark.parametrize("command, kept", [

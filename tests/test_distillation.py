@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from safetensors import safe_open
 from test_resume_equivalence import assert_same_tensors, folder_weights, run
 
 from videofusion import training_report as report
@@ -614,10 +615,13 @@ def test_a_run_records_the_states_once_and_resumes_on_them_bitwise(teacher_dir, 
     states = straight.distillation.sampler_states
     assert states.states.shape[:2] == (3, load_pipeline(teacher_dir).default_steps)
     assert_same_tensors(straight.model.state_dict(), resumed.model.state_dict())
-    # another teacher guidance records other states: the file's are not reused
-    config = distill_config(tmp_path, "split", teacher_dir, distill_guidance=1.5, **settings)
-    assert SamplerStates.load(path, {"teacher": "elsewhere"}) is None
-    assert config.distill_guidance == 1.5
+    # states recorded otherwise (another guidance, other conditions) are not reused
+    with safe_open(path, framework="pt") as handle:
+        about = handle.metadata()
+    assert about["guidance_scale"] == repr(GUIDANCE)
+    assert SamplerStates.load(path, about) is not None
+    for key, other in (("guidance_scale", "1.5"), ("conditions", "0" * 16)):
+        assert SamplerStates.load(path, {**about, key: other}) is None
 
 
 @pytest.mark.parametrize("overrides, message", [
