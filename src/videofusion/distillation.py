@@ -177,6 +177,15 @@ def guidance_distillation_loss(
     per clip, its epsilon regresses on the (guided) teacher's at the same decomposed z_t,
     weighted by ``weighting``; ``student_kwargs`` as in :func:`distillation_loss`."""
     z_t, timesteps, alpha_bar, _ = noised_clips(video, alphas_cumprod, lambdas, generator)
+    return guidance_regression(student, teacher, z_t, timesteps, alpha_bar, lambdas,
+                               weighting=weighting, snr_gamma=snr_gamma, **student_kwargs)
+
+
+def guidance_regression(student, teacher: Teacher, z_t: torch.Tensor, timesteps: torch.Tensor,
+                        alpha_bar: torch.Tensor, lambdas: torch.Tensor, *, weighting: str,
+                        snr_gamma: float, **student_kwargs) -> Loss:
+    """The student's epsilon at states ``z_t`` ``(B, C, F, H, W)`` (timesteps and abar ``(B,)``)
+    regressed on the (guided) teacher's there: noised clips or a sampler's own states."""
     with torch.no_grad():
         target = teacher(z_t, timesteps, alpha_bar)
     prediction = student(z_t, timesteps, alpha_bar, lambdas, **student_kwargs)
@@ -365,15 +374,20 @@ class Distillation:
         batch's (dropped as configured) ``condition``: the student learns the paths it is
         sampled with, the teacher guides each clip's condition against the null one."""
         config, round_ = self.config, self.round_of(step)
+        at_states = self.uses_sampler_states(generator)
+        if at_states:  # the clips and their conditions are recorded states instead
+            z_t, timesteps, condition = self.sampler_states.draw(video.shape[0], generator,
+                                                                 video.device)
         teacher = partial(guided_noise_prediction, self.teacher(round_), lambdas=self.lambdas,
                           condition=self.with_null(condition),
                           guidance_scale=self.guidance if round_ == 0 else 1.0)
         student_kwargs = {"stop_gradient": config.stop_gradient,
                           "freeze_base": config.freeze_base, **condition.plain()}
-        if self.uses_sampler_states(generator):
-            z_t, timesteps, condition = self.sampler_states.draw(video.shape[0], generator,
-                                                                 video.device)
-            return self.guidance_loss_at(student, z_t, timesteps, condition)
+        if at_states:
+            return guidance_regression(
+                student, teacher, z_t, timesteps,
+                alpha_bar_at(self.alphas_cumprod, timesteps).to(z_t), self.lambdas,
+                weighting=config.distill_weighting, snr_gamma=config.snr_gamma, **student_kwargs)
         if not self.progressive:
             return guidance_distillation_loss(
                 student, teacher, video, self.alphas_cumprod, self.lambdas, generator=generator,
@@ -393,22 +407,6 @@ class Distillation:
             raise RuntimeError("distill_sampler_states is on but no states were prepared "
                                "(Distillation.prepare_sampler_states)")
         return bool(torch.rand((), generator=generator, device=generator.device) < share)
-
-    def guidance_loss_at(self, student, z_t: torch.Tensor, timesteps: torch.Tensor,
-                         condition: Condition) -> Loss:
-        """The guidance student's loss at given states ``z_t`` ``(B, C, F, H, W)`` and
-        ``timesteps`` ``(B,)``: its conditional epsilon against the guided teacher's."""
-        config = self.config
-        alpha_bar = self.alphas_cumprod[timesteps.to(self.alphas_cumprod.device)].to(z_t)
-        with torch.no_grad():
-            target = guided_noise_prediction(self.teacher(0), z_t, timesteps, alpha_bar,
-                                             self.lambdas, self.with_null(condition),
-                                             guidance_scale=self.guidance)
-        prediction = student(z_t, timesteps, alpha_bar, self.lambdas,
-                             stop_gradient=config.stop_gradient, freeze_base=config.freeze_base,
-                             **condition.plain())
-        return noise_regression(prediction, target, alpha_bar, config.distill_weighting,
-                                config.snr_gamma)
 
     def prepare_sampler_states(self, condition: Condition, write: bool = True) -> None:
         """The states the teacher's sampler visits for ``condition`` (one per training clip,
