@@ -8,8 +8,9 @@ Writes docs/results/bundled/ (``--results``, to measure a candidate before shipp
   split, the model prompted by class label alone and by caption alone (I3D FVD / KVD, content
   consistency, prompt adherence, motion error, FVD-digits);
 - ``image_to_video.json``: key frames of held-out clips given as the image: the output's key
-  frame against the input, whether the other frames keep the image's digit, and how much the
-  frames next to the key frame change (generated vs the real clip);
+  frame against the input, whether the other frames keep the image's digit, how much the
+  frames next to the key frame change, and the coherence numbers (colour, motion), generated
+  vs the real clips;
 and docs/gallery/: a GIF per class label 0-9 and a few captions (64 px), and the content/motion
 contact sheet (rows share the base noise, columns the residual noise).
 """
@@ -49,6 +50,7 @@ def evaluations(args) -> None:
 def image_to_video(args, pipe) -> None:
     """Condition on the key frames of held-out clips; measure the key frame and the content."""
     from videofusion.data import MovingDigits
+    from videofusion.metrics.coherence import coherence_metrics
     from videofusion.metrics.digits import content_consistency, predict_digits, prompt_adherence
     from videofusion.noise import key_frame_index
 
@@ -63,6 +65,7 @@ def image_to_video(args, pipe) -> None:
     for image, label in zip(images, labels, strict=True):
         out.append(pipe(image=image, class_labels=[label], num_frames=frames,
                         num_inference_steps=args.steps, guidance_scale=args.guidance,
+                        reconstruction_guidance_scale=args.reconstruction_guidance,
                         generator=torch.Generator().manual_seed(args.seed), progress=False
                         ).frames[0])
     videos = np.stack(out)  # (n, frames, H, W, C) in [0, 1]
@@ -74,6 +77,10 @@ def image_to_video(args, pipe) -> None:
         return float(np.abs(v[:, neighbours] - v[:, k:k + 1]).mean())
 
     report = {"videos": n, "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+              "reconstruction_guidance_scale": pipe.plan(
+                  class_labels=[labels[0]], image=images[0],
+                  reconstruction_guidance_scale=args.reconstruction_guidance
+              ).reconstruction_guidance_scale,
               "key_frame_max_abs_error": float(np.abs(videos[:, k] - np.stack(images)).max()),
               "non_key_frames_showing_the_image_digit": float(
                   (others == np.array(labels)[:, None]).mean()),
@@ -81,6 +88,10 @@ def image_to_video(args, pipe) -> None:
               "prompt_adherence": prompt_adherence(others, labels),
               "neighbour_change_generated": step_change(videos),
               "neighbour_change_real": step_change(real)}
+    for name, v in (("generated", videos), ("real", real)):  # a frozen clip must not pass
+        metrics = coherence_metrics((v * 255).round().astype(np.uint8), digits=True)
+        report.update({f"{key}_{name}": metrics[key] for key in
+                       ("colour_deviation", "key_frame_seam", "mean_speed", "jerk", "worst_jerk")})
     report["scheduler"] = type(pipe.scheduler).__name__
     (args.results / "image_to_video.json").write_text(json.dumps(report, indent=2) + "\n")
     print("image-to-video", json.dumps(report, indent=1))
@@ -125,6 +136,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float,
                         help="guidance scale of every part (default: the folder's "
                              "default_guidance)")
+    parser.add_argument("--reconstruction-guidance", type=float,
+                        help="of image-to-video (default: the folder's)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help=f"where the JSON reports go (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--only", default="gallery,i2v,eval",

@@ -37,6 +37,7 @@ from .devices import resolve_dtype
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, decomposed_noise, make_lambdas
+from .reconstruction_guidance import check_reconstruction_guidance
 from .safety import check_safetensors
 from .sampling import initial_latents, sample_decomposed
 from .text import MiniLMTextEncoder, TextEncoder
@@ -68,6 +69,7 @@ class SamplingPlan:
     signal_leak: torch.Tensor | None = None  # (channels,): z_T's data mean, or pure noise
     dtype: torch.dtype = torch.float32  # the networks' forward passes (autocast); latents: fp32
     residual_guidance_scale: float | None = None  # None: guidance_scale
+    reconstruction_guidance_scale: float = 0.0  # towards the given key frame; 0: off
 
     @property
     def batch(self) -> int:
@@ -106,6 +108,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         distilled_guidance_scale: float | None = None,
         distilled_steps: int | None = None,
         class_names: list[str] | None = None,
+        default_reconstruction_guidance_scale: float | None = None,
     ):
         super().__init__()
         self.register_modules(residual=residual, scheduler=scheduler, base=base, vae=vae,
@@ -117,7 +120,9 @@ class VideoFusionPipeline(DiffusionPipeline):
                                 key_frame_correction=key_frame_correction,
                                 default_inference_steps=default_inference_steps,
                                 distilled_guidance_scale=distilled_guidance_scale,
-                                distilled_steps=distilled_steps)
+                                distilled_steps=distilled_steps,
+                                default_reconstruction_guidance_scale=(
+                                    default_reconstruction_guidance_scale))
         if class_names is not None:  # checked: names that do not fit the model are refused
             class_names = resolve_class_names(class_names, self.num_classes)
         self.register_to_config(class_names=class_names)
@@ -193,6 +198,13 @@ class VideoFusionPipeline(DiffusionPipeline):
             return 1.0
         recorded = self.config.get("default_guidance_scale")
         return 2.0 if recorded is None else float(recorded)
+
+    @property
+    def default_reconstruction_guidance(self) -> float:
+        """The reconstruction guidance of image-to-video when none is given: the one measured
+        for this folder (``default_reconstruction_guidance_scale``), else 0 (off)."""
+        recorded = self.config.get("default_reconstruction_guidance_scale")
+        return 0.0 if recorded is None else float(recorded)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -322,11 +334,23 @@ class VideoFusionPipeline(DiffusionPipeline):
         image=None,
         signal_leak: bool = True,
         dtype: str | torch.dtype | None = None,
+        reconstruction_guidance_scale: float | None = None,
     ) -> SamplingPlan:
         """``check_inputs`` and ``prepare_condition`` of a request (``__call__``'s arguments),
         with every default decided (the lambdas validate ``num_frames``): the plan the later
-        stages follow."""
+        stages follow. ``reconstruction_guidance_scale`` ``None`` is the folder's default for
+        image-to-video (``default_reconstruction_guidance``) and 0 without an image."""
         dtype = resolve_dtype(dtype)
+        if reconstruction_guidance_scale is None:
+            reconstruction_guidance_scale = (0.0 if image is None
+                                             else self.default_reconstruction_guidance)
+        if isinstance(reconstruction_guidance_scale, bool) or not isinstance(
+                reconstruction_guidance_scale, (int, float)) or not math.isfinite(
+                reconstruction_guidance_scale):
+            raise ValueError("reconstruction_guidance_scale must be a finite number, got "
+                             f"{reconstruction_guidance_scale!r}")
+        check_reconstruction_guidance(self.model, reconstruction_guidance_scale,
+                                      image is not None)
         height, width = self.check_inputs(height, width, num_videos)
         condition, batch = self.prepare_condition(prompt, class_labels, num_videos,
                                                   guidance_scale, residual_guidance_scale)
@@ -338,7 +362,8 @@ class VideoFusionPipeline(DiffusionPipeline):
         key_frame = None if image is None else self.encode_image(image, batch, height, width)
         return SamplingPlan(height, width, shape, lambdas, condition, guidance_scale,
                             num_inference_steps, eta, key_frame, self.signal_leak(signal_leak),
-                            dtype, residual_guidance_scale)
+                            dtype, residual_guidance_scale,
+                            float(reconstruction_guidance_scale))
 
     def prepare_latents(self, plan: SamplingPlan, generator: torch.Generator | None = None,
                         base_noise: torch.Tensor | None = None,
@@ -366,6 +391,7 @@ class VideoFusionPipeline(DiffusionPipeline):
             guidance_scale=plan.guidance_scale,
             residual_guidance_scale=plan.residual_guidance_scale, eta=plan.eta,
             key_frame=plan.key_frame,
+            reconstruction_guidance_scale=plan.reconstruction_guidance_scale,
             before_step=before_step, progress=progress, dtype=plan.dtype,
         )
 
@@ -406,6 +432,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         signal_leak: bool = True,
         dtype: str | torch.dtype | None = None,
         residual_guidance_scale: float | None = None,
+        reconstruction_guidance_scale: float | None = None,
     ) -> VideoFusionPipelineOutput | tuple:
         """Generate videos. ``num_videos`` per prompt/label (or in all, when unconditional).
 
@@ -421,12 +448,16 @@ class VideoFusionPipeline(DiffusionPipeline):
         the latents and the scheduler stay fp32 (``sample_decomposed``).
         ``residual_guidance_scale`` guides the residual generator with a scale of its own
         (``None``: ``guidance_scale``; ``sampling.guided_noise_prediction``).
+        ``reconstruction_guidance_scale`` pulls the other frames of image-to-video towards the
+        image (``videofusion.reconstruction_guidance``; ``None``: the folder's
+        ``default_reconstruction_guidance``).
         """
         plan = self.plan(prompt, class_labels, num_frames=num_frames, height=height, width=width,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          residual_guidance_scale=residual_guidance_scale,
                          lambda_=lambda_, num_videos=num_videos, eta=eta, image=image,
-                         signal_leak=signal_leak, dtype=dtype)
+                         signal_leak=signal_leak, dtype=dtype,
+                         reconstruction_guidance_scale=reconstruction_guidance_scale)
         frames = self.generate(plan, generator, base_noise, residual_noise, output_type, progress)
         return VideoFusionPipelineOutput(frames=frames) if return_dict else (frames,)
 

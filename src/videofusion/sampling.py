@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .condition import Condition
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, combine_noise, key_frame_index
+from .reconstruction_guidance import check_reconstruction_guidance, reconstruction_guidance
 
 # One scheduler step: (epshat, t, z_t, fresh noise) -> z_{t-1}.
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, FreshNoise], torch.Tensor]
@@ -40,6 +41,7 @@ def guided_noise_prediction(
     guidance_scale: float = 1.0,
     key_frame: torch.Tensor | None = None,
     residual_guidance_scale: float | None = None,
+    reconstruction_guidance_scale: float = 0.0,
 ) -> torch.Tensor:
     """epshat with classifier-free guidance applied to each network in turn (spec §4).
 
@@ -54,6 +56,9 @@ def guided_noise_prediction(
     carries the prompt into the clip: a residual scale of 1 skips the residual generator's
     unconditional pass, the costlier of the two, and on the shipped model loses the digit in a
     quarter of the class-prompted frames (``docs/results.md``, "Few-step sampling").
+
+    ``reconstruction_guidance_scale`` > 0, with a ``key_frame``, moves the other frames towards
+    agreeing with it (``videofusion.reconstruction_guidance``).
     """
     if residual_guidance_scale is None:
         residual_guidance_scale = guidance_scale
@@ -89,7 +94,11 @@ def guided_noise_prediction(
     if base is None:
         return residual
     if key_frame is not None:  # the key frame is known: nothing to correct
-        return combine_noise(base, residual, lambdas)
+        eps = combine_noise(base, residual, lambdas)
+        if reconstruction_guidance_scale:
+            eps = eps + reconstruction_guidance(model, z_t, base, timestep, alpha_bar, lambdas,
+                                                condition.plain(), reconstruction_guidance_scale)
+        return eps
     return model.combine(base, residual, lambdas)
 
 
@@ -161,6 +170,7 @@ def sample_decomposed(
     residual_guidance_scale: float | None = None,
     eta: float = 0.0,
     key_frame: torch.Tensor | None = None,
+    reconstruction_guidance_scale: float = 0.0,
     before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
@@ -188,7 +198,8 @@ def sample_decomposed(
     steps renew the base. The returned key frame is the image itself (schedulers whose last
     step stops short of abar = 1 would leave a trace of noise).
 
-    ``residual_guidance_scale``: the residual generator's own guidance
+    ``residual_guidance_scale``: the residual generator's own guidance; with a ``key_frame``,
+    ``reconstruction_guidance_scale`` pulls the other frames towards it
     (``guided_noise_prediction``).
 
     ``dtype`` float16 or bfloat16 runs the networks' forward passes under autocast, for speed
@@ -197,12 +208,14 @@ def sample_decomposed(
     """
     model.check_resolution(*latents.shape[-2:])
     lambdas = fresh_noise.lambdas.to(latents.device)
+    check_reconstruction_guidance(model, reconstruction_guidance_scale, key_frame is not None)
     if key_frame is not None:
         check_key_frame(model, lambdas)
         key_frame = key_frame.to(latents)
     predict = partial(guided_noise_prediction, model, lambdas=lambdas,
                       condition=condition or Condition(), guidance_scale=guidance_scale,
-                      residual_guidance_scale=residual_guidance_scale, key_frame=key_frame)
+                      residual_guidance_scale=residual_guidance_scale, key_frame=key_frame,
+                      reconstruction_guidance_scale=reconstruction_guidance_scale)
     step = noise_injecting_step(scheduler, eta)
     batch = latents.shape[0]
     z = latents

@@ -62,6 +62,9 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="PATH",
                    help="image-to-video: this image is the key frame (frame FRAMES // 2) of "
                         "every video, resized to the sample size")
+    p.add_argument("--reconstruction-guidance", type=float_range(0), metavar="W",
+                   help="with --image: pull the other frames towards the image (docs/method.md, "
+                        "§7); default: the model's own, 0 (off) if it records none")
     p.add_argument("--control-grid", type=grid_shape, metavar="R,C",
                    help="an R x C grid instead: rows share the base noise (content), columns "
                         "the residual noise (motion); writes control_grid.png and .gif")
@@ -82,6 +85,9 @@ def model_folder(args: argparse.Namespace) -> Path:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    if args.reconstruction_guidance and args.image is None:
+        raise ValueError("--reconstruction-guidance pulls the frames towards a given key frame: "
+                         "it needs --image")
     if args.control_grid and (args.image or args.base_seed is not None
                               or args.residual_seed is not None):
         raise ValueError("--control-grid draws its own base and residual noise: it takes no "
@@ -132,7 +138,7 @@ def run_sample(args: argparse.Namespace) -> int:
             print(path)
         return 0
     plan = pipe.plan(args.prompt, labels, num_videos=args.num_videos, image=image,
-                     **settings)
+                     reconstruction_guidance_scale=args.reconstruction_guidance, **settings)
     resolution = plan.height
     check_video_size(plan.batch, args.frames, resolution)
     _, channels, frames, side, _ = plan.latent_shape  # (batch, C, frames, h, w)
