@@ -161,7 +161,8 @@ def data_description(name: str, record: dict, parameters: dict) -> tuple[str, st
 
 
 def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: int,
-               guidance: float, distilled_guidance: float | None = None) -> str:
+               guidance: float, distilled_guidance: float | None = None,
+               reconstruction_guidance: float | None = None) -> str:
     config = record["config"]
     runs = lineage(record)
     seconds = total_seconds(record)
@@ -201,6 +202,10 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
     guidance_row = (f"{guidance:g} by default (`default_guidance_scale`; `--guidance` overrides)"
                     if distilled_guidance is None else
                     f"{guidance:g}, the only value it takes (its guidance is folded in)")
+    if reconstruction_guidance:
+        guidance_row += (f"; image-to-video: reconstruction guidance {reconstruction_guidance:g} "
+                         "(`default_reconstruction_guidance_scale`; `--reconstruction-guidance` "
+                         "overrides)")
     return f"""# {title}
 
 {data} Residual generator input:
@@ -266,6 +271,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float,
                         help="the guidance scale measured best for this model: the default of "
                              "`videofusion sample` / `eval` for it (unset: 2)")
+    parser.add_argument("--reconstruction-guidance", type=float,
+                        help="image-to-video's reconstruction guidance measured for this model "
+                             "(docs/method.md, §7): its default (unset: 0, off)")
     args = parser.parse_args()
     if not (args.run / "pipeline" / "model_index.json").is_file():
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
@@ -288,7 +296,8 @@ def main() -> None:
     flags = "".join(f" --{flag} {value}" for flag, value in (
         ("model", args.model if args.model != DEFAULT_MODEL else None),
         ("config-name", args.config_name if args.model != DEFAULT_MODEL else None),
-        ("recipe", args.recipe), ("scheduler", args.scheduler), ("steps", args.steps))
+        ("recipe", args.recipe), ("scheduler", args.scheduler), ("steps", args.steps),
+        ("reconstruction-guidance", args.reconstruction_guidance))
         if value is not None)
     record = training_record(args.run, args.config_name, args.raw_weights, args.guidance, flags)
     if args.recipe is not None:
@@ -304,6 +313,8 @@ def main() -> None:
         pipe.register_to_config(default_inference_steps=steps)
     if args.guidance is not None:
         pipe.register_to_config(default_guidance_scale=args.guidance)
+    if args.reconstruction_guidance is not None:
+        pipe.register_to_config(default_reconstruction_guidance_scale=args.reconstruction_guidance)
     parameters = {name: sum(p.numel() for p in module.parameters())
                   for name, module in (("base", pipe.base), ("residual", pipe.residual),
                                        ("vae", pipe.vae)) if module is not None}
@@ -312,7 +323,8 @@ def main() -> None:
         shutil.copy(args.run / "config.yaml", Path(tmp) / "training_config.yaml")
         card = model_card(args.model, record, parameters, type(pipe.scheduler).__name__,
                           steps, pipe.default_guidance,
-                          pipe.config.get("distilled_guidance_scale"))
+                          pipe.config.get("distilled_guidance_scale"),
+                          pipe.default_reconstruction_guidance)
         (Path(tmp) / "README.md").write_text(card)
         kept = {k: v for k, v in record.items() if k != "config"}
         (Path(tmp) / "training_record.json").write_text(json.dumps(kept, indent=2) + "\n")
