@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from videofusion import studio
 from videofusion.decomposition import decompose
@@ -162,6 +163,11 @@ def test_generate_reports_bad_input_and_keeps_serving(shipped, tmp_path, one_thr
     from videofusion.video_io import read_video
 
     assert read_video(result.video).shape[0] == 10
+    good = tmp_path / "key.png"  # image-to-video: the shipped model's reconstruction guidance
+    Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(good)
+    result = shipped.generate(Request(MODEL, class_label="3", frames=6, steps=2,
+                                      image=str(good)), keep=False)
+    assert "reconstruction guidance 40" in result.message, result.message
 
 
 def test_studio_parser_defaults_to_loopback():

@@ -320,7 +320,9 @@ class Studio:
                 else f"a long video of {len(video)} frames")
         message = (f"Generated {what} at {pipe.config.sample_size} px (content seed "
                    f"{request.content_seed}, motion seed {request.motion_seed}, guidance "
-                   f"{guidance:g}, λ {plan.lambdas.min().item():g})")
+                   f"{guidance:g}, λ {plan.lambdas.min().item():g}"
+                   + (f", reconstruction guidance {plan.reconstruction_guidance_scale:g}"
+                      if plan.reconstruction_guidance_scale else "") + ")")
         if not keep:
             return Result(message)
         self._runs += 1
