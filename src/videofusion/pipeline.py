@@ -344,11 +344,6 @@ class VideoFusionPipeline(DiffusionPipeline):
         if reconstruction_guidance_scale is None:
             reconstruction_guidance_scale = (0.0 if image is None
                                              else self.default_reconstruction_guidance)
-        if isinstance(reconstruction_guidance_scale, bool) or not isinstance(
-                reconstruction_guidance_scale, (int, float)) or not math.isfinite(
-                reconstruction_guidance_scale):
-            raise ValueError("reconstruction_guidance_scale must be a finite number, got "
-                             f"{reconstruction_guidance_scale!r}")
         check_reconstruction_guidance(self.model, reconstruction_guidance_scale,
                                       image is not None)
         height, width = self.check_inputs(height, width, num_videos)

@@ -25,6 +25,8 @@ Layout: ``(batch, channels, frames, height, width)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .models.videofusion import VideoFusionModel
@@ -34,8 +36,9 @@ from .noise import key_frame_index
 def check_reconstruction_guidance(model: VideoFusionModel, scale: float,
                                   has_key_frame: bool) -> None:
     """Refuse a scale the model or the request cannot use."""
-    if scale < 0:
-        raise ValueError(f"reconstruction guidance must be >= 0, got {scale:g}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+            or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"reconstruction guidance must be a finite number >= 0, got {scale!r}")
     if scale == 0:
         return
     if not has_key_frame:
