@@ -48,11 +48,23 @@ def _class_euler_lambda(pipe):
                 guidance_scale=2.0, generator=_seeded(4), progress=False).frames
 
 
-def _image_to_video(pipe):
+def _key_frame_image() -> np.ndarray:
     image = np.linspace(0, 1, 32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3)
     image[8:24, 12:20] = [1.0, 0.2, 0.2]
-    return pipe(class_labels=4, image=image, num_frames=16, num_inference_steps=4,
-                guidance_scale=4.0, generator=_seeded(5), progress=False).frames
+    return image
+
+
+def _image_to_video(pipe):
+    # the paper's image-to-video, without the reconstruction guidance
+    return pipe(class_labels=4, image=_key_frame_image(), num_frames=16, num_inference_steps=4,
+                guidance_scale=4.0, generator=_seeded(5), progress=False,
+                reconstruction_guidance_scale=0.0).frames
+
+
+def _image_to_video_guided(pipe):
+    # the folder's own reconstruction guidance (default_reconstruction_guidance_scale)
+    return pipe(class_labels=6, image=_key_frame_image(), num_frames=8, num_inference_steps=3,
+                guidance_scale=4.0, generator=_seeded(11), progress=False).frames
 
 
 def _fixed_noise_ddpm(pipe):
@@ -82,6 +94,7 @@ CASES = {
     "both_dpm_no_leak": _both_dpm_no_leak,
     "class_euler_lambda": _class_euler_lambda,
     "image_to_video": _image_to_video,
+    "image_to_video_guided": _image_to_video_guided,
     "fixed_noise_ddpm": _fixed_noise_ddpm,
     "control_grid": _control_grid,
     "long_video": _long_video,
