@@ -104,14 +104,18 @@ def test_the_sampler_adds_it_to_the_non_key_frames_and_keeps_the_image():
     assert (out[5.0] - out[0.0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("case", ["no key frame", "no correction", "negative"])
-def test_impossible_requests_are_refused(case):
+@pytest.mark.parametrize("case, message", [
+    ("no key frame", r"^reconstruction guidance needs a given key frame \(image-to-video\)$"),
+    ("no correction", r"^reconstruction guidance reads the residual generator's key-frame "
+                      r"correction \(spec §7\): this model has none$"),
+    ("negative", "finite number >= 0"), ("not a number", "finite number >= 0, got True")])
+def test_impossible_requests_are_refused(case, message):
     model = corrected_model(correction=case != "no correction")
     z, key, *_ = inputs()
     scheduler = DDPMScheduler()
     scheduler.set_timesteps(2)
-    scale = -1.0 if case == "negative" else 2.0
-    with pytest.raises(ValueError, match="reconstruction guidance"):
+    scale = {"negative": -1.0, "not a number": True}.get(case, 2.0)
+    with pytest.raises(ValueError, match=message):
         sample_decomposed(model, scheduler, z.float(), FreshNoise(make_lambdas(FRAMES, 0.5)),
                           key_frame=None if case == "no key frame" else key.float(),
                           reconstruction_guidance_scale=scale)
