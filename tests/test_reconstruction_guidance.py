@@ -60,7 +60,11 @@ def test_it_is_the_gradient_of_the_key_frames_reconstruction_error():
         return 0.5 * (key - xhat0).pow(2).sum(dim=(1, 2, 3))
 
     w = 3.0
-    change = reconstruction_guidance(model, z, b, t, a, lambdas, {"class_labels": labels}, w)
+    rhat, change = reconstruction_guidance(model, z, b, t, a, lambdas,
+                                           {"class_labels": labels}, w)
+    with torch.no_grad():  # its pass is the plain conditional one
+        torch.testing.assert_close(rhat, model.predict_residual(z, b, t, a, lambdas,
+                                                                class_labels=labels))
     assert change.shape == z.shape
     assert torch.all(change[:, :, K] == 0)  # the given key frame is not moved
     assert change.abs().max() > 1e-6
@@ -89,9 +93,14 @@ def test_the_sampler_adds_it_to_the_non_key_frames_and_keeps_the_image():
                                          key_frame=key, reconstruction_guidance_scale=5.0)
         av = a.view(-1, 1, 1, 1)
         b = (z[:, :, K] - av.sqrt() * key) / (1 - av).sqrt()
-        change = reconstruction_guidance(model, z, b, t, a, lambdas, condition.plain(), 5.0)
+        _, change = reconstruction_guidance(model, z, b, t, a, lambdas, condition.plain(), 5.0)
     torch.testing.assert_close(guided - plain, change, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(guided[:, :, K], plain[:, :, K], rtol=0, atol=0)
+    with torch.no_grad():  # the residual generator unguided: its conditional pass alone
+        plain, guided = (guided_noise_prediction(
+            model, z, t, a, lambdas, condition, guidance_scale=2.0, residual_guidance_scale=1.0,
+            key_frame=key, reconstruction_guidance_scale=w) for w in (0.0, 5.0))
+    torch.testing.assert_close(guided - plain, change, rtol=1e-4, atol=1e-5)
 
     scheduler = DDPMScheduler()
     scheduler.set_timesteps(4)

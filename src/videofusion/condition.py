@@ -58,18 +58,22 @@ class Condition:
 
     def for_guidance(self) -> dict:
         """The unconditional and conditional inputs stacked on the batch axis (null first)."""
-        def stack(null, cond):
+        null, cond = self.null(), self.plain()
+        return {name: None if cond[name] is None else torch.cat([null[name], cond[name]])
+                for name in cond}
+
+    def null(self) -> dict:
+        """The unconditional inputs: the null counterpart of each input that is given."""
+        def null_of(null, cond):
             if cond is None:
                 return None
             if null is None:
                 raise ValueError("classifier-free guidance needs the null condition")
-            return torch.cat([null, cond])
+            return null
 
-        return {
-            "class_labels": stack(self.null_class_labels, self.class_labels),
-            "encoder_hidden_states": stack(self.null_encoder_hidden_states,
-                                           self.encoder_hidden_states),
-        }
+        return {"class_labels": null_of(self.null_class_labels, self.class_labels),
+                "encoder_hidden_states": null_of(self.null_encoder_hidden_states,
+                                                 self.encoder_hidden_states)}
 
     def plain(self) -> dict:
         return {"class_labels": self.class_labels,

@@ -57,9 +57,11 @@ def reconstruction_guidance(
     lambdas: torch.Tensor,
     condition: dict,
     scale: float,
-) -> torch.Tensor:
-    """The change to epshat ``(B, C, F, H, W)``, zero on the key frame, for a given key frame
-    whose base noise is ``base`` ``(B, C, H, W)`` (``sampling.implied_base_noise``).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual generator's conditional rhat and the change to epshat, ``(B, C, F, H, W)``
+    each (the change zero on the key frame), for a given key frame whose base noise is
+    ``base`` ``(B, C, H, W)`` (``sampling.implied_base_noise``). rhat comes with the gradient's
+    pass, so the sampler need not run that pass again.
 
     ``timestep`` and ``alpha_bar`` are ``(B,)``; ``condition`` is the networks' conditional
     input (``Condition.plain()``).
@@ -70,10 +72,10 @@ def reconstruction_guidance(
         z, base, t, a, lambdas = (x.clone() for x in (z_t, base, timestep, alpha_bar, lambdas))
         condition = {name: None if v is None else v.clone() for name, v in condition.items()}
         z.requires_grad_(True)
-        rhat_key = model.predict_residual(z, base, t, a, lambdas, **condition)[:, :, k]
+        rhat = model.predict_residual(z, base, t, a, lambdas, **condition)
         a = a.to(z).view(-1, 1, 1, 1)
-        miss = (1 - a) / a * rhat_key.pow(2)  # (x^k - xhat0^k)^2, (B, C, H, W)
+        miss = (1 - a) / a * rhat[:, :, k].pow(2)  # (x^k - xhat0^k)^2, (B, C, H, W)
         (grad,) = torch.autograd.grad(0.5 * miss.sum(), z)  # (B, C, F, H, W)
     grad[:, :, k] = 0  # the given key frame stays as it is
     a = alpha_bar.to(grad).view(-1, 1, 1, 1, 1)
-    return scale * a / (1 - a).sqrt() * grad
+    return rhat.detach(), scale * a / (1 - a).sqrt() * grad

@@ -73,8 +73,7 @@ def guided_noise_prediction(
         """``run(x, copies)`` under guidance ``scale``."""
         if scale == 1.0:
             return run(x, 1)
-        uncond, conditional = run(torch.cat([x, x]), 2).chunk(2)
-        return uncond + scale * (conditional - uncond)
+        return mix(*run(torch.cat([x, x]), 2).chunk(2), scale)
 
     def base_pass(x: torch.Tensor, copies: int) -> torch.Tensor:
         t, _, cond = inputs[copies]
@@ -88,18 +87,30 @@ def guided_noise_prediction(
     base = None
     if key_frame is not None:
         base = implied_base_noise(z_t, key_frame, alpha_bar)  # (B, C, H, W)
+        if reconstruction_guidance_scale:
+            # the gradient's pass is the residual generator's conditional one: not run twice
+            conditional, change = reconstruction_guidance(
+                model, z_t, base, timestep, alpha_bar, lambdas, condition.plain(),
+                reconstruction_guidance_scale)  # (B, C, F, H, W) each
+            residual = conditional
+            if residual_guidance_scale != 1.0:
+                uncond = model.predict_residual(z_t, base, timestep, alpha_bar, lambdas,
+                                                **condition.null())
+                residual = mix(uncond, conditional, residual_guidance_scale)
+            return combine_noise(base, residual, lambdas) + change
     elif not model.is_baseline:
         base = guided(base_pass, z_t, guidance_scale)  # (B, C, H, W)
     residual = guided(residual_pass, z_t, residual_guidance_scale)  # (B, C, F, H, W)
     if base is None:
         return residual
     if key_frame is not None:  # the key frame is known: nothing to correct
-        eps = combine_noise(base, residual, lambdas)
-        if reconstruction_guidance_scale:
-            eps = eps + reconstruction_guidance(model, z_t, base, timestep, alpha_bar, lambdas,
-                                                condition.plain(), reconstruction_guidance_scale)
-        return eps
+        return combine_noise(base, residual, lambdas)
     return model.combine(base, residual, lambdas)
+
+
+def mix(uncond: torch.Tensor, conditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: the two predictions mixed at ``scale`` (1: the conditional)."""
+    return uncond + scale * (conditional - uncond)
 
 
 def implied_base_noise(z_t: torch.Tensor, key_frame: torch.Tensor,
