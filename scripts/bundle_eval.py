@@ -91,7 +91,8 @@ def image_to_video(args, pipe) -> None:
     for name, v in (("generated", videos), ("real", real)):  # a frozen clip must not pass
         metrics = coherence_metrics((v * 255).round().astype(np.uint8), digits=True)
         report.update({f"{key}_{name}": metrics[key] for key in
-                       ("colour_deviation", "key_frame_seam", "mean_speed", "jerk", "worst_jerk")})
+                       ("colour_deviation", "key_frame_seam", "mean_speed", "jerk", "worst_jerk",
+                        "background_grain", "neighbour_grain")})
     report["scheduler"] = type(pipe.scheduler).__name__
     (args.results / "image_to_video.json").write_text(json.dumps(report, indent=2) + "\n")
     print("image-to-video", json.dumps(report, indent=1))

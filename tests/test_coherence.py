@@ -173,3 +173,46 @@ def test_foreground_area_change_is_the_relative_change_between_frames():
     change = coherence.area_change(coherence.foreground_shapes(videos)[1])
     assert change[0] == pytest.approx((20 / 26 + 20 / 26 + 0) / 3)
     assert change[1] == pytest.approx((2 + 0) / 2)  # 0 -> 9 pixels: 9 / 4.5; then no change
+
+
+def speckled(videos, frames, amplitude=0.06, seed=0):
+    """``videos`` with faint random speckle (below the foreground threshold) on ``frames``."""
+    out = videos.copy()
+    noise = np.random.default_rng(seed).uniform(0, amplitude, out[:, frames].shape)
+    out[:, frames] = np.clip(out[:, frames] + noise, 0, 1)
+    return out
+
+
+def test_real_clips_have_no_background_grain_though_their_digits_have_sharp_edges(real):
+    grain = coherence.background_grain(real)
+    assert grain.shape == real.shape[:2]
+    assert np.nanmax(grain) < 1e-4
+    metrics = coherence.coherence_metrics(real)
+    assert metrics["background_grain"] < 1e-4
+
+
+def test_background_grain_sees_speckle_and_neighbour_grain_sees_it_beside_the_key_frame(real):
+    everywhere = speckled(real, slice(None))
+    beside = speckled(real, [K - 1, K + 1])
+    assert coherence.coherence_metrics(everywhere)["background_grain"] > 0.01
+    assert coherence.coherence_metrics(everywhere)["neighbour_grain"] == pytest.approx(1, abs=0.1)
+    assert coherence.coherence_metrics(beside)["neighbour_grain"] is None  # clean elsewhere
+    both = np.maximum(speckled(real, slice(None), amplitude=0.02, seed=1), beside)
+    assert coherence.coherence_metrics(both)["neighbour_grain"] > 2.0
+    assert coherence.coherence_metrics(frozen(real))["background_grain"] < 1e-4
+
+
+def test_background_grain_is_the_mean_distance_from_the_box_blur_away_from_the_foreground():
+    videos = np.zeros((1, 3, 12, 12, 3), np.float32)
+    videos[0, :, 0:2, 0:2] = 1.0  # foreground in the corner: rows and columns 0-3 are near it
+    videos[0, 1, 8, 8] = (0.09, 0.0, 0.0)  # one faint speck, far from the foreground
+    grain = coherence.background_grain(videos)
+    # the speck differs from its blur by 0.09 * 8 / 9 at its pixel, by 0.09 / 9 at each of its
+    # 8 neighbours (red only: / 3 channels); 144 - 16 pixels are at least 2 from the corner
+    assert grain[0, 1] == pytest.approx((0.09 * 8 / 9 + 8 * 0.09 / 9) / 3 / 128)
+    assert grain[0, 0] == grain[0, 2] == 0.0
+    grey = np.full((1, 2, 8, 8, 3), 0.5, np.float32)  # a flat sky has no grain, edges included
+    assert (coherence.background_grain(grey) == 0).all()
+    empty = np.ones((1, 3, 4, 4, 3), np.float32)
+    empty[0, :, 1:3, 1:3] = 0.0  # the foreground's surroundings cover the whole frame
+    assert np.isnan(coherence.background_grain(empty)).all()

@@ -14,7 +14,7 @@ from videofusion.cli import main
 from videofusion.condition import Condition
 from videofusion.noise import FreshNoise, key_frame_index
 from videofusion.pipeline import VideoFusionPipeline
-from videofusion.reconstruction_guidance import reconstruction_guidance
+from videofusion.reconstruction_guidance import MIN_SIGMA, reconstruction_guidance
 from videofusion.sampling import guided_noise_prediction, sample_decomposed
 
 ALPHAS = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.double()
@@ -78,6 +78,32 @@ def test_it_is_the_gradient_of_the_key_frames_reconstruction_error():
             slope = (miss(z + h * d)[clip] - miss(z - h * d)[clip]) / (2 * h)
             expected = w * a[clip] / (1 - a[clip]).sqrt() * slope
             torch.testing.assert_close((change * d).sum(), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_it_stops_below_the_minimum_noise_level():
+    """No change where sigma_t = sqrt((1 - abar_t) / abar_t) < MIN_SIGMA: no later step would
+    denoise it (grain beside the key frame)."""
+    model = corrected_model().double()
+    z, key, _, _, _ = inputs()
+    lambdas = make_lambdas(FRAMES, 0.5).double()
+    sigma = torch.tensor([MIN_SIGMA * 0.98, MIN_SIGMA * 1.02], dtype=torch.float64)
+    a = 1 / (1 + sigma**2)  # the clips just below and just above the threshold
+    t = torch.tensor([80, 80])
+    av = a.view(-1, 1, 1, 1)
+    b = (z[:, :, K] - av.sqrt() * key) / (1 - av).sqrt()
+    _, change = reconstruction_guidance(model, z, b, t, a, lambdas,
+                                        {"class_labels": torch.tensor([0, 2])}, 3.0)
+    assert torch.all(change[0] == 0)
+    assert change[1].abs().amax() > 1e-6
+    a = a[[0, 0]]  # both clips below: the plain conditional pass and no change
+    b = (z[:, :, K] - a.view(-1, 1, 1, 1).sqrt() * key) / (1 - a.view(-1, 1, 1, 1)).sqrt()
+    labels = torch.tensor([0, 2])
+    rhat, change = reconstruction_guidance(model, z, b, t, a, lambdas, {"class_labels": labels},
+                                           3.0)
+    assert torch.all(change == 0) and not rhat.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(rhat, model.predict_residual(z, b, t, a, lambdas,
+                                                                class_labels=labels))
 
 
 def test_the_sampler_adds_it_to_the_non_key_frames_and_keeps_the_image():

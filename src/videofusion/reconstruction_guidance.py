@@ -15,8 +15,9 @@ down the gradient of that miss (Ho et al., "Video Diffusion Models", 2022, §3.1
     epstilde^i = epshat^i + w_r abar_t / sqrt(1 - abar_t) grad_{z_t^i} (1/2) || x^k - xhat0^k ||^2
 
 (the same change written for epsilon, since xhat = (z_t - sqrt(1 - abar_t) epshat) /
-sqrt(abar_t)). It costs one forward and one backward pass of the residual generator per step,
-on the conditional input. Why: the residual generator, trained to read the key frame's colour
+sqrt(abar_t)), applied only while sigma_t = sqrt((1 - abar_t) / abar_t) >= ``MIN_SIGMA``. It
+costs one forward and one backward pass of the residual generator per guided step, on the
+conditional input. Why: the residual generator, trained to read the key frame's colour
 from its fifteen neighbours, does not read the neighbours' colour from the key frame
 (``docs/results/coherence/README.md``).
 
@@ -31,6 +32,13 @@ import torch
 
 from .models.videofusion import VideoFusionModel
 from .noise import key_frame_index
+
+# No guidance below this noise level. In epsilon the change stays about W |rhat^k| as the noise
+# vanishes (the gradient of rhat grows as 1 / sqrt(1 - abar_t)), but no later step is left to
+# denoise what it adds: with guidance on the last two of 25 DDPM steps (sigma 0.2 and 0.03),
+# the key frame's neighbours came out grainy, with it off there they were as clean as the other
+# frames (``docs/results/coherence/README.md``, "Reconstruction guidance").
+MIN_SIGMA = 0.25
 
 
 def check_reconstruction_guidance(model: VideoFusionModel, scale: float,
@@ -59,13 +67,18 @@ def reconstruction_guidance(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual generator's conditional rhat and the change to epshat, ``(B, C, F, H, W)``
-    each (the change zero on the key frame), for a given key frame whose base noise is
-    ``base`` ``(B, C, H, W)`` (``sampling.implied_base_noise``). rhat comes with the gradient's
-    pass, so the sampler need not run that pass again.
+    each (the change zero on the key frame, and on clips below ``MIN_SIGMA``), for a given key
+    frame whose base noise is ``base`` ``(B, C, H, W)`` (``sampling.implied_base_noise``). rhat
+    comes with the gradient's pass, so the sampler need not run that pass again; below
+    ``MIN_SIGMA`` it is the plain pass, without the backward one.
 
     ``timestep`` and ``alpha_bar`` are ``(B,)``; ``condition`` is the networks' conditional
     input (``Condition.plain()``).
     """
+    guided = (1 - alpha_bar) / alpha_bar >= MIN_SIGMA**2  # (B,): sigma_t^2 against the floor
+    if not guided.any():
+        rhat = model.predict_residual(z_t, base, timestep, alpha_bar, lambdas, **condition)
+        return rhat.detach(), torch.zeros_like(rhat)
     k = key_frame_index(z_t.shape[2])
     # the sampler runs in inference mode, whose tensors cannot enter autograd: clone them out
     with torch.inference_mode(False), torch.enable_grad():
@@ -78,4 +91,5 @@ def reconstruction_guidance(
         (grad,) = torch.autograd.grad(0.5 * miss.sum(), z)  # (B, C, F, H, W)
     grad[:, :, k] = 0  # the given key frame stays as it is
     a = alpha_bar.to(grad).view(-1, 1, 1, 1, 1)
-    return rhat.detach(), scale * a / (1 - a).sqrt() * grad
+    weight = scale * a / (1 - a).sqrt() * guided.to(grad).view(-1, 1, 1, 1, 1)
+    return rhat.detach(), weight * grad

@@ -23,6 +23,12 @@ For any video (pixels in [0, 1], frames ``(batch, frames, H, W, channels)``):
   low-frequency appearance, so flicker misses it; it shows as more pieces and an area that
   swells and shrinks. Read against the real clips' values (a render's thin pole may show as two
   pieces).
+* **background grain** and **neighbour grain**: the fine speckle left in the background (pixels
+  at least ``GRAIN_MARGIN`` pixels from the foreground), as the mean |frame - its 3 x 3 box
+  blur| (:func:`background_grain`), over the whole clip and at the key frame's two neighbours
+  divided by the other non-key frames. A sampler that changes the frames next to a given key
+  frame late, when no step is left to denoise the change, leaves grain there that the seam and
+  colour metrics do not see. Real clips: a flat background, grain 0.
 
 For moving digits (one digit on a dark background):
 
@@ -61,6 +67,10 @@ DIGIT_MIN = 0.2
 # Connected pieces of fewer than MIN_PIECE pixels are speckle, not shape.
 FOREGROUND_DISTANCE = 0.25
 MIN_PIECE = 3
+# Background grain is read this many pixels away from the foreground, whose edges are sharp.
+GRAIN_MARGIN = 2
+# Below this grain a background is flat (real moving digits: about 5e-6, the digits' soft edges).
+FLAT_GRAIN = 1e-4
 
 
 def _frames(videos) -> torch.Tensor:
@@ -143,6 +153,35 @@ def foreground_shapes(videos) -> tuple[np.ndarray, np.ndarray]:
     return pieces, areas
 
 
+def background_grain(videos) -> np.ndarray:
+    """``(batch, frames)``: mean |x - 3 x 3 box blur of x| over the background pixels (at least
+    ``GRAIN_MARGIN`` pixels from the foreground) and channels; NaN for a frame without any."""
+    x = _frames(videos)
+    b, f, c, h, w = x.shape
+    background = x.flatten(-2).median(dim=-1).values[..., None, None]
+    foreground = (x - background).abs().amax(dim=2, keepdim=True) >= FOREGROUND_DISTANCE
+    size = 2 * GRAIN_MARGIN + 1
+    near = F.max_pool2d(foreground.flatten(0, 1).double(), size, 1, GRAIN_MARGIN) > 0
+    frames = x.flatten(0, 1)  # (B * F, C, H, W)
+    blur = F.avg_pool2d(F.pad(frames, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    detail = (frames - blur).abs().mean(dim=1, keepdim=True)  # (B * F, 1, H, W)
+    far = (~near).double()
+    count = far.sum(dim=(1, 2, 3))
+    grain = (detail * far).sum(dim=(1, 2, 3)) / count.clamp(min=1)
+    grain[count == 0] = float("nan")
+    return grain.view(b, f).numpy()
+
+
+def neighbour_grain(grain: np.ndarray) -> float | None:
+    """Grain at the key frame's two neighbours over that at the other non-key frames, from
+    :func:`background_grain`'s ``(batch, frames)``, averaged over the set before dividing;
+    ``None`` where the other frames are flat (below ``FLAT_GRAIN``: real clips)."""
+    k = grain.shape[1] // 2
+    neighbours = np.nanmean(grain[:, [k - 1, k + 1]])
+    other = np.nanmean(np.delete(grain, [k - 1, k, k + 1], axis=1))
+    return float(neighbours / other) if other >= FLAT_GRAIN else None
+
+
 def area_change(areas: np.ndarray) -> np.ndarray:
     """Per clip: mean |A_{i+1} - A_i| / ((A_{i+1} + A_i) / 2) over frame pairs with any
     foreground (NaN for a clip with none)."""
@@ -214,7 +253,11 @@ def coherence_metrics(videos, digits: bool = False) -> dict:
     """The set's coherence numbers (moving-digits ones with ``digits``), JSON-ready."""
     pieces, areas = foreground_shapes(videos)
     changes = area_change(areas)
+    grain = background_grain(videos)
     result = {"key_frame_seam": key_frame_seam(videos), "flicker": flicker(videos),
+              "background_grain": float(np.nanmean(grain)) if np.isfinite(grain).any()
+              else None,
+              "neighbour_grain": neighbour_grain(grain) if np.isfinite(grain).any() else None,
               "foreground_pieces": float(pieces.mean()),
               "foreground_area_change": float(np.nanmean(changes)) if np.isfinite(changes).any()
               else None}
