@@ -23,6 +23,8 @@ _TABLE = (
     ("flicker", "flicker", True, "{:.4f}"),
     ("foreground pieces per frame", "foreground_pieces", True, "{:.3f}"),
     ("foreground area change", "foreground_area_change", True, "{:.4f}"),
+    ("background grain", "background_grain", True, "{:.5f}"),
+    ("grain beside the key frame", "neighbour_grain", True, "{:.3f}"),
     ("colour deviation", "colour_deviation", True, "{:.4f}"),
     ("palette colours covered", "palette_coverage", True, "{:d}"),
     ("mean speed (frame side)", "mean_speed", True, "{:.4f}"),
@@ -72,7 +74,10 @@ def build_report(real: VideoSet, fake: VideoSet, protocol: EvalProtocol, values:
                                   "deviation from its neighbours' mean over the other inner "
                                   "frames'), flicker on 4x4 frames, foreground pieces per frame "
                                   "and area change (pixels a channel >= 0.25 from its frame "
-                                  "median; pieces >= 3 pixels); on moving digits also "
+                                  "median; pieces >= 3 pixels), background grain (mean |x - "
+                                  "3x3 box blur| >= 2 pixels from the foreground) and its "
+                                  "ratio at the key frame's neighbours over the other non-key "
+                                  "frames; on moving digits also "
                                   "colour deviation from the clip median, palette colours "
                                   "covered, tracked speed, mean jerk and each clip's worst jerk in "
                                   "frame sides")
