@@ -200,6 +200,8 @@ def test_background_grain_sees_speckle_and_neighbour_grain_sees_it_beside_the_ke
     both = np.maximum(speckled(real, slice(None), amplitude=0.02, seed=1), beside)
     assert coherence.coherence_metrics(both)["neighbour_grain"] > 2.0
     assert coherence.coherence_metrics(frozen(real))["background_grain"] < 1e-4
+    three = speckled(real[:, :3], slice(None))  # no frame but the key frame's neighbours
+    assert coherence.neighbour_grain(coherence.background_grain(three)) is None
 
 
 def test_background_grain_is_the_mean_distance_from_the_box_blur_away_from_the_foreground():

@@ -175,11 +175,12 @@ def background_grain(videos) -> np.ndarray:
 def neighbour_grain(grain: np.ndarray) -> float | None:
     """Grain at the key frame's two neighbours over that at the other non-key frames, from
     :func:`background_grain`'s ``(batch, frames)``, averaged over the set before dividing;
-    ``None`` where the other frames are flat (below ``FLAT_GRAIN``: real clips)."""
+    ``None`` where the other frames are flat (below ``FLAT_GRAIN``: real clips) or missing."""
     k = grain.shape[1] // 2
-    neighbours = np.nanmean(grain[:, [k - 1, k + 1]])
-    other = np.nanmean(np.delete(grain, [k - 1, k, k + 1], axis=1))
-    return float(neighbours / other) if other >= FLAT_GRAIN else None
+    other = np.delete(grain, [k - 1, k, k + 1], axis=1)
+    if not np.isfinite(other).any() or np.nanmean(other) < FLAT_GRAIN:
+        return None
+    return float(np.nanmean(grain[:, [k - 1, k + 1]]) / np.nanmean(other))
 
 
 def area_change(areas: np.ndarray) -> np.ndarray:
