@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from videofusion.evaluation import load_moving_digits
 from videofusion.metrics import coherence
@@ -218,3 +219,141 @@ def test_background_grain_is_the_mean_distance_from_the_box_blur_away_from_the_f
     empty = np.ones((1, 3, 4, 4, 3), np.float32)
     empty[0, :, 1:3, 1:3] = 0.0  # the foreground's surroundings cover the whole frame
     assert np.isnan(coherence.background_grain(empty)).all()
+
+
+def test_digit_colour_is_the_mean_of_the_pixels_at_least_half_as_bright_as_the_brightest():
+    videos = np.zeros((1, 3, 8, 8, 3), np.float32)
+    videos[0, 0, 1:3, 1:3] = (0.8, 0.4, 0.0)  # brightest channel 0.8: the core threshold is 0.4
+    videos[0, 0, 5, 5] = (0.0, 0.0, 0.4)  # exactly half as bright: in the core
+    videos[0, 0, 6, 6] = (0.3, 0.3, 0.3)  # dimmer: not
+    videos[0, 1, 2:5, 2:5] = (0.0, 0.15, 0.15)  # frame 1: too faint to be a digit
+    videos[0, 2, 2:5, 2:5] = (0.25, 0.0, 0.25)  # frame 2: faint, but a digit
+    colours = coherence.digit_colours(videos)
+    np.testing.assert_allclose(colours[0, 0], [(4 * 0.8) / 5, (4 * 0.4) / 5, 0.4 / 5], rtol=1e-6)
+    assert np.isnan(colours[0, 1]).all()
+    np.testing.assert_allclose(colours[0, 2], [0.25, 0.0, 0.25], rtol=1e-6)
+    grey = videos[..., :1]  # one channel: the same value in all three
+    np.testing.assert_allclose(coherence.digit_colours(grey)[0, 0], [0.8] * 3, rtol=1e-6)
+
+
+def test_palette_names_scale_a_dim_colour_up_and_skip_clips_without_a_digit():
+    videos = np.zeros((3, 4, 8, 8, 3), np.float32)
+    videos[1, :, 2:5, 2:5] = (0.3, 0.3, 0.0)  # a dim yellow
+    videos[2, :, 2:5, 2:5] = (0.0, 0.0, 0.9)
+    assert coherence.palette_names(videos) == [None, "yellow", "blue"]
+    metrics = coherence.coherence_metrics(videos, digits=True)
+    assert metrics["palette_coverage"] == 2 and metrics["colour_deviation"] == 0.0
+
+
+def test_coherence_metrics_report_each_metric_under_its_name():
+    videos = np.zeros((2, 6, 16, 16, 3), np.float32)
+    for i in range(6):
+        videos[0, i, 4:7, 2 + i : 5 + i] = (0.9, 0.0, 0.0)
+        videos[1, i, 8:11, 2 + 2 * i : 5 + 2 * i] = (0.0, 0.0, 0.9) if i != 3 else (0, 0.9, 0)
+    videos[1, 2, 0, 15] = 0.05  # a faint speck in the background
+    plain = coherence.coherence_metrics(videos)
+    assert set(plain) == {"key_frame_seam", "flicker", "foreground_pieces",
+                          "foreground_area_change", "background_grain", "neighbour_grain"}
+    assert plain["key_frame_seam"] == coherence.key_frame_seam(videos)
+    assert plain["flicker"] == coherence.flicker(videos)
+    grain = coherence.background_grain(videos)
+    assert plain["background_grain"] == pytest.approx(np.nanmean(grain))
+    assert plain["neighbour_grain"] == coherence.neighbour_grain(grain)
+    digits = coherence.coherence_metrics(videos, digits=True)
+    assert set(digits) - set(plain) == {"colour_deviation", "palette_coverage", "palette_counts",
+                                        "mean_speed", "jerk", "worst_jerk"}
+    speed, jerk, worst = coherence.motion_statistics(videos)
+    assert digits["colour_deviation"] == pytest.approx(coherence.colour_deviation(videos).mean())
+    assert digits["colour_deviation"] > 0
+    assert (digits["mean_speed"], digits["jerk"], digits["worst_jerk"]) == pytest.approx(
+        (speed.mean(), jerk.mean(), worst.mean()))
+    assert digits["palette_counts"] == {"red": 1, "blue": 1}
+
+
+def test_metrics_of_clips_without_any_foreground_are_none_not_nan():
+    videos = np.zeros((1, 5, 8, 8, 3), np.float32)
+    metrics = coherence.coherence_metrics(videos, digits=False)
+    assert metrics["foreground_area_change"] is None and metrics["foreground_pieces"] == 0.0
+    covered = np.ones((1, 5, 4, 4, 3), np.float32)
+    covered[0, :, 1:3, 1:3] = 0.0  # a dark hole in a white frame: no digit, no background
+    metrics = coherence.coherence_metrics(covered, digits=True)
+    assert metrics["colour_deviation"] is None and metrics["palette_coverage"] == 0
+    assert metrics["background_grain"] is None and metrics["neighbour_grain"] is None
+
+
+def test_neighbour_grain_averages_both_neighbours():
+    grain = np.full((1, 9), 0.01)
+    grain[0, 5] = 0.03  # k = 4: one neighbour three times as grainy, the other as the rest
+    assert coherence.neighbour_grain(grain) == pytest.approx(2.0)
+    grain[0, 3], grain[0, 5] = 0.03, 0.01
+    assert coherence.neighbour_grain(grain) == pytest.approx(2.0)
+    flat = np.full((1, 9), coherence.FLAT_GRAIN)  # at the threshold: not flat
+    assert coherence.neighbour_grain(flat) == pytest.approx(1.0)
+
+
+def test_long_video_seam_is_the_seam_ratio_at_both_frames_of_each_join():
+    rng = np.random.default_rng(0)
+    videos = rng.uniform(0, 1, (2, 40, 4, 4, 3)).astype(np.float32)
+    # clips of 16 overlapping by 4: new clips start at 16 and 28, so the joins are 15|16, 27|28
+    assert coherence.long_video_seam(videos, 16, 4) == pytest.approx(
+        coherence.seam_ratio(videos, [15, 16, 27, 28]))
+    # a join at the last frame cannot be measured (no frame after it)
+    assert coherence.long_video_seam(videos[:, :29], 16, 4) == pytest.approx(
+        coherence.seam_ratio(videos[:, :29], [15, 16, 27]))
+    assert coherence.long_video_seam(videos[:, :18], 16, 0) == pytest.approx(
+        coherence.seam_ratio(videos[:, :18], [15, 16]))
+    with pytest.raises(ValueError, match=r"^videos: 16 frames hold no join of 16-frame clips "
+                                         r"overlapping by 4$"):
+        coherence.long_video_seam(videos[:, :16], 16, 4)
+    with pytest.raises(ValueError, match="no join"):
+        coherence.long_video_seam(videos, 16, 16)  # clips that do not advance have no joins
+
+
+def test_seam_and_deviations_refuse_what_they_cannot_measure():
+    videos = np.zeros((1, 3, 4, 4, 3), np.float32)
+    assert coherence.frame_deviations(videos).shape == (1, 1)  # three frames: one inner frame
+    with pytest.raises(ValueError, match=r"^videos: coherence metrics need at least 3 frames, "
+                                         r"got 2$"):
+        coherence.frame_deviations(videos[:, :2])
+    five = np.zeros((1, 5, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"^frames: inner frame indices 1\.\.3 expected, got "
+                                         r"\[4\]$"):
+        coherence.seam_ratio(five, [4])
+    assert coherence.seam_ratio(five, [3]) == 0.0  # the last inner frame is allowed
+    with pytest.raises(ValueError, match=r"^frames: at least one inner frame must be left to "
+                                         r"compare with$"):
+        coherence.seam_ratio(five, [1, 2, 3])
+
+
+def test_area_change_counts_any_area_above_zero():
+    change = coherence.area_change(np.array([[0, 1, 1], [2, 2, 2]]))
+    assert change[0] == pytest.approx((1 / 0.5 + 0) / 2)
+    assert change[1] == 0.0
+
+
+def test_a_tensor_batch_is_read_with_its_frames_on_the_third_axis():
+    videos = np.random.default_rng(1).uniform(0, 1, (2, 5, 8, 8, 3)).astype(np.float32)
+    tensor = torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1  # (B, C, F, H, W), [-1, 1]
+    assert coherence.key_frame_seam(tensor) == pytest.approx(coherence.key_frame_seam(videos))
+
+
+def test_single_pixels_and_threshold_values_count():
+    one = np.zeros((2, 3, 6, 6, 1), np.float32)  # a grey batch of two
+    one[:, :, 2, 2] = 0.7  # a one-pixel digit: its colour is that pixel's
+    np.testing.assert_allclose(coherence.digit_colours(one)[:, 0], [[0.7] * 3] * 2, rtol=1e-6)
+    frame = np.zeros((1, 3, 7, 7, 3), np.float32)
+    for y, x in [(0, 0), (0, 3), (0, 6), (3, 0), (3, 6), (6, 0), (6, 3), (6, 6)]:
+        frame[0, :, y, x] = 0.25  # foreground at exactly the threshold, round the border
+    frame[0, :, 3, 3, 0] = 0.09  # the one pixel 3 away from all of it: a faint red speck
+    np.testing.assert_allclose(coherence.background_grain(frame)[0], [0.09 * 8 / 9 / 3] * 3,
+                               rtol=1e-6)
+    three = np.zeros((1, 3, 8, 8, 3), np.float32)
+    three[0, :, 2, 2:5] = 0.25  # a three-pixel piece, at the threshold, is a shape
+    pieces, areas = coherence.foreground_shapes(three)
+    assert (pieces == 1).all() and (areas == 3).all()
+
+
+def test_long_video_seam_of_clips_advancing_one_frame():
+    videos = np.random.default_rng(2).uniform(0, 1, (1, 20, 4, 4, 3)).astype(np.float32)
+    assert coherence.long_video_seam(videos, 16, 15) == pytest.approx(
+        coherence.seam_ratio(videos, range(15, 19)))
