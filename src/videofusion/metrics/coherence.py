@@ -258,7 +258,7 @@ def coherence_metrics(videos, digits: bool = False) -> dict:
     result = {"key_frame_seam": key_frame_seam(videos), "flicker": flicker(videos),
               "background_grain": float(np.nanmean(grain)) if np.isfinite(grain).any()
               else None,
-              "neighbour_grain": neighbour_grain(grain) if np.isfinite(grain).any() else None,
+              "neighbour_grain": neighbour_grain(grain),
               "foreground_pieces": float(pieces.mean()),
               "foreground_area_change": float(np.nanmean(changes)) if np.isfinite(changes).any()
               else None}
