@@ -10,7 +10,8 @@ Writes docs/results/bundled/ (``--results``, to measure a candidate before shipp
 - ``image_to_video.json``: key frames of held-out clips given as the image: the output's key
   frame against the input, whether the other frames keep the image's digit, how much the
   frames next to the key frame change, and the coherence numbers (colour, motion), generated
-  vs the real clips;
+  vs the real clips; ``image_to_video.png``: the first four clips, each above what was generated
+  around its key frame;
 and docs/gallery/: a GIF per class label 0-9 and a few captions (64 px), and the content/motion
 contact sheet (rows share the base noise, columns the residual noise).
 """
@@ -30,6 +31,7 @@ RESULTS = ROOT / "docs" / "results" / "bundled"
 GALLERY = ROOT / "docs" / "gallery"
 CAPTIONS = ["a red digit 3 moving down and to the left", "a green digit 7 moving right",
             "a blue digit 0 moving up"]
+SHEET_CLIPS = 4
 
 
 def evaluations(args) -> None:
@@ -53,6 +55,7 @@ def image_to_video(args, pipe) -> None:
     from videofusion.metrics.coherence import coherence_metrics
     from videofusion.metrics.digits import content_consistency, predict_digits, prompt_adherence
     from videofusion.noise import key_frame_index
+    from videofusion.video_io import contact_sheet
 
     n, frames = args.i2v_videos, 16
     k = key_frame_index(frames)
@@ -95,6 +98,10 @@ def image_to_video(args, pipe) -> None:
                         "background_grain", "neighbour_grain")})
     report["scheduler"] = type(pipe.scheduler).__name__
     (args.results / "image_to_video.json").write_text(json.dumps(report, indent=2) + "\n")
+    # to look at: each of the first clips as it is (above) and generated around its key frame
+    pairs = np.stack([real[:SHEET_CLIPS], videos[:SHEET_CLIPS]], axis=1)
+    contact_sheet(pairs.reshape(-1, *videos.shape[1:]), args.results / "image_to_video.png",
+                  scale=2)
     print("image-to-video", json.dumps(report, indent=1))
 
 
