@@ -3,11 +3,14 @@ epstilde^i = epshat^i + w abar_t / sqrt(1 - abar_t) d/dz_t^i (1/2) ||x^k - xhat0
 the frames other than the key frame, with xhat0^k the key-frame-correcting model's own estimate
 of the given key frame, (z_t^k - sqrt(1 - abar_t) (b + rhat^k)) / sqrt(abar_t)."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_base, tiny_residual
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
+from PIL import Image
 
 from videofusion import VideoFusionModel, make_lambdas
 from videofusion.cli import main
@@ -181,8 +184,53 @@ def test_the_folder_records_its_default_and_image_to_video_uses_it(tmp_path):
         again.plan(class_labels=[1], image=image, reconstruction_guidance_scale=float("nan"))
 
 
+def test_the_folders_default_holds_for_its_own_scheduler_only(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    pipe = pipeline(default=7.0)
+    for name in ("ddim", "unipc", "dpm_sde"):
+        pipe.use_scheduler(name)
+        assert pipe.default_reconstruction_guidance == 0.0, name
+        assert pipe.plan(class_labels=[1], image=image).reconstruction_guidance_scale == 0.0
+    pipe.use_scheduler("ddpm")
+    assert pipe.plan(class_labels=[1], image=image).reconstruction_guidance_scale == 7.0
+
+
+def test_ddim_that_clips_x0_is_refused():
+    """DDIM with clip_sample re-derives epsilon from the clipped x0, and the guidance diverges
+    (docs/results/coherence/README.md); without clipping it samples."""
+    model = corrected_model()
+    z, key, *_ = inputs()
+    message = (r"^reconstruction guidance diverges under DDIM with clip_sample \(it re-derives "
+               r"epsilon from the clipped x0\): use ddpm or dpm_sde$")
+    for clip, scale in ((True, 2.0), (False, 2.0), (True, 0.0)):
+        scheduler = DDIMScheduler(clip_sample=clip)
+        scheduler.set_timesteps(2)
+        run = partial(sample_decomposed, model, scheduler, z.float(),
+                      FreshNoise(make_lambdas(FRAMES, 0.5)), key_frame=key.float(),
+                      condition=Condition(class_labels=torch.tensor([0, 2])),
+                      reconstruction_guidance_scale=scale)
+        if clip and scale:
+            with pytest.raises(ValueError, match=message):
+                run()
+        else:
+            assert torch.isfinite(run()).all()
+
+
 def test_cli_refuses_it_without_an_image(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "--reconstruction-guidance", "5", "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     assert "needs --image" in capsys.readouterr().err
+
+
+def test_cli_refuses_it_under_clipping_ddim_in_one_line(tmp_path, capsys):
+    key = tmp_path / "key.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(key)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--image", str(key), "--class-label", "5", "--scheduler", "ddim",
+              "--steps", "2", "--reconstruction-guidance", "5", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("reconstruction guidance diverges under DDIM with clip_sample (it "
+                            "re-derives epsilon from the clipped x0): use ddpm or dpm_sde")
+    assert not (tmp_path / "o").exists()

@@ -12,6 +12,7 @@ generator it is the VDM baseline, sampled through the same code.
 from __future__ import annotations
 
 import errno
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,9 +203,14 @@ class VideoFusionPipeline(DiffusionPipeline):
     @property
     def default_reconstruction_guidance(self) -> float:
         """The reconstruction guidance of image-to-video when none is given: the one measured
-        for this folder (``default_reconstruction_guidance_scale``), else 0 (off)."""
+        for this folder (``default_reconstruction_guidance_scale``) while the folder's own
+        scheduler samples, else 0 (off): a scale measured for one sampler does not carry over
+        (the digits model's 40, measured with DDPM, makes DDIM diverge,
+        ``videofusion.reconstruction_guidance.check_scheduler``)."""
         recorded = self.config.get("default_reconstruction_guidance_scale")
-        return 0.0 if recorded is None else float(recorded)
+        if recorded is None or sampler_identity(self.scheduler) != self._own_scheduler:
+            return 0.0
+        return float(recorded)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -519,8 +525,10 @@ class VideoFusionPipeline(DiffusionPipeline):
 
 def sampler_identity(scheduler) -> tuple[str, str | None]:
     """What makes two schedulers the same sampler: the class and, for DPM-Solver, whether it
-    solves the ODE or the SDE."""
-    return type(scheduler).__name__, scheduler.config.get("algorithm_type")
+    solves the ODE or the SDE. A scheduler made ``from_config`` of another keeps that one's
+    keys, so ``algorithm_type`` counts only where the class takes it."""
+    takes = "algorithm_type" in inspect.signature(type(scheduler).__init__).parameters
+    return type(scheduler).__name__, scheduler.config.get("algorithm_type") if takes else None
 
 
 def load_pipeline(folder: str | Path) -> VideoFusionPipeline:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 import torch
+from diffusers import DDIMScheduler
 
 from .models.videofusion import VideoFusionModel
 from .noise import key_frame_index
@@ -54,6 +55,17 @@ def check_reconstruction_guidance(model: VideoFusionModel, scale: float,
     if not model.key_frame_correction:
         raise ValueError("reconstruction guidance reads the residual generator's key-frame "
                          "correction (spec §7): this model has none")
+
+
+def check_scheduler(scheduler, scale: float) -> None:
+    """Refuse a scheduler under which the guidance diverges: DDIM with ``clip_sample``
+    re-derives epsilon from the clipped x0, and at high noise the change pushes the other
+    frames' x0 far out of range, so the clipped epsilon feeds back into the next step's
+    gradient (the digits model: the frames next to the key frame changed 9-19 times as much as
+    in real clips at every scale tried, 2 to 40; DDPM and DPM-Solver's SDE do not re-derive it)."""
+    if scale and isinstance(scheduler, DDIMScheduler) and scheduler.config.clip_sample:
+        raise ValueError("reconstruction guidance diverges under DDIM with clip_sample (it "
+                         "re-derives epsilon from the clipped x0): use ddpm or dpm_sde")
 
 
 def reconstruction_guidance(

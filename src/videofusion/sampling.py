@@ -25,7 +25,11 @@ from tqdm.auto import tqdm
 from .condition import Condition
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, combine_noise, key_frame_index
-from .reconstruction_guidance import check_reconstruction_guidance, reconstruction_guidance
+from .reconstruction_guidance import (
+    check_reconstruction_guidance,
+    check_scheduler,
+    reconstruction_guidance,
+)
 
 # One scheduler step: (epshat, t, z_t, fresh noise) -> z_{t-1}.
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, FreshNoise], torch.Tensor]
@@ -220,6 +224,7 @@ def sample_decomposed(
     model.check_resolution(*latents.shape[-2:])
     lambdas = fresh_noise.lambdas.to(latents.device)
     check_reconstruction_guidance(model, reconstruction_guidance_scale, key_frame is not None)
+    check_scheduler(scheduler, reconstruction_guidance_scale)
     if key_frame is not None:
         check_key_frame(model, lambdas)
         key_frame = key_frame.to(latents)
