@@ -204,8 +204,9 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
                     f"{guidance:g}, the only value it takes (its guidance is folded in)")
     if reconstruction_guidance:
         guidance_row += (f"; image-to-video: reconstruction guidance {reconstruction_guidance:g} "
+                         "with its own sampler, 0 with another "
                          "(`default_reconstruction_guidance_scale`; `--reconstruction-guidance` "
-                         "overrides)")
+                         "overrides; refused under DDIM with `clip_sample`, where it diverges)")
     return f"""# {title}
 
 {data} Residual generator input:
