@@ -196,12 +196,12 @@ def test_the_folders_default_holds_for_its_own_scheduler_only(tmp_path):
 
 
 def test_ddim_that_clips_x0_is_refused():
-    """DDIM with clip_sample re-derives epsilon from the clipped x0, and the guidance diverges
+    """DDIM with clip_sample clips x0 but not epsilon, and the guidance diverges
     (docs/results/coherence/README.md); without clipping it samples."""
     model = corrected_model()
     z, key, *_ = inputs()
-    message = (r"^reconstruction guidance diverges under DDIM with clip_sample \(it re-derives "
-               r"epsilon from the clipped x0\): use ddpm or dpm_sde$")
+    message = (r"^reconstruction guidance diverges under DDIM with clip_sample \(x0 is "
+               r"clipped, epsilon is not\): use ddpm or dpm_sde$")
     for clip, scale in ((True, 2.0), (False, 2.0), (True, 0.0)):
         scheduler = DDIMScheduler(clip_sample=clip)
         scheduler.set_timesteps(2)
@@ -231,6 +231,6 @@ def test_cli_refuses_it_under_clipping_ddim_in_one_line(tmp_path, capsys):
               "--steps", "2", "--reconstruction-guidance", "5", "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("reconstruction guidance diverges under DDIM with clip_sample (it "
-                            "re-derives epsilon from the clipped x0): use ddpm or dpm_sde")
+    assert err[-1].endswith("reconstruction guidance diverges under DDIM with clip_sample (x0 "
+                            "is clipped, epsilon is not): use ddpm or dpm_sde")
     assert not (tmp_path / "o").exists()

@@ -58,14 +58,15 @@ def check_reconstruction_guidance(model: VideoFusionModel, scale: float,
 
 
 def check_scheduler(scheduler, scale: float) -> None:
-    """Refuse a scheduler under which the guidance diverges: DDIM with ``clip_sample``
-    re-derives epsilon from the clipped x0, and at high noise the change pushes the other
-    frames' x0 far out of range, so the clipped epsilon feeds back into the next step's
-    gradient (the digits model: the frames next to the key frame changed 9-19 times as much as
-    in real clips at every scale tried, 2 to 40; DDPM and DPM-Solver's SDE do not re-derive it)."""
+    """Refuse a scheduler under which the guidance diverges. DDIM with ``clip_sample`` clips x0
+    but steps along the unclipped epsilon: at high noise the change pushes the other frames' x0
+    far out of [-1, 1], the clip takes it out of x0, and it enters whole through epsilon's
+    direction term, step after step (the digits model: the frames next to the key frame changed
+    9-19 times as much as in real clips at every scale tried, 2 to 40). DDPM's step reads only
+    the clipped x0 and z_t."""
     if scale and isinstance(scheduler, DDIMScheduler) and scheduler.config.clip_sample:
-        raise ValueError("reconstruction guidance diverges under DDIM with clip_sample (it "
-                         "re-derives epsilon from the clipped x0): use ddpm or dpm_sde")
+        raise ValueError("reconstruction guidance diverges under DDIM with clip_sample (x0 is "
+                         "clipped, epsilon is not): use ddpm or dpm_sde")
 
 
 def reconstruction_guidance(
