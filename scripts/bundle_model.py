@@ -325,7 +325,7 @@ def main() -> None:
         card = model_card(args.model, record, parameters, type(pipe.scheduler).__name__,
                           steps, pipe.default_guidance,
                           pipe.config.get("distilled_guidance_scale"),
-                          pipe.default_reconstruction_guidance)
+                          pipe.config.get("default_reconstruction_guidance_scale"))
         (Path(tmp) / "README.md").write_text(card)
         kept = {k: v for k, v in record.items() if k != "config"}
         (Path(tmp) / "training_record.json").write_text(json.dumps(kept, indent=2) + "\n")
