@@ -206,7 +206,7 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
         guidance_row += (f"; image-to-video: reconstruction guidance {reconstruction_guidance:g} "
                          "with its own sampler, 0 with another "
                          "(`default_reconstruction_guidance_scale`; `--reconstruction-guidance` "
-                         "overrides; refused under DDIM with `clip_sample`, where it diverges)")
+                         "overrides)")
     return f"""# {title}
 
 {data} Residual generator input:

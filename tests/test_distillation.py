@@ -32,7 +32,7 @@ from videofusion.distillation import (
 from videofusion.models.videofusion import NoisePrediction
 from videofusion.noise import make_lambdas
 from videofusion.pipeline import load_pipeline
-from videofusion.sampling import guided_noise_prediction
+from videofusion.sampling import guided_noise_prediction, noise_injecting_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,13 +151,15 @@ def hand_guided_eps(model, z, t, alpha_bar, labels, null, w):
 
 
 def hand_target(model, z_t, timesteps, labels, null, w):
-    """Two DDIM steps (x0 clipped to [-1, 1]) and the target, each line from the papers."""
+    """Two DDIM steps (x0 clipped to [-1, 1], epsilon re-derived from it) and the target, each
+    line from the papers."""
     abar = [1.0 if t < 0 else float(ALPHAS[t]) for t in timesteps]
     z = z_t
     for i in range(2):
         t = torch.tensor([timesteps[i]] * z.shape[0])
         eps = hand_guided_eps(model, z, t, torch.tensor([abar[i]] * z.shape[0]), labels, null, w)
         x0 = ((z - (1 - abar[i]) ** 0.5 * eps) / abar[i] ** 0.5).clamp(-1, 1)
+        eps = (z - abar[i] ** 0.5 * x0) / (1 - abar[i]) ** 0.5
         z = abar[i + 1] ** 0.5 * x0 + (1 - abar[i + 1]) ** 0.5 * eps
     alpha, sigma = abar[0] ** 0.5, (1 - abar[0]) ** 0.5
     alpha2, sigma2 = abar[2] ** 0.5, (1 - abar[2]) ** 0.5
@@ -229,7 +231,7 @@ def test_the_distilled_folders_ddim_walks_the_grid_with_the_same_step(steps):
     z, eps = torch.randn(1, 3, 2, 4, 4) * 2, torch.randn(1, 3, 2, 4, 4)
     for t, t_next in zip(grid[:-1], grid[1:], strict=True):
         abar = alpha_bar_at(scheduler.alphas_cumprod, torch.stack([t, t_next]))
-        torch.testing.assert_close(scheduler.step(eps, t, z).prev_sample,
+        torch.testing.assert_close(noise_injecting_step(scheduler)(eps, t, z, None),
                                    ddim_step(z, eps, abar[:1], abar[1:], clip=1.0))
 
 
@@ -496,7 +498,8 @@ def test_only_a_guidance_distillation_may_lengthen_its_round_on_resume():
 
 def test_the_recorded_states_are_the_teachers_ddim_trajectory(teacher_dir):
     """Each recorded state is the previous one moved by one deterministic DDIM step (x0
-    clipped to [-1, 1], as the folder's scheduler does) with the guided epsilon of spec §4,
+    clipped to [-1, 1] and epsilon re-derived from it, as the sampler's DDIM does) with the
+    guided epsilon of spec §4,
     written out by hand; the first is the signal-leak start of the pipeline's own draw."""
     pipe = load_pipeline(teacher_dir).use_scheduler("ddim")
     pipe.scheduler.set_timesteps(1)  # the recording sets its own steps
@@ -522,6 +525,7 @@ def test_the_recorded_states_are_the_teachers_ddim_trajectory(teacher_dir):
             eps = hand_guided_eps(model, z, t.expand(3), alphas[t].expand(3), labels, null,
                                   GUIDANCE)
         x0 = ((z - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()).clamp(-1, 1)
+        eps = (z - alphas[t].sqrt() * x0) / (1 - alphas[t]).sqrt()  # the clipped x0's
         expected = alphas[t_next].sqrt() * x0 + (1 - alphas[t_next]).sqrt() * eps
         torch.testing.assert_close(states.states[:, s + 1].float(), expected, atol=2e-2,
                                    rtol=1e-2)

@@ -256,6 +256,32 @@ def test_the_sampler_passes_the_residual_guidance_scale_to_every_step():
         assert torch.allclose(run(scale)[0, 0, :, 0, 0], x0, rtol=1e-4), scale
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_clipping_ddim_step_re_derives_epsilon_from_the_clipped_x0(eta):
+    """DDIM (eq. 12 of Song et al.) from x0 clipped to [-1, 1] and the epsilon that goes with it,
+    eps' = (z_t - sqrt(abar_t) x0) / sqrt(1 - abar_t): the step and its x0 agree. z_t is large
+    enough that x0 leaves [-1, 1] at most pixels, so stepping along the network's own epsilon
+    lands elsewhere."""
+    scheduler = DDIMScheduler(clip_sample=True)
+    scheduler.set_timesteps(10)
+    t, t_prev = scheduler.timesteps[3], scheduler.timesteps[4]
+    a, a_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[t_prev]
+    gen = torch.Generator().manual_seed(0)
+    z, eps = 3 * torch.randn(1, 3, 4, 4, 4, generator=gen), torch.randn(1, 3, 4, 4, 4,
+                                                                        generator=gen)
+    fresh = torch.randn(1, 3, 4, 4, 4, generator=gen)
+    x0 = ((z - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+    assert (x0.abs() == 1).float().mean() > 0.5
+    eps_clipped = (z - a.sqrt() * x0) / (1 - a).sqrt()
+    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
+    expected = (a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps_clipped
+                + sigma * fresh)
+    out = noise_injecting_step(scheduler, eta)(eps, t, z, lambda shape, **_: fresh)
+    torch.testing.assert_close(out, expected)
+    unclipped = (a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * fresh)
+    assert (out - unclipped).abs().max() > 0.1
+
+
 def test_guidance_without_a_null_condition_is_an_error():
     model = VideoFusionModel(LabelEcho(1.0), LabelEcho(1.0))
     with pytest.raises(ValueError, match="null condition"):

@@ -90,12 +90,14 @@ def alpha_bar_at(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch
 def ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
               alpha_bar_next: torch.Tensor, clip: float | None = None) -> torch.Tensor:
     """One deterministic DDIM step (eta 0) of clips ``z`` ``(B, C, F, H, W)`` from abar to
-    abar_next, each ``(B,)``: x0 = (z - sigma eps) / alpha, clamped to [-clip, clip] as
-    diffusers' DDIM does with ``clip_sample``, then z_next = alpha_next x0 + sigma_next eps."""
+    abar_next, each ``(B,)``: x0 = (z - sigma eps) / alpha, clamped to [-clip, clip] with eps
+    re-derived from it, as the sampler's DDIM does with ``clip_sample``
+    (``sampling.noise_injecting_step``), then z_next = alpha_next x0 + sigma_next eps."""
     a, a_next = per_clip(alpha_bar, z), per_clip(alpha_bar_next, z)
     x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
     if clip is not None:
         x0 = x0.clamp(-clip, clip)
+        eps = (z - a.sqrt() * x0) / (1 - a).sqrt()
     return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
 
 

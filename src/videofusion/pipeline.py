@@ -204,9 +204,8 @@ class VideoFusionPipeline(DiffusionPipeline):
     def default_reconstruction_guidance(self) -> float:
         """The reconstruction guidance of image-to-video when none is given: the one measured
         for this folder (``default_reconstruction_guidance_scale``) while the folder's own
-        scheduler samples, else 0 (off): a scale measured for one sampler does not carry over
-        (the digits model's 40, measured with DDPM, makes DDIM diverge,
-        ``videofusion.reconstruction_guidance.check_scheduler``)."""
+        scheduler samples, else 0 (off): a scale measured for one sampler is not known to
+        carry over to another (``docs/results/coherence/README.md``, "Other samplers")."""
         recorded = self.config.get("default_reconstruction_guidance_scale")
         if recorded is None or sampler_identity(self.scheduler) != self._own_scheduler:
             return 0.0

@@ -25,11 +25,7 @@ from tqdm.auto import tqdm
 from .condition import Condition
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, combine_noise, key_frame_index
-from .reconstruction_guidance import (
-    check_reconstruction_guidance,
-    check_scheduler,
-    reconstruction_guidance,
-)
+from .reconstruction_guidance import check_reconstruction_guidance, reconstruction_guidance
 
 # One scheduler step: (epshat, t, z_t, fresh noise) -> z_{t-1}.
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, FreshNoise], torch.Tensor]
@@ -224,7 +220,6 @@ def sample_decomposed(
     model.check_resolution(*latents.shape[-2:])
     lambdas = fresh_noise.lambdas.to(latents.device)
     check_reconstruction_guidance(model, reconstruction_guidance_scale, key_frame is not None)
-    check_scheduler(scheduler, reconstruction_guidance_scale)
     if key_frame is not None:
         check_key_frame(model, lambdas)
         key_frame = key_frame.to(latents)
@@ -294,6 +289,11 @@ def noise_injecting_step(scheduler, eta: float = 0.0) -> Step:
         )
     takes = inspect.signature(scheduler.step).parameters
     kwargs = {"eta": eta} if "eta" in takes else {}
+    if "use_clipped_model_output" in takes and clips_x0(scheduler):
+        # DDIM clips x0 but by default steps along the network's epsilon; re-derived from the
+        # clipped x0 (as GLIDE does), the step and x0 agree. Otherwise whatever pushed x0 out of
+        # range (reconstruction guidance at high noise) enters whole through epsilon.
+        kwargs["use_clipped_model_output"] = True
     if isinstance(scheduler, DDPMScheduler):
         if scheduler.config.variance_type not in DDPM_VARIANCES:
             raise ValueError(f"DDPM with variance_type={scheduler.config.variance_type!r} is not "
@@ -310,6 +310,11 @@ def noise_injecting_step(scheduler, eta: float = 0.0) -> Step:
         f"{type(scheduler).__name__} draws its own fresh noise, independent for every frame, "
         "and cannot take the decomposed draw of spec §1: use DDIM, DDPM, DPM-Solver or Euler"
     )
+
+
+def clips_x0(scheduler) -> bool:
+    """Whether the scheduler clips or thresholds its x0 estimate."""
+    return bool(scheduler.config.get("clip_sample") or scheduler.config.get("thresholding"))
 
 
 def adds_no_noise(scheduler, takes, eta: float) -> bool:
