@@ -282,6 +282,23 @@ def test_a_clipping_ddim_step_re_derives_epsilon_from_the_clipped_x0(eta):
     assert (out - unclipped).abs().max() > 0.1
 
 
+def test_a_clipping_ddim_with_eta_1_is_the_clipping_ddpm_step():
+    """DDIM with eta 1 is DDPM's ancestral step (Song et al., §4.1): both from x0 clipped to
+    [-1, 1], the same variance, the same injected noise. It holds only if DDIM steps along
+    the clipped x0's epsilon; along the network's, the two part wherever x0 was clipped."""
+    config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+              "clip_sample": True}
+    ddim, ddpm = DDIMScheduler(**config), DDPMScheduler(**config)
+    for scheduler in (ddim, ddpm):
+        scheduler.set_timesteps(10)
+    gen = torch.Generator().manual_seed(1)
+    z, eps, fresh = (s * torch.randn(1, 3, 4, 4, 4, generator=gen) for s in (3, 1, 1))
+    noise = lambda shape, **_: fresh  # noqa: E731
+    for t in ddpm.timesteps[2:5]:
+        torch.testing.assert_close(noise_injecting_step(ddim, 1.0)(eps, t, z, noise),
+                                   noise_injecting_step(ddpm)(eps, t, z, noise))
+
+
 def test_guidance_without_a_null_condition_is_an_error():
     model = VideoFusionModel(LabelEcho(1.0), LabelEcho(1.0))
     with pytest.raises(ValueError, match="null condition"):
