@@ -257,12 +257,17 @@ def test_the_sampler_passes_the_residual_guidance_scale_to_every_step():
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_a_clipping_ddim_step_re_derives_epsilon_from_the_clipped_x0(eta):
+@pytest.mark.parametrize("clipping", [
+    {"clip_sample": True},
+    # dynamic thresholding whose largest threshold is 1: a clip to [-1, 1] too
+    {"clip_sample": False, "thresholding": True, "sample_max_value": 1.0},
+])
+def test_a_clipping_ddim_step_re_derives_epsilon_from_the_clipped_x0(eta, clipping):
     """DDIM (eq. 12 of Song et al.) from x0 clipped to [-1, 1] and the epsilon that goes with it,
     eps' = (z_t - sqrt(abar_t) x0) / sqrt(1 - abar_t): the step and its x0 agree. z_t is large
     enough that x0 leaves [-1, 1] at most pixels, so stepping along the network's own epsilon
     lands elsewhere."""
-    scheduler = DDIMScheduler(clip_sample=True)
+    scheduler = DDIMScheduler(**clipping)
     scheduler.set_timesteps(10)
     t, t_prev = scheduler.timesteps[3], scheduler.timesteps[4]
     a, a_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[t_prev]
@@ -297,6 +302,16 @@ def test_a_clipping_ddim_with_eta_1_is_the_clipping_ddpm_step():
     for t in ddpm.timesteps[2:5]:
         torch.testing.assert_close(noise_injecting_step(ddim, 1.0)(eps, t, z, noise),
                                    noise_injecting_step(ddpm)(eps, t, z, noise))
+
+
+def test_a_thresholding_scheduler_without_clipped_output_still_steps():
+    """DPM-Solver thresholds its x0 but has no ``use_clipped_model_output`` (its update is
+    written in x0 already): the step must not be passed one."""
+    scheduler = DPMSolverMultistepScheduler(thresholding=True)
+    scheduler.set_timesteps(4)
+    z = torch.randn(1, 3, 4, 4, 4)
+    out = noise_injecting_step(scheduler)(torch.randn_like(z), scheduler.timesteps[0], z, None)
+    assert out.shape == z.shape and torch.isfinite(out).all()
 
 
 def test_guidance_without_a_null_condition_is_an_error():
