@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_base, tiny_residual
-from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from videofusion.choices import DEFAULT_INFERENCE_STEPS
 from videofusion.choices import SCHEDULERS as CHOICES
@@ -102,6 +102,40 @@ def test_dpm_names_fix_the_solver_kind_over_the_folders_config(tmp_path):
     assert loaded.default_steps == DEFAULT_INFERENCE_STEPS
     assert loaded.use_scheduler("dpm_sde").scheduler.config.algorithm_type == "sde-dpmsolver++"
     assert loaded.default_steps == 7
+
+
+@pytest.mark.parametrize("name", ["dpm", "dpm_sde", "unipc"])
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_solvers_clip_x0_where_the_folder_does(name, clip_sample):
+    """A folder that clips x0 to [-1, 1] (``clip_sample``) keeps doing so under the solvers that
+    have no such setting: their first step from a z_t whose x0 leaves [-1, 1] is first-order
+    DPM-Solver++, i.e. DDIM, from the clipped x0, x_s = alpha_s x0 + sigma_s (z_t - alpha_t x0)
+    / sigma_t (Lu et al. 2022, eq. 5 with one step). A folder that does not clip (latents)
+    stays unclipped."""
+    pipe = VideoFusionPipeline(residual=tiny_residual(), scheduler=DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        clip_sample=clip_sample), sample_size=8)
+    scheduler = pipe.use_scheduler(name).scheduler
+    scheduler.set_timesteps(8)
+    t, s = scheduler.timesteps[:2]
+    a_t, a_s = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[s]
+    gen = torch.Generator().manual_seed(0)
+    z, eps = 4 * torch.randn(1, 3, 2, 4, 4, generator=gen), torch.randn(1, 3, 2, 4, 4,
+                                                                        generator=gen)
+    x0 = (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    assert (x0.abs() > 1).float().mean() > 0.5
+    if clip_sample:
+        x0 = x0.clamp(-1, 1)
+    expected = a_s.sqrt() * x0 + (1 - a_s).sqrt() * (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    noise = torch.zeros_like(z) if name == "dpm_sde" else None  # the SDE step's fresh noise
+    got = (scheduler.step(eps, t, z, variance_noise=noise) if noise is not None
+           else scheduler.step(eps, t, z)).prev_sample
+    if name == "dpm_sde":  # SDE-DPM-Solver++ first order: e^{-h} twice, and the noise term
+        lam = lambda a: 0.5 * (a.log() - (1 - a).log())  # noqa: E731
+        h = lam(a_s) - lam(a_t)
+        expected = ((1 - a_s) / (1 - a_t)).sqrt() * (-h).exp() * z \
+            + a_s.sqrt() * (1 - (-2 * h).exp()) * x0
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_use_scheduler_keeps_the_folder_sampler_by_default_and_refuses_unknown_names():

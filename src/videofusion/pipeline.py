@@ -77,6 +77,18 @@ class SamplingPlan:
         return self.latent_shape[0]
 
 
+def clip_as_threshold(config, cls) -> dict:
+    """The folder's ``clip_sample`` to [-1, 1], for a scheduler that has no such setting but
+    thresholds x0 (DPM-Solver, UniPC): dynamic thresholding whose largest threshold is 1 is that
+    clip. Without it those solvers sample a pixel-space model with x0 unbounded, which cost the
+    digits model five points of class content at 8 steps (docs/results.md, "Few-step")."""
+    takes = inspect.signature(cls.__init__).parameters
+    if ("clip_sample" in takes or "thresholding" not in takes or not config.get("clip_sample")
+            or config.get("clip_sample_range", 1.0) != 1.0):
+        return {}
+    return {"thresholding": True, "sample_max_value": 1.0}
+
+
 class VideoFusionPipeline(DiffusionPipeline):
     """Text-, class- or un-conditional video generation with decomposed diffusion.
 
@@ -170,8 +182,10 @@ class VideoFusionPipeline(DiffusionPipeline):
             raise ValueError(f"scheduler must be one of {tuple(SCHEDULERS)}, got {name!r}")
         import diffusers
 
-        self.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(
-            self.scheduler.config, **SCHEDULER_SETTINGS.get(name, {}))
+        cls = getattr(diffusers, SCHEDULERS[name])
+        settings = {**clip_as_threshold(self.scheduler.config, cls),
+                    **SCHEDULER_SETTINGS.get(name, {})}
+        self.scheduler = cls.from_config(self.scheduler.config, **settings)
         return self
 
     def signal_leak(self, enabled: bool = True) -> torch.Tensor | None:
