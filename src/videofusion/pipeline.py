@@ -82,11 +82,16 @@ def clip_as_threshold(config, cls) -> dict:
     thresholds x0 (DPM-Solver, UniPC): dynamic thresholding whose largest threshold is 1 is that
     clip. Without it those solvers sample a pixel-space model with x0 unbounded, which cost the
     digits model five points of class content at 8 steps (docs/results.md, "Few-step")."""
-    takes = inspect.signature(cls.__init__).parameters
-    if ("clip_sample" in takes or "thresholding" not in takes or not config.get("clip_sample")
-            or config.get("clip_sample_range", 1.0) != 1.0):
+    if (has_setting(cls, "clip_sample") or not has_setting(cls, "thresholding")
+            or not config.get("clip_sample") or config.get("clip_sample_range", 1.0) != 1.0):
         return {}
     return {"thresholding": True, "sample_max_value": 1.0}
+
+
+def has_setting(cls, name: str) -> bool:
+    """Whether scheduler class ``cls`` takes config key ``name`` (one made ``from_config`` of
+    another class's config keeps that one's keys, whether it reads them or not)."""
+    return name in inspect.signature(cls.__init__).parameters
 
 
 class VideoFusionPipeline(DiffusionPipeline):
@@ -538,9 +543,8 @@ class VideoFusionPipeline(DiffusionPipeline):
 
 def sampler_identity(scheduler) -> tuple[str, str | None]:
     """What makes two schedulers the same sampler: the class and, for DPM-Solver, whether it
-    solves the ODE or the SDE. A scheduler made ``from_config`` of another keeps that one's
-    keys, so ``algorithm_type`` counts only where the class takes it."""
-    takes = "algorithm_type" in inspect.signature(type(scheduler).__init__).parameters
+    solves the ODE or the SDE (``algorithm_type``, counted only where the class takes it)."""
+    takes = has_setting(type(scheduler), "algorithm_type")
     return type(scheduler).__name__, scheduler.config.get("algorithm_type") if takes else None
 
 
