@@ -40,6 +40,7 @@ def frozen(videos):
 def test_real_clips_have_no_seam_and_constant_colour(real):
     assert 0.8 < coherence.key_frame_seam(real) < 1.25
     assert np.nanmax(coherence.colour_deviation(real)) == 0.0
+    assert np.nanmax(coherence.colour_spread(real)) < 1e-6
     assert len(set(coherence.palette_names(real))) >= 5
 
 
@@ -64,6 +65,21 @@ def test_colour_deviation_sees_a_recoloured_frame(real):
     broken = coherence.colour_deviation(recoloured_key_frame(real))
     not_white = [n != "white" for n in coherence.palette_names(real)]
     assert (broken[not_white] > 0.02).all()
+
+
+def test_colour_spread_sees_a_digit_of_two_colours():
+    videos = np.zeros((2, 4, 8, 8, 3), np.float32)
+    videos[:, :, 2:6, 2:6] = (0.0, 0.0, 0.8)  # a blue digit, dimmer at its edge: still one hue
+    videos[:, :, 2, 2:6] = (0.0, 0.0, 0.5)
+    videos[1, 1, 5, 2:6] = (0.8, 0.0, 0.8)  # a quarter of one frame's digit magenta
+    spread = coherence.colour_spread(videos)
+    assert spread[0] == 0.0
+    # frame 1: hues (0, 0, 1) x 12 and (1, 0, 1) x 4, median red 0: |red - 0| = 1 on a quarter
+    # of the pixels, in a third of the channels; the other three frames 0
+    assert spread[1] == pytest.approx(1 / 4 / 3 / 4)
+    assert coherence.colour_deviation(videos[1:])[0] > 0  # the mean colour moved as well
+    metrics = coherence.coherence_metrics(videos, digits=True)
+    assert metrics["colour_spread"] == pytest.approx(spread.mean())
 
 
 def test_flicker_sees_shuffled_frames_and_a_frozen_clip(real):
@@ -260,7 +276,8 @@ def test_coherence_metrics_report_each_metric_under_its_name():
     assert plain["background_grain"] == pytest.approx(np.nanmean(grain))
     assert plain["neighbour_grain"] == coherence.neighbour_grain(grain)
     digits = coherence.coherence_metrics(videos, digits=True)
-    assert set(digits) - set(plain) == {"colour_deviation", "palette_coverage", "palette_counts",
+    assert set(digits) - set(plain) == {"colour_deviation", "colour_spread", "palette_coverage",
+                                        "palette_counts",
                                         "mean_speed", "jerk", "worst_jerk"}
     speed, jerk, worst = coherence.motion_statistics(videos)
     assert digits["colour_deviation"] == pytest.approx(coherence.colour_deviation(videos).mean())

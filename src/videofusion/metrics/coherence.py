@@ -35,6 +35,10 @@ For moving digits (one digit on a dark background):
 * **colour constancy**: the digit's colour per frame (mean RGB of its brightest pixels, the
   background median removed), as the mean absolute deviation from the clip's median colour;
   real clips: 0.
+* **colour spread**: how many colours one frame's digit shows at once: the mean absolute
+  deviation of its bright pixels' hue (each pixel's colour scaled to a brightest channel of 1)
+  from the frame's median hue. A clip can hold its mean colour while its digit is drawn half in
+  one colour and half in another; real clips: 0 (each digit is one colour).
 * **palette coverage**: the data's colour nearest to each clip's median digit colour; how many
   of the seven colours a set of clips covers.
 * **motion smoothness**: the digit's tracked position (:func:`~videofusion.metrics.digits.
@@ -212,6 +216,30 @@ def digit_colours(videos) -> np.ndarray:
     return colours.numpy()
 
 
+def colour_spread(videos) -> np.ndarray:
+    """Per clip: over the frames that show a digit, the mean absolute deviation of its bright
+    pixels' hue (colour over its brightest channel) from the frame's median hue (NaN for a clip
+    without any)."""
+    x = _frames(videos)
+    if x.shape[2] == 1:
+        x = x.expand(-1, -1, 3, -1, -1)
+    background = x.flatten(-2).median(dim=-1).values[..., None, None]
+    fg = (x - background).clamp(min=0.0)  # (B, F, 3, H, W)
+    intensity = fg.amax(dim=2)  # (B, F, H, W)
+    peak = intensity.flatten(-2).amax(dim=-1)[..., None, None]
+    core = (intensity >= CORE_SHARE * peak) & (peak >= DIGIT_MIN)
+    hue = (fg / intensity.unsqueeze(2).clamp(min=1e-9)).numpy()
+    core = core.numpy()
+    out = np.full(len(hue), np.nan)
+    for n in range(len(hue)):
+        spreads = [np.abs(pixels - np.median(pixels, axis=0)).mean()
+                   for pixels in (hue[n, f].reshape(3, -1).T[core[n, f].ravel()]
+                                  for f in range(hue.shape[1])) if len(pixels)]
+        if spreads:
+            out[n] = float(np.mean(spreads))
+    return out
+
+
 def colour_deviation(videos) -> np.ndarray:
     """Per clip: mean |colour - clip median colour| over frames that show a digit and over the
     three channels (NaN for a clip without any)."""
@@ -264,11 +292,13 @@ def coherence_metrics(videos, digits: bool = False) -> dict:
               else None}
     if digits:
         deviation = colour_deviation(videos)
+        spread = colour_spread(videos)
         speed, jerk, worst_jerk = motion_statistics(videos)
         names = [n for n in palette_names(videos) if n is not None]
         result.update({
             "colour_deviation": float(np.nanmean(deviation)) if np.isfinite(deviation).any()
             else None,
+            "colour_spread": float(np.nanmean(spread)) if np.isfinite(spread).any() else None,
             "palette_coverage": len(set(names)),
             # which colours, not only how many: a set can cover six while drawing mostly one
             "palette_counts": {name: names.count(name) for name in PALETTE if name in names},
