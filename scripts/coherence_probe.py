@@ -45,6 +45,7 @@ def long_video_seam_of(args, labels: list[int], frames: int = 40, clip: int = 16
                                   num_inference_steps=args.steps, guidance_scale=guidance,
                                   residual_guidance_scale=args.residual_guidance,
                                   lambda_=args.lambda_, num_videos=1, progress=False,
+                                  colour_anchoring=args.colour_anchoring,
                                   generator=torch.Generator().manual_seed(args.seed)))
     videos = np.concatenate(chunks, axis=1)  # (batch, frames, H, W, C)
     return {"videos": len(labels), "frames": frames, "clip_frames": clip, "overlap": overlap,
@@ -74,6 +75,7 @@ def main() -> None:
     p.add_argument("--residual-guidance", type=float, help="default: the same as --guidance")
     p.add_argument("--lambda", dest="lambda_", type=float, help="default: the trained value")
     p.add_argument("--scheduler")
+    p.add_argument("--colour-anchoring", type=float, help="default: the folder's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conditions", default="class,text")
     p.add_argument("--long-videos", type=int, default=0)
@@ -86,6 +88,7 @@ def main() -> None:
     report = {"model": args.model_dir, "real_set": real.description, "steps": args.steps,
               "guidance": args.guidance, "residual_guidance": args.residual_guidance,
               "lambda": args.lambda_, "scheduler": args.scheduler, "seed": args.seed,
+              "colour_anchoring": args.colour_anchoring,
               "num_videos": num_videos}
     report["real"] = coherence_metrics(real.videos, digits=digits)
     print("real", json.dumps(report["real"]))
@@ -97,7 +100,7 @@ def main() -> None:
         protocol = EvalProtocol(num_videos=num_videos, num_frames=args.frames, seed=args.seed,
                                 num_inference_steps=args.steps, guidance_scale=args.guidance,
                                 residual_guidance_scale=args.residual_guidance,
-                                lambda_=args.lambda_,
+                                lambda_=args.lambda_, colour_anchoring=args.colour_anchoring,
                                 condition=condition, scheduler=args.scheduler,
                                 class_labels=labels)
         fake = sample_model(args.model_dir, protocol, "cpu", progress=False,

@@ -74,6 +74,17 @@ def test_sample_passes_the_residual_guidance_on(model_dir, tmp_path, monkeypatch
     assert used == [(2.0, None), (2.0, 1.0), (3.0, 2.0)]
 
 
+def test_sample_passes_the_colour_anchoring_on(model_dir, tmp_path, monkeypatch):
+    used = []
+    call = VideoFusionPipeline.plan
+    monkeypatch.setattr(VideoFusionPipeline, "plan", lambda self, *a, **kw: (
+        used.append(call(self, *a, **kw).colour_anchoring), call(self, *a, **kw))[1])
+    common = ["--class-label", "1", "--frames", "4", "--steps", "1", "--out", str(tmp_path / "o")]
+    for extra in ([], ["--colour-anchoring", "0.5"]):
+        assert main(["sample", "--model-dir", str(model_dir), *common, *extra]) == 0
+    assert used == [0.0, 0.5]
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "euler"])
 def test_fixed_base_and_residual_seeds_give_identical_videos(model_dir, tmp_path, scheduler):
     from videofusion.video_io import read_video
@@ -142,6 +153,8 @@ def test_info_lists_components_and_counts(model_dir, tmp_path, capsys):
     (["sample", "--model-dir", "{model}", "--class-label", "1", "--lambda", "1.5"],
      "argument --lambda: must lie in [0, 1]"),
     (["sample", "--model-dir", "{model}", "--scheduler", "heun"], "invalid choice: 'heun'"),
+    (["sample", "--model-dir", "{model}", "--class-label", "1", "--colour-anchoring", "-1"],
+     "argument --colour-anchoring: must be >= 0"),
     (["sample", "--model-dir", "{model}", "--class-label", "10"],
      "--class-label: '10' is not a class of this model; choose a name or an index: 0, 1, 2,"),
     (["sample", "--model-dir", "{model}", "--prompt", "a cat"], "not text-conditioned"),

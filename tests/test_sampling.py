@@ -65,8 +65,9 @@ class OracleResidual(nn.Module):
         return torch.where(keep > 0, r, torch.zeros_like(r))
 
 
-def oracle_sample(scheduler, lambda_, steps=50, baseline=False, **kwargs):
-    target = torch.rand(2, 3, 6, 4, 4, generator=torch.Generator().manual_seed(5)) * 1.6 - 0.8
+def oracle_sample(scheduler, lambda_, steps=50, baseline=False, target=None, **kwargs):
+    if target is None:
+        target = torch.rand(2, 3, 6, 4, 4, generator=torch.Generator().manual_seed(5)) * 1.6 - 0.8
     lambdas = torch.zeros(6) if baseline else make_lambdas(6, lambda_)
 
     def abar_of(timestep):
@@ -91,6 +92,29 @@ def test_oracle_ddim_reproduces_the_clip(lambda_):
 def test_oracle_other_schedulers_reproduce_the_clip(name):
     out, target = oracle_sample(SCHEDULERS[name](), 0.5, steps=20)
     assert (out - target).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "dpm"])
+def test_colour_anchoring_gives_every_frame_the_key_frames_colour(name):
+    # a one-clip data distribution whose square changes colour every frame; with the oracle the
+    # clean estimate is that clip at every step, anchored it is the clip with every square in
+    # the key frame's colour (colour_anchoring's docstring), and the sampler ends there
+    colours = torch.tensor([[1.0, -1, 1], [-1, 1, -1], [1, 1, -1], [-1, -1, 1], [1, -1, -1],
+                            [-1, 1, 1]])  # magenta, green, yellow, blue (key frame 3), ...
+    target = torch.full((1, 3, 6, 4, 4), -1.0)
+    target[:, :, :, 1:3, 1:3] = colours.T[None, :, :, None, None]
+    anchored = target.clone()
+    anchored[:, :, :, 1:3, 1:3] = torch.tensor([-1.0, -1, 1])[None, :, None, None, None]
+    kwargs = {"eta": 0.0} if name == "ddim" else {}
+    out, _ = oracle_sample(SCHEDULERS[name](), 0.5, steps=20, target=target,
+                           colour_anchoring=1.0, **kwargs)
+    assert (out - anchored).abs().max() < 2e-3
+    out, _ = oracle_sample(SCHEDULERS[name](), 0.5, steps=20, target=target,
+                           colour_anchoring=0.5, **kwargs)
+    halfway = target.clone()  # pixels move half way to blue: (0, 0, 1) from (1, 0, 1) etc.
+    halfway[:, :, :, 1:3, 1:3] = (colours.T + torch.tensor([-1.0, -1, 1])[:, None]).div(2)[
+        None, :, :, None, None]
+    assert (out - halfway).abs().max() < 2e-3
 
 
 def test_oracle_baseline_reproduces_the_clip():

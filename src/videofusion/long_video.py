@@ -96,6 +96,7 @@ def iter_long_video(
     progress: bool = True,
     signal_leak: bool = True,
     dtype: str | torch.dtype | None = None,
+    colour_anchoring: float | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the frames of a long video clip by clip: numpy ``(batch, n, H, W, C)`` in [0, 1],
     ``n`` new frames per clip, ``num_frames`` in all.
@@ -109,7 +110,8 @@ def iter_long_video(
                          height=height, width=width, num_inference_steps=num_inference_steps,
                          guidance_scale=guidance_scale,
                          residual_guidance_scale=residual_guidance_scale, lambda_=lambda_,
-                         num_videos=num_videos, eta=eta, signal_leak=signal_leak, dtype=dtype)
+                         num_videos=num_videos, eta=eta, signal_leak=signal_leak, dtype=dtype,
+                         colour_anchoring=colour_anchoring)
     batch, channels, _, h, w = plan.latent_shape
     frame_shape = (batch, channels, h, w)
     if base_noise is None:

@@ -33,6 +33,7 @@ from .choices import (
     SCHEDULERS,
 )
 from .class_names import class_indices, resolve_class_names
+from .colour_anchoring import check_colour_anchoring
 from .condition import Condition, Conditioning
 from .devices import resolve_dtype
 from .models.residual import SpaceTimeUNet
@@ -71,6 +72,7 @@ class SamplingPlan:
     dtype: torch.dtype = torch.float32  # the networks' forward passes (autocast); latents: fp32
     residual_guidance_scale: float | None = None  # None: guidance_scale
     reconstruction_guidance_scale: float = 0.0  # towards the given key frame; 0: off
+    colour_anchoring: float = 0.0  # frames' foreground colour towards the key frame's; 0: off
 
     @property
     def batch(self) -> int:
@@ -127,6 +129,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         distilled_steps: int | None = None,
         class_names: list[str] | None = None,
         default_reconstruction_guidance_scale: float | None = None,
+        default_colour_anchoring: float | None = None,
     ):
         super().__init__()
         self.register_modules(residual=residual, scheduler=scheduler, base=base, vae=vae,
@@ -140,7 +143,8 @@ class VideoFusionPipeline(DiffusionPipeline):
                                 distilled_guidance_scale=distilled_guidance_scale,
                                 distilled_steps=distilled_steps,
                                 default_reconstruction_guidance_scale=(
-                                    default_reconstruction_guidance_scale))
+                                    default_reconstruction_guidance_scale),
+                                default_colour_anchoring=default_colour_anchoring)
         if class_names is not None:  # checked: names that do not fit the model are refused
             class_names = resolve_class_names(class_names, self.num_classes)
         self.register_to_config(class_names=class_names)
@@ -229,6 +233,14 @@ class VideoFusionPipeline(DiffusionPipeline):
         if recorded is None or sampler_identity(self.scheduler) != self._own_scheduler:
             return 0.0
         return float(recorded)
+
+    @property
+    def default_anchoring(self) -> float:
+        """The colour anchoring used when none is given: the one measured for this folder
+        (``default_colour_anchoring``), else 0 (off). It acts on the clean estimate, not on a
+        scheduler's step, so it holds for every scheduler (``videofusion.colour_anchoring``)."""
+        recorded = self.config.get("default_colour_anchoring")
+        return 0.0 if recorded is None else float(recorded)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -359,12 +371,17 @@ class VideoFusionPipeline(DiffusionPipeline):
         signal_leak: bool = True,
         dtype: str | torch.dtype | None = None,
         reconstruction_guidance_scale: float | None = None,
+        colour_anchoring: float | None = None,
     ) -> SamplingPlan:
         """``check_inputs`` and ``prepare_condition`` of a request (``__call__``'s arguments),
         with every default decided (the lambdas validate ``num_frames``): the plan the later
         stages follow. ``reconstruction_guidance_scale`` ``None`` is the folder's default for
-        image-to-video (``default_reconstruction_guidance``) and 0 without an image."""
+        image-to-video (``default_reconstruction_guidance``) and 0 without an image;
+        ``colour_anchoring`` ``None`` is the folder's (``default_anchoring``)."""
         dtype = resolve_dtype(dtype)
+        if colour_anchoring is None:
+            colour_anchoring = self.default_anchoring
+        check_colour_anchoring(colour_anchoring, latent=self.vae is not None)
         if reconstruction_guidance_scale is None:
             reconstruction_guidance_scale = (0.0 if image is None
                                              else self.default_reconstruction_guidance)
@@ -382,7 +399,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         return SamplingPlan(height, width, shape, lambdas, condition, guidance_scale,
                             num_inference_steps, eta, key_frame, self.signal_leak(signal_leak),
                             dtype, residual_guidance_scale,
-                            float(reconstruction_guidance_scale))
+                            float(reconstruction_guidance_scale), float(colour_anchoring))
 
     def prepare_latents(self, plan: SamplingPlan, generator: torch.Generator | None = None,
                         base_noise: torch.Tensor | None = None,
@@ -411,6 +428,7 @@ class VideoFusionPipeline(DiffusionPipeline):
             residual_guidance_scale=plan.residual_guidance_scale, eta=plan.eta,
             key_frame=plan.key_frame,
             reconstruction_guidance_scale=plan.reconstruction_guidance_scale,
+            colour_anchoring=plan.colour_anchoring,
             before_step=before_step, progress=progress, dtype=plan.dtype,
         )
 
@@ -452,6 +470,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         dtype: str | torch.dtype | None = None,
         residual_guidance_scale: float | None = None,
         reconstruction_guidance_scale: float | None = None,
+        colour_anchoring: float | None = None,
     ) -> VideoFusionPipelineOutput | tuple:
         """Generate videos. ``num_videos`` per prompt/label (or in all, when unconditional).
 
@@ -469,14 +488,17 @@ class VideoFusionPipeline(DiffusionPipeline):
         (``None``: ``guidance_scale``; ``sampling.guided_noise_prediction``).
         ``reconstruction_guidance_scale`` pulls the other frames of image-to-video towards the
         image (``videofusion.reconstruction_guidance``; ``None``: the folder's
-        ``default_reconstruction_guidance``).
+        ``default_reconstruction_guidance``). ``colour_anchoring`` moves every frame's
+        foreground colour towards the key frame's (``videofusion.colour_anchoring``; ``None``:
+        the folder's ``default_colour_anchoring``, 0: off).
         """
         plan = self.plan(prompt, class_labels, num_frames=num_frames, height=height, width=width,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          residual_guidance_scale=residual_guidance_scale,
                          lambda_=lambda_, num_videos=num_videos, eta=eta, image=image,
                          signal_leak=signal_leak, dtype=dtype,
-                         reconstruction_guidance_scale=reconstruction_guidance_scale)
+                         reconstruction_guidance_scale=reconstruction_guidance_scale,
+                         colour_anchoring=colour_anchoring)
         frames = self.generate(plan, generator, base_noise, residual_noise, output_type, progress)
         return VideoFusionPipelineOutput(frames=frames) if return_dict else (frames,)
 

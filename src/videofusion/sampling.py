@@ -22,6 +22,7 @@ import torch
 from diffusers import DDPMScheduler, EulerDiscreteScheduler
 from tqdm.auto import tqdm
 
+from .colour_anchoring import anchored_noise, check_colour_anchoring
 from .condition import Condition
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, combine_noise, key_frame_index
@@ -182,6 +183,7 @@ def sample_decomposed(
     eta: float = 0.0,
     key_frame: torch.Tensor | None = None,
     reconstruction_guidance_scale: float = 0.0,
+    colour_anchoring: float = 0.0,
     before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
@@ -211,7 +213,8 @@ def sample_decomposed(
 
     ``residual_guidance_scale``: the residual generator's own guidance; with a ``key_frame``,
     ``reconstruction_guidance_scale`` pulls the other frames towards it
-    (``guided_noise_prediction``).
+    (``guided_noise_prediction``). ``colour_anchoring`` > 0 moves each frame's foreground colour
+    towards the key frame's at every step (``videofusion.colour_anchoring``; pixel space only).
 
     ``dtype`` float16 or bfloat16 runs the networks' forward passes under autocast, for speed
     on a GPU; the latents, epshat and the scheduler's arithmetic stay in the latents' dtype,
@@ -220,6 +223,7 @@ def sample_decomposed(
     model.check_resolution(*latents.shape[-2:])
     lambdas = fresh_noise.lambdas.to(latents.device)
     check_reconstruction_guidance(model, reconstruction_guidance_scale, key_frame is not None)
+    check_colour_anchoring(colour_anchoring)
     if key_frame is not None:
         check_key_frame(model, lambdas)
         key_frame = key_frame.to(latents)
@@ -235,10 +239,13 @@ def sample_decomposed(
             if before_step is not None:
                 z = before_step(i, z)
             alpha_bar = alpha_bar_at(scheduler, t, i).to(z)
+            z_in = scheduler.scale_model_input(z, t)
             with torch.autocast(z.device.type, dtype, enabled=dtype != torch.float32):
-                eps = predict(scheduler.scale_model_input(z, t), t.to(z.device).expand(batch),
-                              alpha_bar.expand(batch))
-            z = step(eps.to(z.dtype), t, z, fresh_noise)
+                eps = predict(z_in, t.to(z.device).expand(batch), alpha_bar.expand(batch))
+            eps = eps.to(z.dtype)
+            if colour_anchoring:
+                eps = anchored_noise(eps, z_in, alpha_bar.expand(batch), colour_anchoring)
+            z = step(eps, t, z, fresh_noise)
     return z if key_frame is None else with_key_frame(z, key_frame)
 
 

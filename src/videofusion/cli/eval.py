@@ -90,6 +90,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lambda", dest="lambda_", type=float_range(0, 1), metavar="LAMBDA",
                    help="model: share of the noise common to the clip; default: the trained "
                         "value")
+    p.add_argument("--colour-anchoring", type=float_range(0), metavar="S",
+                   help="model: move every frame's foreground colour towards the key frame's "
+                        "(docs/method.md, §7); default: the model's own, else 0 (off)")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="model: sample with this scheduler (default: the folder's own)")
     p.add_argument("--eta", type=float_range(0, 1),

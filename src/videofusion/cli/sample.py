@@ -65,6 +65,10 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--reconstruction-guidance", type=float_range(0), metavar="W",
                    help="with --image: pull the other frames towards the image (docs/method.md, "
                         "§7); default: the model's own, 0 (off) if it records none")
+    p.add_argument("--colour-anchoring", type=float_range(0), metavar="S",
+                   help="move every frame's foreground colour towards the key frame's "
+                        "(docs/method.md, §7; pixel-space models); default: the model's own "
+                        "(default_colour_anchoring), 0 (off) if it records none")
     p.add_argument("--control-grid", type=grid_shape, metavar="R,C",
                    help="an R x C grid instead: rows share the base noise (content), columns "
                         "the residual noise (motion); writes control_grid.png and .gif")
@@ -124,7 +128,7 @@ def run_sample(args: argparse.Namespace) -> int:
                     num_inference_steps=args.steps or pipe.default_steps, guidance_scale=guidance,
                     residual_guidance_scale=args.residual_guidance,
                     lambda_=args.lambda_, eta=args.eta, signal_leak=args.signal_leak,
-                    dtype=args.dtype)
+                    dtype=args.dtype, colour_anchoring=args.colour_anchoring)
     out = Path(args.out)
     if args.control_grid:
         from videofusion.control import content_motion_grid

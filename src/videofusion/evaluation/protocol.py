@@ -67,6 +67,7 @@ class EvalProtocol:
     guidance_scale: float | None = None
     residual_guidance_scale: float | None = None  # None: guidance_scale
     lambda_: float | None = None
+    colour_anchoring: float | None = None  # None: the folder's default
     scheduler: str | None = None
     eta: float = 0.0  # DDIM's share of fresh noise (0: deterministic, 1: DDPM-like)
     signal_leak: bool = True
