@@ -43,7 +43,8 @@ def evaluations(args) -> None:
                           metrics="fvd,kvd,is,content,motion,fvd_digits",
                           num_videos=args.num_videos, num_inference_steps=args.steps,
                           seed=args.seed, condition=condition, scheduler=args.scheduler,
-                          guidance_scale=args.guidance, progress=True)
+                          guidance_scale=args.guidance,
+                          colour_anchoring=args.colour_anchoring, progress=True)
         report["seconds"] = round(time.perf_counter() - started, 1)
         (args.results / f"eval_{condition}.json").write_text(json.dumps(report, indent=2) + "\n")
         print(condition, json.dumps(report["metrics"], indent=1))
@@ -69,6 +70,7 @@ def image_to_video(args, pipe) -> None:
         out.append(pipe(image=image, class_labels=[label], num_frames=frames,
                         num_inference_steps=args.steps, guidance_scale=args.guidance,
                         reconstruction_guidance_scale=args.reconstruction_guidance,
+                        colour_anchoring=args.colour_anchoring,
                         generator=torch.Generator().manual_seed(args.seed), progress=False
                         ).frames[0])
     videos = np.stack(out)  # (n, frames, H, W, C) in [0, 1]
@@ -84,6 +86,9 @@ def image_to_video(args, pipe) -> None:
                   class_labels=[labels[0]], image=images[0],
                   reconstruction_guidance_scale=args.reconstruction_guidance
               ).reconstruction_guidance_scale,
+              "colour_anchoring": pipe.plan(class_labels=[labels[0]],
+                                            colour_anchoring=args.colour_anchoring
+                                            ).colour_anchoring,
               "key_frame_max_abs_error": float(np.abs(videos[:, k] - np.stack(images)).max()),
               "non_key_frames_showing_the_image_digit": float(
                   (others == np.array(labels)[:, None]).mean()),
@@ -94,8 +99,8 @@ def image_to_video(args, pipe) -> None:
     for name, v in (("generated", videos), ("real", real)):  # a frozen clip must not pass
         metrics = coherence_metrics((v * 255).round().astype(np.uint8), digits=True)
         report.update({f"{key}_{name}": metrics[key] for key in
-                       ("colour_deviation", "key_frame_seam", "mean_speed", "jerk", "worst_jerk",
-                        "background_grain", "neighbour_grain")})
+                       ("colour_deviation", "colour_spread", "key_frame_seam", "mean_speed",
+                        "jerk", "worst_jerk", "background_grain", "neighbour_grain")})
     report["scheduler"] = type(pipe.scheduler).__name__
     (args.results / "image_to_video.json").write_text(json.dumps(report, indent=2) + "\n")
     # to look at: each of the first clips as it is (above) and generated around its key frame
@@ -112,17 +117,20 @@ def gallery(args, pipe) -> None:
     GALLERY.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(args.seed)
     videos = pipe(class_labels=list(range(10)), num_frames=16, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, generator=generator, progress=False).frames
+                  guidance_scale=args.guidance, colour_anchoring=args.colour_anchoring,
+                  generator=generator, progress=False).frames
     for label, video in enumerate(videos):
         write_gif(video, GALLERY / f"class_{label}.gif", scale=2)
     contact_sheet(videos, GALLERY / "classes.png", scale=2)
     videos = pipe(prompt=CAPTIONS, num_frames=16, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, generator=generator, progress=False).frames
+                  guidance_scale=args.guidance, colour_anchoring=args.colour_anchoring,
+                  generator=generator, progress=False).frames
     for i, video in enumerate(videos):
         write_gif(video, GALLERY / f"caption_{i}.gif", scale=2)
     grid = content_motion_grid(pipe, rows=3, cols=3, class_labels=5,
                                num_inference_steps=args.steps, guidance_scale=args.guidance,
-                               seed=args.seed, progress=False)
+                               colour_anchoring=args.colour_anchoring, seed=args.seed,
+                               progress=False)
     print(grid.save(GALLERY, scale=2))
 
 
@@ -146,6 +154,8 @@ def main() -> None:
                              "default_guidance)")
     parser.add_argument("--reconstruction-guidance", type=float,
                         help="of image-to-video (default: the folder's)")
+    parser.add_argument("--colour-anchoring", type=float,
+                        help="of every part (default: the folder's)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help=f"where the JSON reports go (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--only", default="gallery,i2v,eval",

@@ -42,6 +42,7 @@ from videofusion.assets import DEFAULT_MODEL, SHIPPED_MODELS
 from videofusion.checkpoint import atomic_directory
 from videofusion.choices import MOVING_DIGITS, SCHEDULERS
 from videofusion.class_names import describe_classes, resolve_class_names
+from videofusion.colour_anchoring import check_colour_anchoring
 from videofusion.config import TrainConfig
 from videofusion.pipeline import VideoFusionPipeline
 
@@ -162,7 +163,8 @@ def data_description(name: str, record: dict, parameters: dict) -> tuple[str, st
 
 def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: int,
                guidance: float, distilled_guidance: float | None = None,
-               reconstruction_guidance: float | None = None) -> str:
+               reconstruction_guidance: float | None = None,
+               colour_anchoring: float | None = None) -> str:
     config = record["config"]
     runs = lineage(record)
     seconds = total_seconds(record)
@@ -207,6 +209,10 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
                          "with its own sampler, 0 with another "
                          "(`default_reconstruction_guidance_scale`; `--reconstruction-guidance` "
                          "overrides)")
+    anchoring = "" if not colour_anchoring else (
+        f"| colour anchoring | {colour_anchoring:g}: every frame's foreground colour is moved "
+        "towards the key frame's at each step, with any sampler (`default_colour_anchoring`; "
+        "`--colour-anchoring` overrides, 0 turns it off; docs/method.md, §7) |\n")
     return f"""# {title}
 
 {data} Residual generator input:
@@ -222,7 +228,7 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
 | sampler | {sampler}, {steps} steps (`scheduler/`, `default_inference_steps`; `--scheduler`, \
 `--steps` override) |
 | guidance | {guidance_row} |
-{distilled}
+{anchoring}{distilled}
 {retrain}:
 
 {commands}
@@ -275,6 +281,9 @@ def main() -> None:
     parser.add_argument("--reconstruction-guidance", type=float,
                         help="image-to-video's reconstruction guidance measured for this model "
                              "(docs/method.md, §7): its default (unset: 0, off)")
+    parser.add_argument("--colour-anchoring", type=float,
+                        help="the colour anchoring measured for this model (docs/method.md, §7): "
+                             "its default with any sampler (unset: 0, off)")
     args = parser.parse_args()
     if not (args.run / "pipeline" / "model_index.json").is_file():
         raise SystemExit(f"{args.run}/pipeline is missing: export it with `videofusion train "
@@ -298,7 +307,8 @@ def main() -> None:
         ("model", args.model if args.model != DEFAULT_MODEL else None),
         ("config-name", args.config_name if args.model != DEFAULT_MODEL else None),
         ("recipe", args.recipe), ("scheduler", args.scheduler), ("steps", args.steps),
-        ("reconstruction-guidance", args.reconstruction_guidance))
+        ("reconstruction-guidance", args.reconstruction_guidance),
+        ("colour-anchoring", args.colour_anchoring))
         if value is not None)
     record = training_record(args.run, args.config_name, args.raw_weights, args.guidance, flags)
     if args.recipe is not None:
@@ -316,6 +326,12 @@ def main() -> None:
         pipe.register_to_config(default_guidance_scale=args.guidance)
     if args.reconstruction_guidance is not None:
         pipe.register_to_config(default_reconstruction_guidance_scale=args.reconstruction_guidance)
+    if args.colour_anchoring is not None:
+        try:
+            check_colour_anchoring(args.colour_anchoring, latent=pipe.vae is not None)
+        except ValueError as error:
+            raise SystemExit(f"--colour-anchoring: {error}") from None
+        pipe.register_to_config(default_colour_anchoring=args.colour_anchoring)
     parameters = {name: sum(p.numel() for p in module.parameters())
                   for name, module in (("base", pipe.base), ("residual", pipe.residual),
                                        ("vae", pipe.vae)) if module is not None}
@@ -325,7 +341,8 @@ def main() -> None:
         card = model_card(args.model, record, parameters, type(pipe.scheduler).__name__,
                           steps, pipe.default_guidance,
                           pipe.config.get("distilled_guidance_scale"),
-                          pipe.config.get("default_reconstruction_guidance_scale"))
+                          pipe.config.get("default_reconstruction_guidance_scale"),
+                          pipe.config.get("default_colour_anchoring"))
         (Path(tmp) / "README.md").write_text(card)
         kept = {k: v for k, v in record.items() if k != "config"}
         (Path(tmp) / "training_record.json").write_text(json.dumps(kept, indent=2) + "\n")

@@ -56,6 +56,9 @@ def test_bundled_model_is_small_fp16_and_documented():
     index = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
     assert index["text_encoder_kind"] == "minilm"
     assert len(index["signal_leak_mean"]) == 3 and max(index["signal_leak_mean"]) < -0.8
+    # a default the card states and the last bundle command reproduces
+    assert index["default_colour_anchoring"] == 1.0 and "| colour anchoring | 1:" in card
+    assert "--colour-anchoring 1.0" in card
     record = json.loads((DEFAULT_MODEL_DIR / "training_record.json").read_text())
     while record:  # every run of its lineage says how to reproduce it
         assert record["commands"][0].startswith("videofusion train --config configs/")

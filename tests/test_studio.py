@@ -168,6 +168,7 @@ def test_generate_reports_bad_input_and_keeps_serving(shipped, tmp_path, one_thr
     result = shipped.generate(Request(MODEL, class_label="3", frames=6, steps=2,
                                       image=str(good)), keep=False)
     assert "reconstruction guidance 40" in result.message, result.message
+    assert "colour anchoring 1)" in result.message, result.message  # the folder's default
 
 
 def test_studio_parser_defaults_to_loopback():

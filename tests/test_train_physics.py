@@ -176,6 +176,14 @@ def test_the_bundle_carries_the_class_names_the_run_recorded(latent_run, tmp_pat
     assert record["classes"] == ["hopper", "reacher"]
 
 
+def test_a_latent_bundle_refuses_colour_anchoring(latent_run, tmp_path, monkeypatch):
+    target = tmp_path / "physics_model"
+    with pytest.raises(SystemExit, match="--colour-anchoring: .* VAE latents"):
+        bundle(monkeypatch, latent_run, "--model", "physics", "--config-name",
+               "physics_64.yaml", "--colour-anchoring", "1", "--target", target)
+    assert not target.exists()
+
+
 def test_a_bundle_over_the_size_limit_is_refused_and_changes_nothing(latent_run, tmp_path,
                                                                      monkeypatch):
     target = tmp_path / "physics_model"

@@ -322,7 +322,9 @@ class Studio:
                    f"{request.content_seed}, motion seed {request.motion_seed}, guidance "
                    f"{guidance:g}, λ {plan.lambdas.min().item():g}"
                    + (f", reconstruction guidance {plan.reconstruction_guidance_scale:g}"
-                      if plan.reconstruction_guidance_scale else "") + ")")
+                      if plan.reconstruction_guidance_scale else "")
+                   + (f", colour anchoring {plan.colour_anchoring:g}"
+                      if plan.colour_anchoring else "") + ")")
         if not keep:
             return Result(message)
         self._runs += 1
