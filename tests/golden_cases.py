@@ -23,6 +23,12 @@ def _class_ddpm_guided(pipe):
                 generator=_seeded(0), progress=False).frames
 
 
+def _class_ddpm_unanchored(pipe):
+    # the same without the folder's colour anchoring (default_colour_anchoring)
+    return pipe(class_labels=[3, 7], num_frames=16, num_inference_steps=4, guidance_scale=4.0,
+                generator=_seeded(0), progress=False, colour_anchoring=0.0).frames
+
+
 def _caption_ddim(pipe):
     pipe.use_scheduler("ddim")
     return pipe(prompt="a green digit 5 moving up", num_frames=16, num_inference_steps=4,
@@ -89,6 +95,7 @@ def _long_video(pipe):
 
 CASES = {
     "class_ddpm_guided": _class_ddpm_guided,
+    "class_ddpm_unanchored": _class_ddpm_unanchored,
     "caption_ddim": _caption_ddim,
     "class_ddim_eta1_unguided": _class_ddim_eta1_unguided,
     "both_dpm_no_leak": _both_dpm_no_leak,
