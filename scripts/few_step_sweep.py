@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, help="default: the model's")
     p.add_argument("--residual-guidance", type=float,
                    help="the residual generator's own guidance (default: --guidance)")
+    p.add_argument("--colour-anchoring", type=float,
+                   help="of MODEL_DIR's settings (default: the folder's own)")
     p.add_argument("--conditions", default="class,text")
     p.add_argument("--num-videos", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
@@ -114,8 +116,9 @@ def main(argv=None) -> int:
     rows = []
     for folder, model, scheduler, steps, scale in settings:
         residual = None if model is not pipe else args.residual_guidance
+        anchoring = None if model is not pipe else args.colour_anchoring
         row = {"model": str(folder), "scheduler": scheduler or "own", "steps": steps,
-               "guidance": scale, "residual_guidance": residual,
+               "guidance": scale, "residual_guidance": residual, "colour_anchoring": anchoring,
                "threads": torch.get_num_threads(),
                "seconds_per_video": round(seconds_per_video(model, scheduler, steps, scale,
                                                             args.repeats, residual), 3)}
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
                               num_videos=args.num_videos, num_inference_steps=steps,
                               scheduler=scheduler, guidance_scale=scale,
                               residual_guidance_scale=residual, condition=condition,
+                              colour_anchoring=anchoring,
                               seed=args.seed, progress=False)
             row[condition] = report["metrics"]
         rows.append(row)
