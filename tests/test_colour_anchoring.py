@@ -64,8 +64,20 @@ def test_a_dim_pixel_moves_by_its_share_and_the_background_stays():
 
 def test_the_estimate_is_read_clipped():
     x = pixels_to_model(clip_of_squares([(0, 0, 1)] * 3))
-    x[:, :, 0] *= 1.5  # out of range where a clipping scheduler would clip it
+    x[:, :, :2] *= 1.5  # out of range where a clipping scheduler would clip it, key frame too
     assert torch.allclose(anchor_colours(x, 1.0), x.clamp(-1, 1), atol=1e-6)
+
+
+def test_each_frame_moves_by_its_own_brightest_pixel():
+    # a dim frame (its brightest pixel rises 0.5, weight 0.25, the frame's total under 1) moves
+    # the whole way, however bright the other frames are
+    x = clip_of_squares([(0.5, 0.0, 0.5), (0.0, 0.0, 1.0), (0.0, 0.5, 0.0)])
+    x[:, :, 2, 2:4, 2] = 0  # frame 2: a one-pixel-wide stroke, two pixels of weight 0.25
+    out = (anchor_colours(pixels_to_model(x), 1.0) + 1) / 2
+    blue = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1)
+    assert torch.allclose(out[0, :, 0, 2:4, 1:3], blue.expand(3, 2, 2), atol=1e-6)
+    assert torch.allclose(out[0, :, 2, 2:4, 1:2], blue.expand(3, 2, 1), atol=1e-6)
+    assert torch.allclose(out[0, :, 2, 2:4, 2], x[0, :, 2, 2:4, 2], atol=1e-6)
 
 
 def test_anchored_noise_is_the_epsilon_of_the_anchored_estimate():
@@ -80,17 +92,26 @@ def test_anchored_noise_is_the_epsilon_of_the_anchored_estimate():
     same = pixels_to_model(clip_of_squares([(0, 0, 1)] * 5))
     z = a.sqrt() * same + (1 - a).sqrt() * eps
     assert torch.allclose(anchored_noise(eps, z, a, 1.0), eps, atol=1e-5)
+    # a batch of two clips at two noise levels: each clip reads its own abar
+    x0, eps = torch.cat([x0, x0.flip(2)]), torch.cat([eps, -eps])
+    a = torch.tensor([0.3, 0.8])
+    z = a.sqrt().view(2, 1, 1, 1, 1) * x0 + (1 - a).sqrt().view(2, 1, 1, 1, 1) * eps
+    out = anchored_noise(eps, z, a, 1.0)
+    for n in range(2):
+        assert torch.allclose((z[n] - (1 - a[n]).sqrt() * out[n]) / a[n].sqrt(),
+                              anchor_colours(x0[n:n + 1], 1.0)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), True, "1"])
 def test_a_bad_strength_is_refused(bad):
-    with pytest.raises(ValueError, match="colour anchoring"):
+    with pytest.raises(ValueError, match=r"^colour anchoring must be a finite number >= 0, got"):
         check_colour_anchoring(bad)
 
 
 def test_latents_have_no_colours_to_anchor():
     check_colour_anchoring(0.0, latent=True)
-    with pytest.raises(ValueError, match="latents"):
+    with pytest.raises(ValueError, match=r"^colour anchoring moves colours of pixels: this "
+                                         r"folder samples VAE latents, which have none$"):
         check_colour_anchoring(1.0, latent=True)
 
 
