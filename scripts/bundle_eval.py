@@ -81,14 +81,12 @@ def image_to_video(args, pipe) -> None:
     def step_change(v: np.ndarray) -> float:  # mean |frame k+-1 - key frame|
         return float(np.abs(v[:, neighbours] - v[:, k:k + 1]).mean())
 
+    plan = pipe.plan(class_labels=[labels[0]], image=images[0],
+                     reconstruction_guidance_scale=args.reconstruction_guidance,
+                     colour_anchoring=args.colour_anchoring)  # the settings as sampled
     report = {"videos": n, "num_inference_steps": args.steps, "guidance_scale": args.guidance,
-              "reconstruction_guidance_scale": pipe.plan(
-                  class_labels=[labels[0]], image=images[0],
-                  reconstruction_guidance_scale=args.reconstruction_guidance
-              ).reconstruction_guidance_scale,
-              "colour_anchoring": pipe.plan(class_labels=[labels[0]],
-                                            colour_anchoring=args.colour_anchoring
-                                            ).colour_anchoring,
+              "reconstruction_guidance_scale": plan.reconstruction_guidance_scale,
+              "colour_anchoring": plan.colour_anchoring,
               "key_frame_max_abs_error": float(np.abs(videos[:, k] - np.stack(images)).max()),
               "non_key_frames_showing_the_image_digit": float(
                   (others == np.array(labels)[:, None]).mean()),

@@ -4,6 +4,8 @@ x <- x + s (w / max w) (c_k - c_f), on pixels in [0, 1] (model space [-1, 1]).""
 
 import pytest
 import torch
+from conftest import tiny_base, tiny_residual, tiny_vae
+from diffusers import DDPMScheduler
 
 from videofusion.colour_anchoring import (
     anchor_colours,
@@ -11,6 +13,7 @@ from videofusion.colour_anchoring import (
     check_colour_anchoring,
     foreground_weights,
 )
+from videofusion.pipeline import VideoFusionPipeline
 
 
 def pixels_to_model(p):
@@ -116,11 +119,6 @@ def test_latents_have_no_colours_to_anchor():
 
 
 def pipeline(default=None, vae=None, channels=3):
-    from conftest import tiny_base, tiny_residual
-    from diffusers import DDPMScheduler
-
-    from videofusion.pipeline import VideoFusionPipeline
-
     return VideoFusionPipeline.from_components(
         residual=tiny_residual(channels=channels, num_classes=3),
         base=tiny_base(channels=channels, num_classes=3), scheduler=DDPMScheduler(),
@@ -128,8 +126,6 @@ def pipeline(default=None, vae=None, channels=3):
 
 
 def test_the_folder_records_its_default_for_every_scheduler(tmp_path):
-    from videofusion.pipeline import VideoFusionPipeline
-
     assert pipeline().plan(class_labels=[1]).colour_anchoring == 0.0
     pipeline(default=1.0).save_pretrained(tmp_path / "m")
     again = VideoFusionPipeline.from_pretrained(tmp_path / "m")
@@ -154,8 +150,6 @@ def test_the_pipeline_anchors_only_when_asked():
 
 
 def test_a_latent_folder_refuses_colour_anchoring():
-    from conftest import tiny_vae
-
     pipe = pipeline(vae=tiny_vae(), channels=4)
     assert pipe.plan(class_labels=[1], height=16, width=16).colour_anchoring == 0.0
     with pytest.raises(ValueError, match="latents"):

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_base, tiny_residual
+from conftest import tiny_base, tiny_residual, tiny_vae
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
@@ -183,11 +182,7 @@ def test_pipeline_image_forms_and_resizing(form):
 
 
 def test_vae_pipeline_encodes_the_image_as_the_key_latent():
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(8, 16), norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, scaling_factor=0.5)
+    vae = tiny_vae(scaling_factor=0.5)
     pipe = VideoFusionPipeline(residual=tiny_residual(channels=4), base=tiny_base(channels=4),
                                scheduler=DDIMScheduler(), vae=vae, sample_size=16)
     image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
