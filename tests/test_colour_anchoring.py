@@ -1,6 +1,7 @@
 """Key-frame colour anchoring (docs/method.md §7), checked against its definition:
 w = (largest rise of a pixel above its channel's median over the frame)^2, c_f = sum w x / sum w,
-x <- x + s (w / max w) (c_k - c_f), on pixels in [0, 1] (model space [-1, 1])."""
+x <- x + s (w / max w) (c_k - c_f), on pixels in [0, 1] (model space [-1, 1]), at the steps
+whose sigma_t = sqrt((1 - abar) / abar) is at most 1."""
 
 import pytest
 import torch
@@ -87,7 +88,7 @@ def test_anchored_noise_is_the_epsilon_of_the_anchored_estimate():
     x0 = pixels_to_model(clip_of_squares([(1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 0),
                                           (0, 1, 1)]))
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    a = torch.tensor([0.3])
+    a = torch.tensor([0.6])  # sigma_t = sqrt(0.4 / 0.6) = 0.82: inside the gate
     z = a.sqrt() * x0 + (1 - a).sqrt() * eps
     out = anchored_noise(eps, z, a, 1.0)
     assert torch.allclose((z - (1 - a).sqrt() * out) / a.sqrt(), anchor_colours(x0, 1.0),
@@ -97,12 +98,27 @@ def test_anchored_noise_is_the_epsilon_of_the_anchored_estimate():
     assert torch.allclose(anchored_noise(eps, z, a, 1.0), eps, atol=1e-5)
     # a batch of two clips at two noise levels: each clip reads its own abar
     x0, eps = torch.cat([x0, x0.flip(2)]), torch.cat([eps, -eps])
-    a = torch.tensor([0.3, 0.8])
+    a = torch.tensor([0.6, 0.9])
     z = a.sqrt().view(2, 1, 1, 1, 1) * x0 + (1 - a).sqrt().view(2, 1, 1, 1, 1) * eps
     out = anchored_noise(eps, z, a, 1.0)
     for n in range(2):
         assert torch.allclose((z[n] - (1 - a[n]).sqrt() * out[n]) / a[n].sqrt(),
                               anchor_colours(x0[n:n + 1], 1.0)[0], atol=1e-5)
+
+
+def test_colours_are_anchored_only_once_the_signal_outweighs_the_noise():
+    # sigma_t = sqrt((1 - abar) / abar) <= 1, i.e. abar >= 1/2: a clip just below the gate
+    # keeps the networks' epsilon exactly, one just above it is anchored, in the same batch
+    x0 = pixels_to_model(clip_of_squares([(1, 0, 1), (0, 1, 0), (0, 0, 1)]))
+    x0, eps = torch.cat([x0] * 3), torch.randn(3, *x0.shape[1:],
+                                               generator=torch.Generator().manual_seed(1))
+    a = torch.tensor([0.2, 0.49, 0.51])  # sigma 2, 1.02, 0.98
+    z = a.sqrt().view(3, 1, 1, 1, 1) * x0 + (1 - a).sqrt().view(3, 1, 1, 1, 1) * eps
+    out = anchored_noise(eps, z, a, 1.0)
+    assert torch.equal(out[:2], eps[:2])
+    moved = (z[2] - (1 - a[2]).sqrt() * out[2]) / a[2].sqrt()
+    assert torch.allclose(moved, anchor_colours(x0[2:], 1.0)[0], atol=1e-5)
+    assert not torch.allclose(moved, x0[2], atol=0.1)
 
 
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), True, "1"])

@@ -18,6 +18,12 @@ The background (w = 0) is left alone and so is the key frame; the shape, positio
 pattern of each frame stay the networks'. With a given key frame (image-to-video) its estimate
 is the image itself, so the clip takes the image's colours.
 
+It acts only once the signal outweighs the noise, sigma_t = sqrt((1 - abar_t) / abar_t) <=
+``MAX_SIGMA``. Before that the clean estimate is a blur of candidate shapes, and colouring its
+faint ones like the digit made them survive as ghost digits and coloured grain in the
+background (caption-prompted FVD 213 -> 237 on 128 videos); the colour is still open when the
+gate opens (``docs/results/coherence/README.md``, "Anchoring late").
+
 It works on pixels in [-1, 1]: a latent folder has no colours to anchor (refused).
 
 Layout: ``(batch, channels, frames, height, width)``.
@@ -30,6 +36,8 @@ import math
 import torch
 
 from .noise import key_frame_index
+
+MAX_SIGMA = 1.0  # the largest noise-to-signal ratio sigma_t at which colours are anchored
 
 
 def check_colour_anchoring(strength: float, latent: bool = False) -> None:
@@ -66,7 +74,9 @@ def anchor_colours(x0: torch.Tensor, strength: float) -> torch.Tensor:
 def anchored_noise(eps: torch.Tensor, z_t: torch.Tensor, alpha_bar: torch.Tensor,
                    strength: float) -> torch.Tensor:
     """The epsilon whose clean estimate is ``anchor_colours`` of ``eps``'s, at z_t with
-    ``alpha_bar`` ``(B,)``: the step the scheduler then takes follows the anchored estimate."""
+    ``alpha_bar`` ``(B,)``: the step the scheduler then takes follows the anchored estimate.
+    ``eps`` itself for a clip whose sigma_t is above ``MAX_SIGMA``."""
     a = alpha_bar.to(z_t).view(-1, 1, 1, 1, 1)
     x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
-    return (z_t - a.sqrt() * anchor_colours(x0, strength)) / (1 - a).sqrt()
+    anchored = (z_t - a.sqrt() * anchor_colours(x0, strength)) / (1 - a).sqrt()
+    return torch.where(((1 - a) / a).sqrt() <= MAX_SIGMA, anchored, eps)
