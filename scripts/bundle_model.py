@@ -211,7 +211,8 @@ def model_card(name: str, record: dict, parameters: dict, sampler: str, steps: i
                          "overrides)")
     anchoring = "" if not colour_anchoring else (
         f"| colour anchoring | {colour_anchoring:g}: every frame's foreground colour is moved "
-        "towards the key frame's at each step, with any sampler (`default_colour_anchoring`; "
+        "towards the key frame's at each step once the noise is at most the signal "
+        "(sigma_t <= 1), with any sampler (`default_colour_anchoring`; "
         "`--colour-anchoring` overrides, 0 turns it off; docs/method.md, §7) |\n")
     return f"""# {title}
 

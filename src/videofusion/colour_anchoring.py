@@ -4,8 +4,8 @@ A class label does not say which colour a digit has, and the residual generator,
 layers join a pixel only to the same pixel in other frames, settles a moving digit's colour
 separately in runs of frames: half the shipped model's class-prompted clips switch colour part
 way (``docs/results/coherence/README.md``). The key frame is the clip's anchor in VideoFusion
-(it carries the base noise every frame shares), so at every step each frame's clean estimate
-has its foreground's colour moved towards the key frame's:
+(it carries the base noise every frame shares), so at each late step (below) each frame's clean
+estimate has its foreground's colour moved towards the key frame's:
 
     w_f      = (max over channels of the foreground of xhat0_f)^2           per pixel
     c_f      = sum w_f xhat0_f / sum w_f                                    per frame, RGB

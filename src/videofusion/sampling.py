@@ -214,7 +214,8 @@ def sample_decomposed(
     ``residual_guidance_scale``: the residual generator's own guidance; with a ``key_frame``,
     ``reconstruction_guidance_scale`` pulls the other frames towards it
     (``guided_noise_prediction``). ``colour_anchoring`` > 0 moves each frame's foreground colour
-    towards the key frame's at every step (``videofusion.colour_anchoring``; pixel space only).
+    towards the key frame's at the late steps (``videofusion.colour_anchoring``; pixel space
+    only).
 
     ``dtype`` float16 or bfloat16 runs the networks' forward passes under autocast, for speed
     on a GPU; the latents, epshat and the scheduler's arithmetic stay in the latents' dtype,
