@@ -110,15 +110,16 @@ def test_colours_are_anchored_only_once_the_signal_outweighs_the_noise():
     # sigma_t = sqrt((1 - abar) / abar) <= 1, i.e. abar >= 1/2: a clip just below the gate
     # keeps the networks' epsilon exactly, one just above it is anchored, in the same batch
     x0 = pixels_to_model(clip_of_squares([(1, 0, 1), (0, 1, 0), (0, 0, 1)]))
-    x0, eps = torch.cat([x0] * 3), torch.randn(3, *x0.shape[1:],
+    x0, eps = torch.cat([x0] * 4), torch.randn(4, *x0.shape[1:],
                                                generator=torch.Generator().manual_seed(1))
-    a = torch.tensor([0.2, 0.49, 0.51])  # sigma 2, 1.02, 0.98
-    z = a.sqrt().view(3, 1, 1, 1, 1) * x0 + (1 - a).sqrt().view(3, 1, 1, 1, 1) * eps
+    a = torch.tensor([0.2, 0.49, 0.5, 0.51])  # sigma 2, 1.02, exactly 1, 0.98
+    z = a.sqrt().view(4, 1, 1, 1, 1) * x0 + (1 - a).sqrt().view(4, 1, 1, 1, 1) * eps
     out = anchored_noise(eps, z, a, 1.0)
     assert torch.equal(out[:2], eps[:2])
-    moved = (z[2] - (1 - a[2]).sqrt() * out[2]) / a[2].sqrt()
-    assert torch.allclose(moved, anchor_colours(x0[2:], 1.0)[0], atol=1e-5)
-    assert not torch.allclose(moved, x0[2], atol=0.1)
+    for n in (2, 3):
+        moved = (z[n] - (1 - a[n]).sqrt() * out[n]) / a[n].sqrt()
+        assert torch.allclose(moved, anchor_colours(x0[n:n + 1], 1.0)[0], atol=1e-5)
+        assert not torch.allclose(moved, x0[n], atol=0.1)
 
 
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), True, "1"])
