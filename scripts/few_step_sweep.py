@@ -42,10 +42,11 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
 
 
 def seconds_per_video(pipe, scheduler: str | None, steps: int, guidance: float,
-                      repeats: int, residual_guidance: float | None = None) -> float:
+                      repeats: int, residual_guidance: float | None = None,
+                      colour_anchoring: float | None = None) -> float:
     pipe.use_scheduler(scheduler)
     kwargs = {"class_labels": [3], "num_inference_steps": steps, "guidance_scale": guidance,
-              "residual_guidance_scale": residual_guidance}
+              "residual_guidance_scale": residual_guidance, "colour_anchoring": colour_anchoring}
     pipe(**kwargs, generator=torch.Generator().manual_seed(0))  # warm-up
     times = []
     for seed in range(repeats):
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
                "guidance": scale, "residual_guidance": residual, "colour_anchoring": anchoring,
                "threads": torch.get_num_threads(),
                "seconds_per_video": round(seconds_per_video(model, scheduler, steps, scale,
-                                                            args.repeats, residual), 3)}
+                                                            args.repeats, residual, anchoring),
+                                          3)}
         for condition in args.conditions.split(","):
             report = evaluate("moving-digits", folder, metrics="fvd,content,coherence",
                               num_videos=args.num_videos, num_inference_steps=steps,
