@@ -11,9 +11,10 @@ folder, sampled as it records: its own scheduler, its step count and guidance 1,
 being folded in. Every setting samples the same seeds, class-prompted and
 caption-prompted, and is scored with `videofusion eval`'s FVD (with its bootstrap spread), the
 digit metrics (content consistency, prompt adherence) and the coherence metrics. A setting
-holds quality when each metric is within 5 % of the reference's, or, for FVD, within its
-bootstrap spread (the larger of the two). Seconds per video are the median of ``--repeats``
-single-video calls of the loaded pipeline at the current thread count, after one warm-up call.
+holds quality when each metric is within 5 % of the reference's or within the reference's
+bootstrap spread over its videos, the larger of the two (``videofusion.metrics.bootstrap``).
+Seconds per video are the median of ``--repeats`` single-video calls of the loaded pipeline at
+the current thread count, after one warm-up call.
 """
 
 from __future__ import annotations

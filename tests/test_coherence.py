@@ -269,7 +269,8 @@ def test_coherence_metrics_report_each_metric_under_its_name():
     videos[1, 2, 0, 15] = 0.05  # a faint speck in the background
     plain = coherence.coherence_metrics(videos)
     assert set(plain) == {"key_frame_seam", "flicker", "foreground_pieces",
-                          "foreground_area_change", "background_grain", "neighbour_grain"}
+                          "foreground_area_change", "background_grain", "neighbour_grain",
+                          "key_frame_seam_bootstrap_std", "flicker_bootstrap_std"}
     assert plain["key_frame_seam"] == coherence.key_frame_seam(videos)
     assert plain["flicker"] == coherence.flicker(videos)
     grain = coherence.background_grain(videos)
@@ -278,7 +279,10 @@ def test_coherence_metrics_report_each_metric_under_its_name():
     digits = coherence.coherence_metrics(videos, digits=True)
     assert set(digits) - set(plain) == {"colour_deviation", "colour_spread", "palette_coverage",
                                         "palette_counts",
-                                        "mean_speed", "jerk", "worst_jerk"}
+                                        "mean_speed", "jerk", "worst_jerk",
+                                        "colour_deviation_bootstrap_std",
+                                        "palette_coverage_bootstrap_std", "jerk_bootstrap_std",
+                                        "worst_jerk_bootstrap_std"}
     speed, jerk, worst = coherence.motion_statistics(videos)
     assert digits["colour_deviation"] == pytest.approx(coherence.colour_deviation(videos).mean())
     assert digits["colour_deviation"] > 0
@@ -374,3 +378,41 @@ def test_long_video_seam_of_clips_advancing_one_frame():
     videos = np.random.default_rng(2).uniform(0, 1, (1, 20, 4, 4, 3)).astype(np.float32)
     assert coherence.long_video_seam(videos, 16, 15) == pytest.approx(
         coherence.seam_ratio(videos, range(15, 19)))
+
+
+def _moving_square(num_frames: int, step: int, colour) -> np.ndarray:
+    """One clip ``(frames, 16, 16, 3)``: a 3x3 square moving ``step`` pixels a frame."""
+    clip = np.zeros((num_frames, 16, 16, 3), np.float32)
+    for i in range(num_frames):
+        clip[i, 6:9, 1 + step * i : 4 + step * i] = colour
+    return clip
+
+
+def test_spreads_vanish_for_a_set_of_identical_clips():
+    videos = np.stack([_moving_square(6, 2, (0.9, 0.0, 0.0))] * 8)
+    metrics = coherence.coherence_metrics(videos, digits=True)
+    for name in ("key_frame_seam", "flicker", "colour_deviation", "palette_coverage", "jerk",
+                 "worst_jerk"):
+        assert metrics[f"{name}_bootstrap_std"] == pytest.approx(0.0, abs=1e-12), name
+
+
+def test_spreads_are_the_sampling_spread_of_the_clips():
+    """Half the clips smooth, half with one jump: the jerk's spread is that of a mean of
+    two-valued clips, sd / sqrt(n); half red and half blue: resampled sets cover 1 or 2 colours."""
+    smooth = _moving_square(6, 1, (0.9, 0.0, 0.0))
+    jumpy = _moving_square(6, 1, (0.0, 0.0, 0.9))
+    jumpy[3] = np.roll(jumpy[3], 4, axis=1)  # frame 3 jumps 4 pixels right
+    videos = np.stack([smooth, jumpy] * 20)  # 40 clips
+    metrics = coherence.coherence_metrics(videos, digits=True)
+    _, jerk, _ = coherence.motion_statistics(videos)
+    expected = jerk.std() / np.sqrt(len(jerk))
+    assert jerk.std() > 0
+    assert metrics["jerk_bootstrap_std"] == pytest.approx(expected, rel=0.3)
+    # the jump is at the key frame (3 of 6) and moves the low-frequency appearance
+    assert metrics["key_frame_seam_bootstrap_std"] > 0 and metrics["flicker_bootstrap_std"] > 0
+    assert metrics["palette_coverage"] == 2
+    # a resample misses one colour with probability 2 * 0.5**40: spread about 0
+    assert metrics["palette_coverage_bootstrap_std"] < 1e-3
+    two = coherence.coherence_metrics(videos[:2], digits=True)
+    # 2 clips: 1 colour in half of the resamples, 2 in the other half
+    assert two["palette_coverage_bootstrap_std"] == pytest.approx(0.5, abs=0.1)

@@ -357,3 +357,22 @@ def test_a_folder_is_read_round_robin_over_its_classes_unless_natural_order_is_a
     assert in_order([]) == []
     with pytest.raises(ValueError, match="folder_order must be one of"):
         EvalProtocol(folder_order="random")
+
+
+def test_content_and_adherence_spreads_are_those_of_the_videos():
+    from videofusion.evaluation.scores import _digit_spreads
+
+    labels = np.arange(40) % 10
+    right = np.repeat(labels[:, None], 4, axis=1)  # (videos, frames) predicted digits
+    exact = _digit_spreads(right, np.ones(40), labels)
+    assert exact == {"content_consistency_bootstrap_std": 0.0,
+                     "prompt_adherence_bootstrap_std": 0.0}
+    half = right.copy()
+    half[::2] = (half[::2] + 1) % 10  # every other video shows another digit
+    consistency = np.where(np.arange(40) % 4 == 0, 0.5, 1.0)
+    spreads = _digit_spreads(half, consistency, labels)
+    assert spreads["prompt_adherence_bootstrap_std"] == pytest.approx(0.5 / np.sqrt(40), rel=0.3)
+    assert spreads["content_consistency_bootstrap_std"] == pytest.approx(
+        consistency.std() / np.sqrt(40), rel=0.3)
+    unlabelled = _digit_spreads(right, np.ones(40), np.full(40, -1))
+    assert unlabelled["prompt_adherence_bootstrap_std"] is None

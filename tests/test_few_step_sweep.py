@@ -33,6 +33,11 @@ def test_a_setting_holds_within_five_percent_or_the_spread_and_when_better():
     assert not holds("key_frame_seam", 0.88, 0.95, None, 0.94)  # 0.06: over the bar
     assert not holds("key_frame_seam", 1.10, 0.95, None, 0.94)
     assert not holds("jerk", None, 0.05, None, 0.03)
+    # every metric's margin is the larger of 5 % and the reference's sampling spread
+    assert holds("jerk", 0.0575, 0.054, 0.004, 0.031)
+    assert not holds("jerk", 0.0575, 0.054, None, 0.031)
+    assert holds("palette_coverage", 6, 7, 1.0, None)
+    assert not holds("palette_coverage", 6, 7, 0.3, None)
 
 
 def test_an_earlier_sweep_of_another_protocol_is_refused_as_the_reference(tmp_path, capsys):

@@ -38,6 +38,16 @@ def _digit_pass(videos: np.ndarray, metrics: set[str], networks: dict, name: str
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
+def _digit_spreads(predictions: np.ndarray, consistency: np.ndarray, class_labels) -> dict:
+    """Sampling spreads of content consistency and prompt adherence over the videos."""
+    from videofusion.metrics import bootstrap, digits
+
+    labels = np.asarray(class_labels, dtype=np.int64)
+    return {"content_consistency_bootstrap_std": bootstrap.mean_std(consistency),
+            "prompt_adherence_bootstrap_std": bootstrap.bootstrap_std(
+                lambda i: digits.prompt_adherence(predictions[i], labels[i]), len(labels))}
+
+
 def compute_metrics(
     real: VideoSet,
     fake: VideoSet,
@@ -74,10 +84,12 @@ def compute_metrics(
             suffix = "" if name == "fake" else "_real"
             if "content" in metrics:
                 predictions = passes[name]["predictions"]
-                result[f"content_consistency{suffix}"] = float(
-                    digits.content_consistency(predictions).mean())
+                consistency = digits.content_consistency(predictions)
+                result[f"content_consistency{suffix}"] = float(consistency.mean())
                 result[f"prompt_adherence{suffix}"] = digits.prompt_adherence(
                     predictions, s.class_labels)
+                if name == "fake":
+                    result.update(_digit_spreads(predictions, consistency, s.class_labels))
             if "motion" in metrics:
                 result[f"motion_error{suffix}"] = float(passes[name]["motion"].mean())
         if "fvd_digits" in metrics:

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from videofusion.data.moving_digits import PALETTE
+from videofusion.metrics import bootstrap
 from videofusion.metrics.digits import track_positions, unit_frames
 
 FLICKER_SIZE = 4
@@ -91,13 +92,8 @@ def frame_deviations(videos) -> np.ndarray:
     return (x[:, 1:-1] - middle).abs().mean(dim=(2, 3, 4)).numpy()
 
 
-def seam_ratio(videos, frames: Sequence[int]) -> float:
-    """Mean deviation at ``frames`` (inner frame indices) over that of the other inner frames.
-
-    Averaged over the whole set before dividing, so near-static clips do not blow it up.
-    """
-    deviations = frame_deviations(videos)  # (B, F - 2), column j is frame j + 1
-    num_frames = deviations.shape[1] + 2
+def _seam_mask(num_frames: int, frames: Sequence[int]) -> np.ndarray:
+    """Which columns of :func:`frame_deviations` (inner frames 1..F-2) are the seam's."""
     chosen = sorted({int(f) for f in frames})
     if not chosen or chosen[0] < 1 or chosen[-1] > num_frames - 2:
         raise ValueError(f"frames: inner frame indices 1..{num_frames - 2} expected, got {frames}")
@@ -105,8 +101,20 @@ def seam_ratio(videos, frames: Sequence[int]) -> float:
     mask[[f - 1 for f in chosen]] = True
     if mask.all():
         raise ValueError("frames: at least one inner frame must be left to compare with")
-    other = deviations[:, ~mask].mean()
-    return float(deviations[:, mask].mean() / max(other, 1e-12))
+    return mask
+
+
+def _ratio(deviations: np.ndarray, mask: np.ndarray) -> float:
+    return float(deviations[:, mask].mean() / max(deviations[:, ~mask].mean(), 1e-12))
+
+
+def seam_ratio(videos, frames: Sequence[int]) -> float:
+    """Mean deviation at ``frames`` (inner frame indices) over that of the other inner frames.
+
+    Averaged over the whole set before dividing, so near-static clips do not blow it up.
+    """
+    deviations = frame_deviations(videos)  # (B, F - 2), column j is frame j + 1
+    return _ratio(deviations, _seam_mask(deviations.shape[1] + 2, frames))
 
 
 def key_frame_seam(videos) -> float:
@@ -133,12 +141,17 @@ def _num_frames(videos) -> int:
     return int(videos.shape[1] if isinstance(videos, np.ndarray) else videos.shape[2])
 
 
-def flicker(videos) -> float:
-    """Mean |L_{i+1} - L_i| of the frames averaged down to ``FLICKER_SIZE`` squared."""
+def flicker_per_clip(videos) -> np.ndarray:
+    """Per clip: mean |L_{i+1} - L_i| of the frames averaged down to ``FLICKER_SIZE`` squared."""
     x = _frames(videos)
     b, f, c, h, w = x.shape
     low = F.adaptive_avg_pool2d(x.flatten(0, 1), FLICKER_SIZE).view(b, f, c, -1)
-    return float((low[:, 1:] - low[:, :-1]).abs().mean())
+    return (low[:, 1:] - low[:, :-1]).abs().mean(dim=(1, 2, 3)).numpy()
+
+
+def flicker(videos) -> float:
+    """The set's flicker: :func:`flicker_per_clip` averaged over the clips."""
+    return float(flicker_per_clip(videos).mean())
 
 
 def foreground_shapes(videos) -> tuple[np.ndarray, np.ndarray]:
@@ -279,22 +292,34 @@ def motion_statistics(videos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def coherence_metrics(videos, digits: bool = False) -> dict:
-    """The set's coherence numbers (moving-digits ones with ``digits``), JSON-ready."""
+    """The set's coherence numbers (moving-digits ones with ``digits``), JSON-ready.
+
+    The metrics a sampler comparison judges also get their sampling spread over the clips,
+    ``NAME_bootstrap_std`` (:mod:`videofusion.metrics.bootstrap`).
+    """
     pieces, areas = foreground_shapes(videos)
     changes = area_change(areas)
     grain = background_grain(videos)
-    result = {"key_frame_seam": key_frame_seam(videos), "flicker": flicker(videos),
+    deviations = frame_deviations(videos)  # (B, F - 2)
+    num_frames = deviations.shape[1] + 2
+    key = _seam_mask(num_frames, [num_frames // 2])
+    flickers = flicker_per_clip(videos)
+    result = {"key_frame_seam": _ratio(deviations, key), "flicker": float(flickers.mean()),
               "background_grain": float(np.nanmean(grain)) if np.isfinite(grain).any()
               else None,
               "neighbour_grain": neighbour_grain(grain),
               "foreground_pieces": float(pieces.mean()),
               "foreground_area_change": float(np.nanmean(changes)) if np.isfinite(changes).any()
-              else None}
+              else None,
+              "key_frame_seam_bootstrap_std": bootstrap.bootstrap_std(
+                  lambda i: _ratio(deviations[i], key), len(deviations)),
+              "flicker_bootstrap_std": bootstrap.mean_std(flickers)}
     if digits:
         deviation = colour_deviation(videos)
         spread = colour_spread(videos)
         speed, jerk, worst_jerk = motion_statistics(videos)
-        names = [n for n in palette_names(videos) if n is not None]
+        clip_names = palette_names(videos)
+        names = [n for n in clip_names if n is not None]
         result.update({
             "colour_deviation": float(np.nanmean(deviation)) if np.isfinite(deviation).any()
             else None,
@@ -305,5 +330,10 @@ def coherence_metrics(videos, digits: bool = False) -> dict:
             "mean_speed": float(speed.mean()),
             "jerk": float(jerk.mean()),
             "worst_jerk": float(worst_jerk.mean()),
+            "colour_deviation_bootstrap_std": bootstrap.mean_std(deviation),
+            "palette_coverage_bootstrap_std": bootstrap.bootstrap_std(
+                lambda i: len({clip_names[j] for j in i} - {None}), len(clip_names)),
+            "jerk_bootstrap_std": bootstrap.mean_std(jerk),
+            "worst_jerk_bootstrap_std": bootstrap.mean_std(worst_jerk),
         })
     return result
