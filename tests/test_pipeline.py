@@ -104,6 +104,19 @@ def test_dpm_names_fix_the_solver_kind_over_the_folders_config(tmp_path):
     assert loaded.default_steps == 7
 
 
+def test_the_sde_solver_steps_from_the_noisiest_level_down_to_zero_densest_at_low_noise():
+    """A DDPM folder's "leading" grid starts 10 steps at t = 900 of 1000 and stops at 90;
+    the SDE solver's grid spans the trained schedule, its steps shrinking towards the data."""
+    pipe = class_pipeline()
+    pipe.scheduler = DDPMScheduler(num_train_timesteps=1000, timestep_spacing="leading")
+    scheduler = pipe.use_scheduler("dpm_sde").scheduler
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps.tolist()
+    assert t[0] >= 990 and t[-1] <= 10
+    gaps = [a - b for a, b in zip(t, t[1:], strict=False)]
+    assert gaps[0] > gaps[-1] and gaps[-3] > gaps[-1]
+
+
 @pytest.mark.parametrize("name", ["dpm", "dpm_sde", "unipc"])
 @pytest.mark.parametrize("clip_sample", [True, False])
 def test_solvers_clip_x0_where_the_folder_does(name, clip_sample):
@@ -117,8 +130,11 @@ def test_solvers_clip_x0_where_the_folder_does(name, clip_sample):
         clip_sample=clip_sample), sample_size=8)
     scheduler = pipe.use_scheduler(name).scheduler
     scheduler.set_timesteps(8)
-    t, s = scheduler.timesteps[:2]
-    a_t, a_s = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[s]
+    t = scheduler.timesteps[0]
+    # the solvers' noise levels sigma = sqrt((1 - abar) / abar), which a Karras grid places
+    # between the trained timesteps
+    a_t, a_s = 1 / (1 + scheduler.sigmas[:2].double() ** 2)
+    a_t, a_s = a_t.float(), a_s.float()
     gen = torch.Generator().manual_seed(0)
     z, eps = 4 * torch.randn(1, 3, 2, 4, 4, generator=gen), torch.randn(1, 3, 2, 4, 4,
                                                                         generator=gen)
