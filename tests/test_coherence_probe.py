@@ -75,7 +75,8 @@ def test_the_probe_prompts_with_the_folders_classes_and_captions(model, held_out
     for part in ("real", "class", "text"):
         assert set(report[part]) - {"seconds"} == {"key_frame_seam", "flicker", "foreground_pieces",
                                                  "foreground_area_change", "background_grain",
-                                                 "neighbour_grain"}, part
+                                                 "neighbour_grain", "key_frame_seam_bootstrap_std",
+                                                 "flicker_bootstrap_std"}, part
     # the real clips' own values: a square moving steadily, no frame is special
     assert 0.5 < report["real"]["key_frame_seam"] < 1.5 and report["real"]["flicker"] > 0
     # sorted class folders: cartpole 0, cheetah 1, read round-robin; each sampled video gets
