@@ -39,3 +39,11 @@ def test_bad_arguments_are_refused():
         bootstrap.bootstrap_std(lambda i: 0.0, 0)
     with pytest.raises(ValueError, match="num_resamples"):
         bootstrap.bootstrap_std(lambda i: 0.0, 3, num_resamples=1)
+
+
+def test_the_default_draw_is_seed_zero_and_two_resamples_are_enough():
+    values = np.arange(20.0)
+    assert bootstrap.mean_std(values) == bootstrap.mean_std(values, seed=0)
+    assert bootstrap.bootstrap_std(lambda i: values[i].mean(), 20) == bootstrap.bootstrap_std(
+        lambda i: values[i].mean(), 20, seed=0)
+    assert bootstrap.bootstrap_std(lambda i: values[i].mean(), 20, num_resamples=2) is not None
