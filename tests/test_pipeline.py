@@ -117,6 +117,34 @@ def test_the_sde_solver_steps_from_the_noisiest_level_down_to_zero_densest_at_lo
     assert gaps[0] > gaps[-1] and gaps[-3] > gaps[-1]
 
 
+@pytest.mark.parametrize("name", ["ddpm_karras", "dpm_sde"])
+def test_every_ddpm_karras_step_is_ddpm_s_posterior_draw_between_its_two_noise_levels(name):
+    """"ddpm_karras" from abar_s to abar_t (s noisier) draws from DDPM's posterior q(x_t | x_s,
+    x0) (Ho et al. 2020, eq. 7 between any two levels): mean sqrt(abar_t) (1 - r) / (1 -
+    abar_s) x0 + sqrt(r) (1 - abar_t) / (1 - abar_s) x_s with r = abar_s / abar_t, variance
+    (1 - r) (1 - abar_t) / (1 - abar_s). "dpm_sde", second order, extrapolates x0 from the
+    previous step's and leaves it from the second step on."""
+    pipe = class_pipeline()
+    pipe.scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=True)
+    scheduler = pipe.use_scheduler(name).scheduler
+    scheduler.set_timesteps(10)
+    abar = 1 / (1 + scheduler.sigmas.double() ** 2)  # per level, the last 1 (the data)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 3, 2, 4, 4, generator=gen)
+    for i, t in enumerate(scheduler.timesteps[:4]):
+        a_s, a_t = abar[i].float(), abar[i + 1].float()
+        x0 = 1.8 * torch.rand(z.shape, generator=gen) - 0.9  # a new clean estimate, in range
+        eps = (z - a_s.sqrt() * x0) / (1 - a_s).sqrt()
+        noise = torch.randn(z.shape, generator=gen)
+        r = a_s / a_t
+        mean = a_t.sqrt() * (1 - r) / (1 - a_s) * x0 + r.sqrt() * (1 - a_t) / (1 - a_s) * z
+        std = ((1 - r) * (1 - a_t) / (1 - a_s)).sqrt()
+        z = scheduler.step(eps, t, z, variance_noise=noise).prev_sample
+        posterior = torch.allclose(z, mean + std * noise, rtol=1e-4, atol=1e-4)
+        assert posterior == (name == "ddpm_karras" or i == 0), f"step {i}"
+        z = mean + std * noise  # both solvers go on from the same state
+
+
 @pytest.mark.parametrize("name", ["dpm", "dpm_sde", "unipc"])
 @pytest.mark.parametrize("clip_sample", [True, False])
 def test_solvers_clip_x0_where_the_folder_does(name, clip_sample):
