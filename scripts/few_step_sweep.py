@@ -44,10 +44,12 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
 
 def seconds_per_video(pipe, scheduler: str | None, steps: int, guidance: float,
                       repeats: int, residual_guidance: float | None = None,
-                      colour_anchoring: float | None = None) -> float:
+                      colour_anchoring: float | None = None,
+                      guidance_interval: tuple[float, float] | None = None) -> float:
     pipe.use_scheduler(scheduler)
     kwargs = {"class_labels": [3], "num_inference_steps": steps, "guidance_scale": guidance,
-              "residual_guidance_scale": residual_guidance, "colour_anchoring": colour_anchoring}
+              "residual_guidance_scale": residual_guidance, "colour_anchoring": colour_anchoring,
+              "guidance_interval": guidance_interval}
     pipe(**kwargs, generator=torch.Generator().manual_seed(0))  # warm-up
     times = []
     for seed in range(repeats):
@@ -89,6 +91,9 @@ def main(argv=None) -> int:
                    help="the residual generator's own guidance (default: --guidance)")
     p.add_argument("--colour-anchoring", type=float,
                    help="of MODEL_DIR's settings (default: the folder's own)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="of MODEL_DIR's settings: guide only the steps whose sigma_t lies in "
+                        "[LOW, HIGH] (default: every step)")
     p.add_argument("--conditions", default="class,text")
     p.add_argument("--num-videos", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
@@ -119,18 +124,21 @@ def main(argv=None) -> int:
     for folder, model, scheduler, steps, scale in settings:
         residual = None if model is not pipe else args.residual_guidance
         anchoring = None if model is not pipe else args.colour_anchoring
+        interval = None if model is not pipe else args.guidance_interval
         row = {"model": str(folder), "scheduler": scheduler or "own", "steps": steps,
                "guidance": scale, "residual_guidance": residual, "colour_anchoring": anchoring,
+               "guidance_interval": interval,
                "threads": torch.get_num_threads(),
                "seconds_per_video": round(seconds_per_video(model, scheduler, steps, scale,
-                                                            args.repeats, residual, anchoring),
+                                                            args.repeats, residual, anchoring,
+                                                            interval),
                                           3)}
         for condition in args.conditions.split(","):
             report = evaluate("moving-digits", folder, metrics="fvd,content,coherence",
                               num_videos=args.num_videos, num_inference_steps=steps,
                               scheduler=scheduler, guidance_scale=scale,
                               residual_guidance_scale=residual, condition=condition,
-                              colour_anchoring=anchoring,
+                              colour_anchoring=anchoring, guidance_interval=interval,
                               seed=args.seed, progress=False)
             row[condition] = report["metrics"]
         rows.append(row)

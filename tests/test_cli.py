@@ -85,6 +85,17 @@ def test_sample_passes_the_colour_anchoring_on(model_dir, tmp_path, monkeypatch)
     assert used == [0.0, 0.5]
 
 
+def test_sample_passes_the_guidance_interval_on(model_dir, tmp_path, monkeypatch):
+    used = []
+    call = VideoFusionPipeline.plan
+    monkeypatch.setattr(VideoFusionPipeline, "plan", lambda self, *a, **kw: (
+        used.append(call(self, *a, **kw).guidance_interval), call(self, *a, **kw))[1])
+    common = ["--class-label", "1", "--frames", "4", "--steps", "1", "--out", str(tmp_path / "o")]
+    for extra in ([], ["--guidance-interval", "0.3", "5"]):
+        assert main(["sample", "--model-dir", str(model_dir), *common, *extra]) == 0
+    assert used == [None, (0.3, 5.0)]
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "euler"])
 def test_fixed_base_and_residual_seeds_give_identical_videos(model_dir, tmp_path, scheduler):
     from videofusion.video_io import read_video
@@ -155,6 +166,10 @@ def test_info_lists_components_and_counts(model_dir, tmp_path, capsys):
     (["sample", "--model-dir", "{model}", "--scheduler", "heun"], "invalid choice: 'heun'"),
     (["sample", "--model-dir", "{model}", "--class-label", "1", "--colour-anchoring", "-1"],
      "argument --colour-anchoring: must be >= 0"),
+    (["sample", "--model-dir", "{model}", "--class-label", "1", "--guidance-interval", "5", "1"],
+     "guidance_interval must have 0 <= low <= high"),
+    (["sample", "--model-dir", "{model}", "--class-label", "1", "--guidance-interval", "-1",
+      "1"], "argument --guidance-interval: must be >= 0"),
     (["sample", "--model-dir", "{model}", "--class-label", "10"],
      "--class-label: '10' is not a class of this model; choose a name or an index: 0, 1, 2,"),
     (["sample", "--model-dir", "{model}", "--prompt", "a cat"], "not text-conditioned"),

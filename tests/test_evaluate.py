@@ -131,9 +131,12 @@ def test_the_protocol_is_recorded_whole_and_checked_early(tmp_path):
     assert again["protocol"]["settings"]["num_videos"] == 1
     for bad, match in (({"num_videos": 0}, "num_videos"), ({"condition": "both"}, "condition"),
                        ({"scheduler": "plms"}, "scheduler"), ({"metrics": "psnr"}, "metrics"),
-                       ({"eta": 1.5}, "eta"), ({"eta": -0.1}, "eta")):
+                       ({"eta": 1.5}, "eta"), ({"eta": -0.1}, "eta"),
+                       ({"guidance_interval": (5, 1)}, "guidance_interval"),
+                       ({"guidance_interval": 3}, "guidance_interval")):
         with pytest.raises(ValueError, match=match):
             EvalProtocol(**bad)
+    assert EvalProtocol(guidance_interval=[0, 5]).guidance_interval == (0.0, 5.0)
 
 
 def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):
@@ -177,6 +180,14 @@ def test_evaluate_samples_a_class_conditioned_model_folder(tmp_path):
                       num_frames=4, num_inference_steps=2, batch_size=3, progress=False,
                       device="cpu")
     assert guided["protocol"]["sampling"]["guidance_scale"] == 3.5
+    assert guided["protocol"]["sampling"]["guidance_interval"] is None
+    # the guidance interval reaches the sampler: no step guided is the condition alone
+    nowhere = evaluate("moving-digits", tmp_path / "model", metrics="motion", num_videos=3,
+                       num_frames=4, num_inference_steps=2, batch_size=3, progress=False,
+                       device="cpu", guidance_interval=(1e6, 1e7))
+    assert tuple(nowhere["protocol"]["sampling"]["guidance_interval"]) == (1e6, 1e7)
+    assert nowhere["metrics"]["motion_error"] != pytest.approx(guided["metrics"]["motion_error"])
+    assert nowhere["metrics"]["motion_error"] == pytest.approx(values["motion_error"])
 
 
 def test_evaluate_text_conditioned_model_uses_test_split_captions(tmp_path):

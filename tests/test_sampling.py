@@ -280,6 +280,58 @@ def test_the_sampler_passes_the_residual_guidance_scale_to_every_step():
         assert torch.allclose(run(scale)[0, 0, :, 0, 0], x0, rtol=1e-4), scale
 
 
+def guidance_by_step(interval, num_steps=10, guidance_scale=3.0):
+    """For each step of a 10-step DDPM run with label-echo networks: whether the step ran the
+    residual generator on two copies of the batch (guided) and its sigma_t; and z_0."""
+    seen = []
+
+    class Recording(LabelEcho):
+        def forward(self, x, timestep, class_labels=None, encoder_hidden_states=None):
+            seen.append((x.shape[0], int(timestep[0])))
+            return super().forward(x, timestep, class_labels, encoder_hidden_states)
+
+    model = VideoFusionModel(Recording(10.0), LabelEcho(1.0))
+    cond = Condition(class_labels=torch.tensor([1]), null_class_labels=torch.tensor([0]))
+    scheduler = DDPMScheduler(clip_sample=False)
+    z0 = sample(model, scheduler, (1, 1, 4, 2, 2), make_lambdas(4, 0.5),
+                num_inference_steps=num_steps, generator=torch.Generator().manual_seed(0),
+                condition=cond, guidance_scale=guidance_scale, guidance_interval=interval)
+    abar = scheduler.alphas_cumprod
+    sigma = {t: float(((1 - abar[t]) / abar[t]).sqrt()) for _, t in seen}
+    return [(n == 2, sigma[t]) for n, t in seen], z0
+
+
+@pytest.mark.parametrize("interval", [(0.5, 5.0), (0.0, 2.0), (3.0, float("inf"))])
+def test_guidance_acts_only_at_the_noise_levels_of_its_interval(interval):
+    """Limited-interval guidance (Kynkaenniemi et al., 2024): a step whose sigma_t =
+    sqrt((1 - abar_t) / abar_t) lies in [low, high] is guided, both networks' unconditional
+    passes run; any other step runs each network once, on the condition alone."""
+    low, high = interval
+    steps, _ = guidance_by_step(interval)
+    assert len(steps) == 10
+    assert [guided for guided, _ in steps] == [low <= sigma <= high for _, sigma in steps]
+    assert 0 < sum(guided for guided, _ in steps) < 10  # the interval splits the run
+
+
+def test_guidance_over_every_level_or_none_is_guidance_or_the_condition_alone():
+    everywhere = guidance_by_step((0.0, float("inf")))
+    nowhere = guidance_by_step((1e6, float("inf")))
+    assert all(guided for guided, _ in everywhere[0])
+    assert not any(guided for guided, _ in nowhere[0])
+    assert torch.equal(everywhere[1], guidance_by_step(None)[1])
+    assert torch.equal(nowhere[1], guidance_by_step(None, guidance_scale=1.0)[1])
+    assert not torch.allclose(everywhere[1], nowhere[1])
+
+
+@pytest.mark.parametrize("interval", [(-1.0, 2.0), (2.0, 1.0), (float("nan"), 1.0), (1.0,),
+                                      "0.5,5"])
+def test_a_guidance_interval_that_is_no_range_of_noise_levels_is_refused(interval):
+    model = VideoFusionModel(LabelEcho(10.0), LabelEcho(1.0))
+    with pytest.raises(ValueError, match="guidance_interval"):
+        sample(model, DDPMScheduler(), (1, 1, 4, 2, 2), make_lambdas(4, 0.5),
+               num_inference_steps=2, guidance_interval=interval)
+
+
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("clipping", [
     {"clip_sample": True},

@@ -36,6 +36,7 @@ from .class_names import class_indices, resolve_class_names
 from .colour_anchoring import check_colour_anchoring
 from .condition import Condition, Conditioning
 from .devices import resolve_dtype
+from .guidance_interval import check_guidance_interval
 from .models.residual import SpaceTimeUNet
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, decomposed_noise, make_lambdas
@@ -73,6 +74,7 @@ class SamplingPlan:
     residual_guidance_scale: float | None = None  # None: guidance_scale
     reconstruction_guidance_scale: float = 0.0  # towards the given key frame; 0: off
     colour_anchoring: float = 0.0  # frames' foreground colour towards the key frame's; 0: off
+    guidance_interval: tuple[float, float] | None = None  # sigma_t of guided steps; None: all
 
     @property
     def batch(self) -> int:
@@ -372,6 +374,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         dtype: str | torch.dtype | None = None,
         reconstruction_guidance_scale: float | None = None,
         colour_anchoring: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> SamplingPlan:
         """``check_inputs`` and ``prepare_condition`` of a request (``__call__``'s arguments),
         with every default decided (the lambdas validate ``num_frames``): the plan the later
@@ -382,6 +385,9 @@ class VideoFusionPipeline(DiffusionPipeline):
         if colour_anchoring is None:
             colour_anchoring = self.default_anchoring
         check_colour_anchoring(colour_anchoring, latent=self.vae is not None)
+        check_guidance_interval(guidance_interval)
+        if guidance_interval is not None:
+            guidance_interval = (float(guidance_interval[0]), float(guidance_interval[1]))
         if reconstruction_guidance_scale is None:
             reconstruction_guidance_scale = (0.0 if image is None
                                              else self.default_reconstruction_guidance)
@@ -399,7 +405,8 @@ class VideoFusionPipeline(DiffusionPipeline):
         return SamplingPlan(height, width, shape, lambdas, condition, guidance_scale,
                             num_inference_steps, eta, key_frame, self.signal_leak(signal_leak),
                             dtype, residual_guidance_scale,
-                            float(reconstruction_guidance_scale), float(colour_anchoring))
+                            float(reconstruction_guidance_scale), float(colour_anchoring),
+                            guidance_interval)
 
     def prepare_latents(self, plan: SamplingPlan, generator: torch.Generator | None = None,
                         base_noise: torch.Tensor | None = None,
@@ -428,7 +435,7 @@ class VideoFusionPipeline(DiffusionPipeline):
             residual_guidance_scale=plan.residual_guidance_scale, eta=plan.eta,
             key_frame=plan.key_frame,
             reconstruction_guidance_scale=plan.reconstruction_guidance_scale,
-            colour_anchoring=plan.colour_anchoring,
+            colour_anchoring=plan.colour_anchoring, guidance_interval=plan.guidance_interval,
             before_step=before_step, progress=progress, dtype=plan.dtype,
         )
 
@@ -471,6 +478,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         residual_guidance_scale: float | None = None,
         reconstruction_guidance_scale: float | None = None,
         colour_anchoring: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> VideoFusionPipelineOutput | tuple:
         """Generate videos. ``num_videos`` per prompt/label (or in all, when unconditional).
 
@@ -490,7 +498,9 @@ class VideoFusionPipeline(DiffusionPipeline):
         image (``videofusion.reconstruction_guidance``; ``None``: the folder's
         ``default_reconstruction_guidance``). ``colour_anchoring`` moves every frame's
         foreground colour towards the key frame's (``videofusion.colour_anchoring``; ``None``:
-        the folder's ``default_colour_anchoring``, 0: off).
+        the folder's ``default_colour_anchoring``, 0: off). ``guidance_interval`` ``(low,
+        high)`` guides only the steps whose sigma_t = sqrt((1 - abar_t) / abar_t) lies in it
+        (``videofusion.guidance_interval``; ``None``: every step).
         """
         plan = self.plan(prompt, class_labels, num_frames=num_frames, height=height, width=width,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -498,7 +508,7 @@ class VideoFusionPipeline(DiffusionPipeline):
                          lambda_=lambda_, num_videos=num_videos, eta=eta, image=image,
                          signal_leak=signal_leak, dtype=dtype,
                          reconstruction_guidance_scale=reconstruction_guidance_scale,
-                         colour_anchoring=colour_anchoring)
+                         colour_anchoring=colour_anchoring, guidance_interval=guidance_interval)
         frames = self.generate(plan, generator, base_noise, residual_noise, output_type, progress)
         return VideoFusionPipelineOutput(frames=frames) if return_dict else (frames,)
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .colour_anchoring import anchored_noise, check_colour_anchoring
 from .condition import Condition
+from .guidance_interval import check_guidance_interval, guided_at, noise_level
 from .models.videofusion import VideoFusionModel
 from .noise import DecomposedNoise, FreshNoise, combine_noise, key_frame_index
 from .reconstruction_guidance import check_reconstruction_guidance, reconstruction_guidance
@@ -184,6 +185,7 @@ def sample_decomposed(
     key_frame: torch.Tensor | None = None,
     reconstruction_guidance_scale: float = 0.0,
     colour_anchoring: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     before_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
@@ -215,7 +217,9 @@ def sample_decomposed(
     ``reconstruction_guidance_scale`` pulls the other frames towards it
     (``guided_noise_prediction``). ``colour_anchoring`` > 0 moves each frame's foreground colour
     towards the key frame's at the late steps (``videofusion.colour_anchoring``; pixel space
-    only).
+    only). ``guidance_interval`` ``(low, high)`` guides only the steps whose noise level lies in
+    it (``videofusion.guidance_interval``); the others run each network once, on the condition
+    alone.
 
     ``dtype`` float16 or bfloat16 runs the networks' forward passes under autocast, for speed
     on a GPU; the latents, epshat and the scheduler's arithmetic stay in the latents' dtype,
@@ -225,13 +229,16 @@ def sample_decomposed(
     lambdas = fresh_noise.lambdas.to(latents.device)
     check_reconstruction_guidance(model, reconstruction_guidance_scale, key_frame is not None)
     check_colour_anchoring(colour_anchoring)
+    check_guidance_interval(guidance_interval)
     if key_frame is not None:
         check_key_frame(model, lambdas)
         key_frame = key_frame.to(latents)
     predict = partial(guided_noise_prediction, model, lambdas=lambdas,
-                      condition=condition or Condition(), guidance_scale=guidance_scale,
-                      residual_guidance_scale=residual_guidance_scale, key_frame=key_frame,
+                      condition=condition or Condition(), key_frame=key_frame,
                       reconstruction_guidance_scale=reconstruction_guidance_scale)
+    unguided = {"guidance_scale": 1.0, "residual_guidance_scale": 1.0}
+    guided = {"guidance_scale": guidance_scale,
+              "residual_guidance_scale": residual_guidance_scale}
     step = noise_injecting_step(scheduler, eta)
     batch = latents.shape[0]
     z = latents
@@ -241,8 +248,10 @@ def sample_decomposed(
                 z = before_step(i, z)
             alpha_bar = alpha_bar_at(scheduler, t, i).to(z)
             z_in = scheduler.scale_model_input(z, t)
+            scales = guided if guided_at(noise_level(alpha_bar), guidance_interval) else unguided
             with torch.autocast(z.device.type, dtype, enabled=dtype != torch.float32):
-                eps = predict(z_in, t.to(z.device).expand(batch), alpha_bar.expand(batch))
+                eps = predict(z_in, t.to(z.device).expand(batch), alpha_bar.expand(batch),
+                              **scales)
             eps = eps.to(z.dtype)
             if colour_anchoring:
                 eps = anchored_noise(eps, z_in, alpha_bar.expand(batch), colour_anchoring)

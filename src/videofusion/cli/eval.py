@@ -87,6 +87,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--residual-guidance-scale", "--residual-guidance", type=float_range(0),
                    help="model: guidance of the residual generator alone; default: the same "
                         "as --guidance-scale")
+    p.add_argument("--guidance-interval", type=float_range(0), nargs=2, metavar=("LOW", "HIGH"),
+                   help="model: guide only the steps whose noise level sigma_t lies in [LOW, "
+                        "HIGH] (docs/method.md, §7); default: every step")
     p.add_argument("--lambda", dest="lambda_", type=float_range(0, 1), metavar="LAMBDA",
                    help="model: share of the noise common to the clip; default: the trained "
                         "value")

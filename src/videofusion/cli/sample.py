@@ -55,6 +55,9 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--residual-guidance", type=float_range(0),
                    help="guidance of the residual generator alone (docs/method.md, §7); "
                         "default: the same as --guidance. 1 skips its unconditional pass")
+    p.add_argument("--guidance-interval", type=float_range(0), nargs=2, metavar=("LOW", "HIGH"),
+                   help="guide only the steps whose noise level sigma_t = sqrt((1 - abar_t) / "
+                        "abar_t) lies in [LOW, HIGH] (docs/method.md, §7); default: every step")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--base-seed", type=SEED, help="one base noise for all videos (same content)")
     p.add_argument("--residual-seed", type=SEED,
@@ -127,6 +130,7 @@ def run_sample(args: argparse.Namespace) -> int:
     settings = dict(num_frames=args.frames, height=args.resolution, width=args.resolution,
                     num_inference_steps=args.steps or pipe.default_steps, guidance_scale=guidance,
                     residual_guidance_scale=args.residual_guidance,
+                    guidance_interval=args.guidance_interval,
                     lambda_=args.lambda_, eta=args.eta, signal_leak=args.signal_leak,
                     dtype=args.dtype, colour_anchoring=args.colour_anchoring)
     out = Path(args.out)

@@ -21,6 +21,7 @@ from videofusion.choices import (
     PROTOCOL_FRAMES,
     SCHEDULERS,
 )
+from videofusion.guidance_interval import check_guidance_interval
 
 SET_METRICS = frozenset({"fvd", "kvd", "fvd_digits"})  # need a covariance: >= 2 videos per set
 
@@ -68,6 +69,7 @@ class EvalProtocol:
     residual_guidance_scale: float | None = None  # None: guidance_scale
     lambda_: float | None = None
     colour_anchoring: float | None = None  # None: the folder's default
+    guidance_interval: tuple[float, float] | None = None  # sigma_t of guided steps; None: all
     scheduler: str | None = None
     eta: float = 0.0  # DDIM's share of fresh noise (0: deterministic, 1: DDPM-like)
     signal_leak: bool = True
@@ -89,6 +91,9 @@ class EvalProtocol:
                  else tuple(int(v) for v in side))
         if self.class_labels is not None:
             set_(self, "class_labels", tuple(int(c) for c in self.class_labels))
+        if self.guidance_interval is not None:
+            check_guidance_interval(self.guidance_interval)
+            set_(self, "guidance_interval", tuple(float(v) for v in self.guidance_interval))
         if self.condition not in EVAL_CONDITIONS:
             raise ValueError(f"condition must be one of {EVAL_CONDITIONS}, got {self.condition!r}")
         if self.folder_order not in FOLDER_ORDERS:

@@ -110,6 +110,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
                              residual_guidance_scale=protocol.residual_guidance_scale,
                              lambda_=protocol.lambda_, eta=protocol.eta,
                              colour_anchoring=protocol.colour_anchoring,
+                             guidance_interval=protocol.guidance_interval,
                              signal_leak=protocol.signal_leak, dtype=protocol.dtype)
             _, latent_channels, _, h, w = plan.latent_shape  # (batch, C, frames, h, w)
             # z_T drawn video by video, so a video does not depend on the batch size; a
@@ -131,6 +132,7 @@ def sample_model(path: str | Path, protocol: EvalProtocol, device="cpu",
                 "guidance_scale": guidance_scale,
                 "residual_guidance_scale": plan.residual_guidance_scale,
                 "colour_anchoring": plan.colour_anchoring,
+                "guidance_interval": plan.guidance_interval,
                 "scheduler": type(pipe.scheduler).__name__, "eta": protocol.eta,
                 "sample_size": size,
                 "channels": channels, "seed": seed,
