@@ -1,7 +1,7 @@
 """Where the seconds of `videofusion sample` of one video go: start-up, loading, sampling, files.
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/sample_startup.py [--model-dir DIR] [--repeats 5]
-        [--steps N] [--scheduler NAME] [--out FILE]
+        [--steps N] [--scheduler NAME] [--guidance W] [--guidance-interval LOW HIGH] [--out FILE]
 
 Each repeat runs, in fresh processes and alternately, (1) the whole command
 ``videofusion sample --class-label 3 --num-videos 1`` (wall clock from the parent, start-up
@@ -28,7 +28,7 @@ from pathlib import Path
 MODEL = "src/videofusion/assets/default_model"
 
 
-def stages(model: str, steps: int | None, scheduler: str | None) -> dict[str, float]:
+def stages(model: str, options: argparse.Namespace) -> dict[str, float]:
     """One run, stage by stage, in this (fresh) process."""
     times, last = {}, time.perf_counter()
 
@@ -45,10 +45,11 @@ def stages(model: str, steps: int | None, scheduler: str | None) -> dict[str, fl
     from videofusion.pipeline import load_pipeline
     from videofusion.video_io import contact_sheet, write_gif, write_mp4
     lap("import the rest of videofusion")
-    pipe = load_pipeline(model).use_scheduler(scheduler)
+    pipe = load_pipeline(model).use_scheduler(options.scheduler)
     lap("load the model")
-    plan = pipe.plan(class_labels=[3], num_inference_steps=steps or pipe.default_steps,
-                     guidance_scale=pipe.default_guidance)
+    guidance = pipe.default_guidance if options.guidance is None else options.guidance
+    plan = pipe.plan(class_labels=[3], num_inference_steps=options.steps or pipe.default_steps,
+                     guidance_scale=guidance, guidance_interval=options.guidance_interval)
     lap("plan (text encoder for the empty prompt)")
     videos = pipe.generate(plan, torch.Generator().manual_seed(0), progress=False)
     lap("sample")
@@ -60,12 +61,21 @@ def stages(model: str, steps: int | None, scheduler: str | None) -> dict[str, fl
     return times
 
 
-def whole_command(model: str, steps: int | None, scheduler: str | None) -> float:
+def sampling_options(options: argparse.Namespace) -> list[str]:
+    """The sampling settings as command-line options (the same names for both commands)."""
+    argv = ["--steps", str(options.steps)] if options.steps else []
+    argv += ["--scheduler", options.scheduler] if options.scheduler else []
+    argv += ["--guidance", str(options.guidance)] if options.guidance is not None else []
+    if options.guidance_interval is not None:
+        argv += ["--guidance-interval", *map(str, options.guidance_interval)]
+    return argv
+
+
+def whole_command(model: str, options: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "videofusion.cli", "sample", "--model-dir", model,
                    "--class-label", "3", "--num-videos", "1", "--out", str(Path(out) / "s")]
-        command += ["--steps", str(steps)] if steps else []
-        command += ["--scheduler", scheduler] if scheduler else []
+        command += sampling_options(options)
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
         return time.perf_counter() - start
@@ -77,18 +87,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, help="default: the model's own")
     parser.add_argument("--scheduler", help="default: the model's own")
+    parser.add_argument("--guidance", type=float, help="default: the model's own")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="default: every step guided")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(stages(args.model_dir, args.steps, args.scheduler)))
+        print(json.dumps(stages(args.model_dir, args)))
         return
     child = [sys.executable, __file__, "--child", "--model-dir", args.model_dir]
-    child += ["--steps", str(args.steps)] if args.steps else []
-    child += ["--scheduler", args.scheduler] if args.scheduler else []
+    child += sampling_options(args)
     wholes, runs = [], []
     for _ in range(args.repeats):
-        wholes.append(whole_command(args.model_dir, args.steps, args.scheduler))
+        wholes.append(whole_command(args.model_dir, args))
         start = time.perf_counter()
         found = subprocess.run(child, check=True, capture_output=True, text=True).stdout
         process = time.perf_counter() - start

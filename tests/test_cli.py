@@ -187,6 +187,12 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, model_dir, tmp_pat
     fails(capsys, argv, message)
 
 
+def test_train_with_missing_data_creates_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, ["train", "--data", "no/such/data"], "neither a built-in dataset")
+    assert list(tmp_path.iterdir()) == []  # not even the default output folder
+
+
 def test_train_refuses_a_resolution_the_model_cannot_take(tmp_path, capsys):
     fails(capsys, ["train", "--resolution", "18", "--base-channels", "8,16,32",
                    "--residual-channels", "8,16,32", "--output-dir", str(tmp_path)],

@@ -52,6 +52,7 @@ from . import training_report as report
 from . import training_setup as setup
 from .condition import Condition
 from .config import TrainConfig
+from .data import check_data_source
 from .distillation import Distillation
 from .models.videofusion import VideoFusionModel
 from .noise import key_frame_index
@@ -220,6 +221,7 @@ def train(config: TrainConfig) -> Path:
     without training further.
     """
     safety.check_output_dir(config.validate().output_dir, "output_dir")
+    check_data_source(config.data)  # before the run's folder and lock exist
     if config.latent_cache:
         safety.check_output_dir(config.latent_cache, "latent_cache")
     trainer = Trainer(config)

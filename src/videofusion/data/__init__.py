@@ -14,9 +14,18 @@ from torch.utils.data import Dataset
 from videofusion.data.moving_digits import MovingDigits
 from videofusion.data.video_folder import VideoFolder
 
-__all__ = ["MovingDigits", "VideoFolder", "build_dataset", "DATASET_NAMES"]
+__all__ = ["MovingDigits", "VideoFolder", "build_dataset", "check_data_source", "DATASET_NAMES"]
 
 DATASET_NAMES = ("moving-digits",)
+
+
+def check_data_source(name_or_path: str | Path) -> None:
+    """Refuse a ``--data`` value that is neither a built-in dataset nor an existing path, before
+    a run creates anything."""
+    if str(name_or_path) != "moving-digits" and not Path(name_or_path).exists():
+        raise FileNotFoundError(
+            f"data: {name_or_path!r} is neither a built-in dataset {DATASET_NAMES} nor a folder"
+        )
 
 
 def build_dataset(
@@ -34,12 +43,9 @@ def build_dataset(
     ``length``, ``seed`` for moving digits; ``frame_stride``, ``start``, ``layout``, ``channels``
     for folders).
     """
+    check_data_source(name_or_path)
     if str(name_or_path) == "moving-digits":
         return MovingDigits(split=split, num_frames=num_frames, resolution=resolution, **kwargs)
-    if not Path(name_or_path).exists():
-        raise FileNotFoundError(
-            f"data: {name_or_path!r} is neither a built-in dataset {DATASET_NAMES} nor a folder"
-        )
     return VideoFolder(
         name_or_path, split=split, num_frames=num_frames, resolution=resolution, **kwargs
     )
