@@ -27,7 +27,7 @@ def check_guidance_interval(interval) -> None:
         raise ValueError(f"guidance_interval must be two noise levels (low, high), got "
                          f"{interval!r}")
     low, high = interval
-    if math.isnan(low) or math.isnan(high) or not 0 <= low <= high:
+    if not 0 <= low <= high:  # also False for a NaN at either end
         raise ValueError(f"guidance_interval must have 0 <= low <= high, got {interval!r}")
 
 
