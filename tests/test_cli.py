@@ -74,26 +74,20 @@ def test_sample_passes_the_residual_guidance_on(model_dir, tmp_path, monkeypatch
     assert used == [(2.0, None), (2.0, 1.0), (3.0, 2.0)]
 
 
-def test_sample_passes_the_colour_anchoring_on(model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("field, option, values, expected", [
+    ("colour_anchoring", "--colour-anchoring", ["0.5"], [0.0, 0.5]),
+    ("guidance_interval", "--guidance-interval", ["0.3", "5"], [None, (0.3, 5.0)]),
+])
+def test_sample_passes_the_setting_on(model_dir, tmp_path, monkeypatch, field, option, values,
+                                      expected):
     used = []
     call = VideoFusionPipeline.plan
     monkeypatch.setattr(VideoFusionPipeline, "plan", lambda self, *a, **kw: (
-        used.append(call(self, *a, **kw).colour_anchoring), call(self, *a, **kw))[1])
+        used.append(getattr(call(self, *a, **kw), field)), call(self, *a, **kw))[1])
     common = ["--class-label", "1", "--frames", "4", "--steps", "1", "--out", str(tmp_path / "o")]
-    for extra in ([], ["--colour-anchoring", "0.5"]):
+    for extra in ([], [option, *values]):
         assert main(["sample", "--model-dir", str(model_dir), *common, *extra]) == 0
-    assert used == [0.0, 0.5]
-
-
-def test_sample_passes_the_guidance_interval_on(model_dir, tmp_path, monkeypatch):
-    used = []
-    call = VideoFusionPipeline.plan
-    monkeypatch.setattr(VideoFusionPipeline, "plan", lambda self, *a, **kw: (
-        used.append(call(self, *a, **kw).guidance_interval), call(self, *a, **kw))[1])
-    common = ["--class-label", "1", "--frames", "4", "--steps", "1", "--out", str(tmp_path / "o")]
-    for extra in ([], ["--guidance-interval", "0.3", "5"]):
-        assert main(["sample", "--model-dir", str(model_dir), *common, *extra]) == 0
-    assert used == [None, (0.3, 5.0)]
+    assert used == expected
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "euler"])
