@@ -24,7 +24,8 @@ def test_both_ends_of_the_interval_are_guided_and_nothing_outside():
 
 @pytest.mark.parametrize("interval", [(0.0, 0.0), (0, 5), [0.3, math.inf], None])
 def test_a_range_of_noise_levels_is_accepted(interval):
-    check_guidance_interval(interval)
+    checked = check_guidance_interval(interval)
+    assert checked is None if interval is None else checked == tuple(map(float, interval))
 
 
 @pytest.mark.parametrize("interval", [(2.0, 1.0), (-0.1, 1.0), (math.nan, 1.0), (0.0, math.nan),

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 
 
-def check_guidance_interval(interval) -> None:
-    """Refuse a ``guidance_interval`` that is not two noise levels 0 <= low <= high."""
+def check_guidance_interval(interval) -> tuple[float, float] | None:
+    """Refuse a ``guidance_interval`` that is not two noise levels 0 <= low <= high; return it as
+    two floats (``None`` stays ``None``: every step guided)."""
     if interval is None:
-        return
+        return None
     if (isinstance(interval, str) or not hasattr(interval, "__len__") or len(interval) != 2
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in interval)):
         raise ValueError(f"guidance_interval must be two noise levels (low, high), got "
@@ -29,6 +30,7 @@ def check_guidance_interval(interval) -> None:
     low, high = interval
     if not 0 <= low <= high:  # also False for a NaN at either end
         raise ValueError(f"guidance_interval must have 0 <= low <= high, got {interval!r}")
+    return float(low), float(high)
 
 
 def noise_level(alpha_bar) -> float:

@@ -385,9 +385,7 @@ class VideoFusionPipeline(DiffusionPipeline):
         if colour_anchoring is None:
             colour_anchoring = self.default_anchoring
         check_colour_anchoring(colour_anchoring, latent=self.vae is not None)
-        check_guidance_interval(guidance_interval)
-        if guidance_interval is not None:
-            guidance_interval = (float(guidance_interval[0]), float(guidance_interval[1]))
+        guidance_interval = check_guidance_interval(guidance_interval)
         if reconstruction_guidance_scale is None:
             reconstruction_guidance_scale = (0.0 if image is None
                                              else self.default_reconstruction_guidance)

@@ -91,9 +91,7 @@ class EvalProtocol:
                  else tuple(int(v) for v in side))
         if self.class_labels is not None:
             set_(self, "class_labels", tuple(int(c) for c in self.class_labels))
-        if self.guidance_interval is not None:
-            check_guidance_interval(self.guidance_interval)
-            set_(self, "guidance_interval", tuple(float(v) for v in self.guidance_interval))
+        set_(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
         if self.condition not in EVAL_CONDITIONS:
             raise ValueError(f"condition must be one of {EVAL_CONDITIONS}, got {self.condition!r}")
         if self.folder_order not in FOLDER_ORDERS:
