@@ -547,9 +547,9 @@ def test_a_drawn_state_comes_with_its_own_timestep_and_its_clips_condition():
     assert condition.encoder_hidden_states[:, 0, 0].long().tolist() == clip.tolist()
 
 
-def one_state_distillation(root, teacher_dir, share):
+def one_state_distillation(root, teacher_dir, share, **settings):
     config = distill_config(root, "one_state", teacher_dir, distill_kind="guidance",
-                            distill_weighting="epsilon", distill_sampler_states=share)
+                            distill_weighting="epsilon", distill_sampler_states=share, **settings)
     student = load_pipeline(teacher_dir).model
     distillation = Distillation(config, root / "one_state", student,
                                 DDPMScheduler().alphas_cumprod, make_lambdas(4, 0.5))
@@ -560,9 +560,11 @@ def one_state_distillation(root, teacher_dir, share):
     return distillation, student, state[0].half().float()
 
 
+@pytest.mark.parametrize("temporal_weight", [0.0, 3.0])
 def test_a_sampler_state_step_regresses_the_student_on_the_guided_teacher_there(
-        teacher_dir, tmp_path):
-    distillation, student, state = one_state_distillation(tmp_path, teacher_dir, 1.0)
+        teacher_dir, tmp_path, temporal_weight):
+    distillation, student, state = one_state_distillation(
+        tmp_path, teacher_dir, 1.0, distill_temporal_weight=temporal_weight)
     with torch.no_grad():
         student.residual.conv_in.weight.mul_(1.1)  # the student is not its teacher
     video = torch.zeros(2, 3, 4, 16, 16)  # not used: every clip is the recorded state
@@ -579,8 +581,11 @@ def test_a_sampler_state_step_regresses_the_student_on_the_guided_teacher_there(
                        class_labels=labels)
         # the key frame's slot is corrected (spec §7): its base term counts as one more frame
         k = 2
-        expected = ((mine.noise - target).pow(2).mean(dim=(1, 3, 4)).mean(dim=1)
-                    + (mine.base - target[:, :, k]).pow(2).mean(dim=(1, 2, 3)) / 4).mean()
+        error = mine.noise - target
+        changes = torch.stack([error[:, :, f + 1] - error[:, :, f] for f in range(3)], dim=2)
+        expected = (error.pow(2).mean(dim=(1, 3, 4)).mean(dim=1)
+                    + (mine.base - target[:, :, k]).pow(2).mean(dim=(1, 2, 3)) / 4
+                    + temporal_weight * changes.pow(2).mean(dim=(1, 2, 3, 4))).mean()
     assert mine.key_frame_corrected
     torch.testing.assert_close(got.loss, expected, rtol=1e-4, atol=0)
     assert got.loss > 1e-6
@@ -632,6 +637,9 @@ def test_a_run_records_the_states_once_and_resumes_on_them_bitwise(teacher_dir, 
     ({"distill_kind": "guidance", "distill_sampler_states": 1.5}, "share in"),
     ({"distill_kind": "progressive", "distill_sampler_states": 0.5}, "distill-kind guidance"),
     ({"distill_kind": "guidance", "distill_sampler_clips": 0}, "distill_sampler_clips"),
+    ({"distill_kind": "guidance", "distill_temporal_weight": -1.0}, "must be >= 0"),
+    ({"distill_kind": "guidance", "distill_temporal_weight": float("nan")}, "finite number"),
+    ({"distill_kind": "progressive", "distill_temporal_weight": 1.0}, "distill-kind guidance"),
 ])
 def test_impossible_sampler_state_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -166,3 +166,28 @@ def test_truncated_snr_weights_are_max_snr_1_over_snr():
     alpha_bar = torch.tensor([0.1, 0.5, 0.9])  # SNR 1/9, 1, 9
     weights = loss_weights(alpha_bar, "truncated-snr", snr_gamma=5.0)
     assert torch.allclose(weights, torch.tensor([9.0, 1.0, 1.0]))
+
+
+def test_temporal_term_prices_only_the_error_that_changes_from_frame_to_frame():
+    """``temporal_weight`` adds w * mean((e_{f+1} - e_f)^2) per clip, e the prediction's error:
+    an error shared by every frame adds nothing, one that flips sign each frame adds w * 4 e^2."""
+    from videofusion.models.videofusion import NoisePrediction
+    from videofusion.objective import noise_regression
+
+    target = torch.zeros(2, 3, 5, 4, 4)
+    shared = torch.full_like(target, 0.5)  # the same error in every frame
+    flips = 0.5 * torch.tensor([1.0, -1, 1, -1, 1]).view(1, 1, 5, 1, 1).expand_as(target)
+    alpha_bar = torch.tensor([0.3, 0.8])
+
+    def loss(noise, weight):
+        prediction = NoisePrediction(noise, None, noise)
+        return noise_regression(prediction, target, alpha_bar, "epsilon", 5.0,
+                                temporal_weight=weight)
+
+    assert torch.allclose(loss(shared, 2.0).loss, torch.tensor(0.25))
+    assert torch.allclose(loss(flips, 0.0).loss, torch.tensor(0.25))
+    assert torch.allclose(loss(flips, 2.0).loss, torch.tensor(0.25 + 2.0 * 4 * 0.25))
+    assert torch.equal(loss(flips, 2.0).per_frame, loss(flips, 0.0).per_frame)
+    # one clip's error changes, the other's is shared: each clip pays for its own changes
+    mixed = torch.cat([flips[:1], shared[1:]])
+    assert torch.allclose(loss(mixed, 1.0).loss, torch.tensor(0.25 + 1.0 * 4 * 0.25 / 2))

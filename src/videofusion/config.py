@@ -156,6 +156,10 @@ class TrainConfig:
                                                  "optimizer steps trained on the states z_t "
                                                  "the teacher's own guided sampler visits "
                                                  "instead of noised training clips (default 0)")
+    distill_temporal_weight: float = setting(0.0, "guidance distillation: the weight of a "
+                                                  "temporal term, the student's error in each "
+                                                  "frame-to-frame change of epsilon (default "
+                                                  "0: the per-frame regression alone)")
     distill_sampler_clips: int = setting(128, "guidance distillation: how many training "
                                               "clips' conditions the teacher samples once, "
                                               "at the run's start, to record those states")
@@ -361,6 +365,10 @@ class TrainConfig:
         need(self.distill_sampler_states == 0 or self.distill_kind == "guidance",
              "distill_sampler_states needs --distill-kind guidance: a progressive student "
              "learns two teacher steps from noised clips")
+        need(self.distill_temporal_weight >= 0,
+             f"distill_temporal_weight must be >= 0, got {self.distill_temporal_weight}")
+        need(self.distill_temporal_weight == 0 or self.distill_kind == "guidance",
+             "distill_temporal_weight needs --distill-kind guidance")
         need(self.distill_sampler_clips >= 1,
              f"distill_sampler_clips must be >= 1, got {self.distill_sampler_clips}")
 

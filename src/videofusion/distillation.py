@@ -173,6 +173,7 @@ def guidance_distillation_loss(
     generator: torch.Generator | None = None,
     weighting: str = "epsilon",
     snr_gamma: float = 5.0,
+    temporal_weight: float = 0.0,
     **student_kwargs,
 ) -> Loss:
     """The student's loss on clips ``video`` ``(B, C, F, H, W)``: at a timestep drawn from all T
@@ -180,18 +181,21 @@ def guidance_distillation_loss(
     weighted by ``weighting``; ``student_kwargs`` as in :func:`distillation_loss`."""
     z_t, timesteps, alpha_bar, _ = noised_clips(video, alphas_cumprod, lambdas, generator)
     return guidance_regression(student, teacher, z_t, timesteps, alpha_bar, lambdas,
-                               weighting=weighting, snr_gamma=snr_gamma, **student_kwargs)
+                               weighting=weighting, snr_gamma=snr_gamma,
+                               temporal_weight=temporal_weight, **student_kwargs)
 
 
 def guidance_regression(student, teacher: Teacher, z_t: torch.Tensor, timesteps: torch.Tensor,
                         alpha_bar: torch.Tensor, lambdas: torch.Tensor, *, weighting: str,
-                        snr_gamma: float, **student_kwargs) -> Loss:
+                        snr_gamma: float, temporal_weight: float = 0.0,
+                        **student_kwargs) -> Loss:
     """The student's epsilon at states ``z_t`` ``(B, C, F, H, W)`` (timesteps and abar ``(B,)``)
-    regressed on the (guided) teacher's there: noised clips or a sampler's own states."""
+    regressed on the (guided) teacher's there: noised clips or a sampler's own states, with
+    ``temporal_weight`` on its error in each frame-to-frame change (``noise_regression``)."""
     with torch.no_grad():
         target = teacher(z_t, timesteps, alpha_bar)
     prediction = student(z_t, timesteps, alpha_bar, lambdas, **student_kwargs)
-    return noise_regression(prediction, target, alpha_bar, weighting, snr_gamma)
+    return noise_regression(prediction, target, alpha_bar, weighting, snr_gamma, temporal_weight)
 
 
 @dataclasses.dataclass
@@ -389,11 +393,13 @@ class Distillation:
             return guidance_regression(
                 student, teacher, z_t, timesteps,
                 alpha_bar_at(self.alphas_cumprod, timesteps).to(z_t), self.lambdas,
-                weighting=config.distill_weighting, snr_gamma=config.snr_gamma, **student_kwargs)
+                weighting=config.distill_weighting, snr_gamma=config.snr_gamma,
+                temporal_weight=config.distill_temporal_weight, **student_kwargs)
         if not self.progressive:
             return guidance_distillation_loss(
                 student, teacher, video, self.alphas_cumprod, self.lambdas, generator=generator,
-                weighting=config.distill_weighting, snr_gamma=config.snr_gamma, **student_kwargs)
+                weighting=config.distill_weighting, snr_gamma=config.snr_gamma,
+                temporal_weight=config.distill_temporal_weight, **student_kwargs)
         return distillation_loss(
             student, teacher, video, self.grids[round_], self.alphas_cumprod, self.lambdas,
             generator=generator, clip=self.clip, weighting=config.distill_weighting,

@@ -77,15 +77,22 @@ def noised_clips(video: torch.Tensor, alphas_cumprod: torch.Tensor, lambdas: tor
 
 
 def noise_regression(prediction, target: torch.Tensor, alpha_bar: torch.Tensor,
-                     weighting: str, snr_gamma: float) -> Loss:
+                     weighting: str, snr_gamma: float, temporal_weight: float = 0.0) -> Loss:
     """The decomposed model's ``prediction`` (a ``NoisePrediction``) regressed on per-frame
     noise ``target`` ``(B, C, F, H, W)``, each clip weighted by its ``alpha_bar`` ``(B,)``.
 
     The target is the drawn noise in spec §3, a teacher's epsilon in progressive distillation
     (``videofusion.distillation``); either way the base generator learns as an image model.
+    ``temporal_weight`` (beyond the paper, for distillation) adds the error in each change of
+    epsilon between neighbouring frames: an error shared by the clip's frames costs nothing
+    there, one that differs from frame to frame (what makes a sampled digit jump) costs extra.
     """
-    per_frame = (prediction.noise.float() - target.float()).pow(2).mean(dim=(1, 3, 4))
+    error = prediction.noise.float() - target.float()  # (B, C, F, H, W)
+    per_frame = error.pow(2).mean(dim=(1, 3, 4))
     per_clip = per_frame.mean(dim=1)  # (B,)
+    if temporal_weight:
+        change = error[:, :, 1:] - error[:, :, :-1]  # (B, C, F - 1, H, W)
+        per_clip = per_clip + temporal_weight * change.pow(2).mean(dim=(1, 2, 3, 4))
     if prediction.key_frame_corrected:
         # spec §7: the key frame's slot holds the residual generator's correction; the base
         # generator keeps its image loss on the key frame as one more frame's term
