@@ -29,8 +29,8 @@ import torch
 
 # metric -> whether larger is better (None: closer to the real clips' value is better)
 METRICS = {"fvd": False, "content_consistency": True, "prompt_adherence": True,
-           "key_frame_seam": None, "flicker": None, "colour_deviation": False, "jerk": False,
-           "worst_jerk": False,
+           "key_frame_seam": None, "flicker": None, "colour_deviation": False,
+           "colour_spread": False, "jerk": False, "worst_jerk": False,
            "palette_coverage": True}
 
 

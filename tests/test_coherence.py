@@ -80,6 +80,8 @@ def test_colour_spread_sees_a_digit_of_two_colours():
     assert coherence.colour_deviation(videos[1:])[0] > 0  # the mean colour moved as well
     metrics = coherence.coherence_metrics(videos, digits=True)
     assert metrics["colour_spread"] == pytest.approx(spread.mean())
+    # one clip of 0 and one of 1/48: resampled means are 0, 1/96 or 1/48, sd 1/96 / sqrt(2)
+    assert metrics["colour_spread_bootstrap_std"] == pytest.approx(1 / 96 / 2 ** 0.5, rel=0.1)
 
 
 def test_flicker_sees_shuffled_frames_and_a_frozen_clip(real):
@@ -281,6 +283,7 @@ def test_coherence_metrics_report_each_metric_under_its_name():
                                         "palette_counts",
                                         "mean_speed", "jerk", "worst_jerk",
                                         "colour_deviation_bootstrap_std",
+                                        "colour_spread_bootstrap_std",
                                         "palette_coverage_bootstrap_std", "jerk_bootstrap_std",
                                         "worst_jerk_bootstrap_std"}
     speed, jerk, worst = coherence.motion_statistics(videos)
@@ -391,8 +394,8 @@ def _moving_square(num_frames: int, step: int, colour) -> np.ndarray:
 def test_spreads_vanish_for_a_set_of_identical_clips():
     videos = np.stack([_moving_square(6, 2, (0.9, 0.0, 0.0))] * 8)
     metrics = coherence.coherence_metrics(videos, digits=True)
-    for name in ("key_frame_seam", "flicker", "colour_deviation", "palette_coverage", "jerk",
-                 "worst_jerk"):
+    for name in ("key_frame_seam", "flicker", "colour_deviation", "colour_spread",
+                 "palette_coverage", "jerk", "worst_jerk"):
         assert metrics[f"{name}_bootstrap_std"] == pytest.approx(0.0, abs=1e-12), name
 
 

@@ -331,6 +331,7 @@ def coherence_metrics(videos, digits: bool = False) -> dict:
             "jerk": float(jerk.mean()),
             "worst_jerk": float(worst_jerk.mean()),
             "colour_deviation_bootstrap_std": bootstrap.mean_std(deviation),
+            "colour_spread_bootstrap_std": bootstrap.mean_std(spread),
             "palette_coverage_bootstrap_std": bootstrap.bootstrap_std(
                 lambda i: len({clip_names[j] for j in i} - {None}), len(clip_names)),
             "jerk_bootstrap_std": bootstrap.mean_std(jerk),
