@@ -31,6 +31,7 @@ from videofusion.distillation import (
 )
 from videofusion.models.videofusion import NoisePrediction
 from videofusion.noise import make_lambdas
+from videofusion.objective import noised_clips
 from videofusion.pipeline import load_pipeline
 from videofusion.sampling import guided_noise_prediction, noise_injecting_step
 
@@ -591,20 +592,32 @@ def test_a_sampler_state_step_regresses_the_student_on_the_guided_teacher_there(
     assert got.loss > 1e-6
 
 
-def test_without_sampler_states_the_loss_is_on_noised_clips(teacher_dir, tmp_path):
-    distillation, student, _ = one_state_distillation(tmp_path, teacher_dir, 0.0)
+@pytest.mark.parametrize("temporal_weight", [0.0, 3.0])
+def test_without_sampler_states_the_loss_is_on_noised_clips(teacher_dir, tmp_path,
+                                                            temporal_weight):
+    distillation, student, _ = one_state_distillation(
+        tmp_path, teacher_dir, 0.0, distill_temporal_weight=temporal_weight)
     video = torch.rand(2, 3, 4, 16, 16) * 2 - 1
     labels = torch.tensor([3, 10])
+    alphas, lambdas = DDPMScheduler().alphas_cumprod, make_lambdas(4, 0.5)
+    teacher = load_pipeline(teacher_dir).model.eval()
+
+    def guided(z, t, a):
+        return hand_guided_eps(teacher, z, t, a, labels, torch.tensor([10, 10]), GUIDANCE)
+
     with torch.no_grad():
         got = distillation.loss(student, video, Condition(labels), 0,
                                 torch.Generator().manual_seed(0))
-        teacher = load_pipeline(teacher_dir).model.eval()
-        expected = guidance_distillation_loss(
-            student, lambda z, t, a: hand_guided_eps(teacher, z, t, a, labels,
-                                                     torch.tensor([10, 10]), GUIDANCE),
-            video, DDPMScheduler().alphas_cumprod, make_lambdas(4, 0.5),
-            generator=torch.Generator().manual_seed(0), class_labels=labels)
-    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-4, atol=0)
+        plain = guidance_distillation_loss(student, guided, video, alphas, lambdas,
+                                           generator=torch.Generator().manual_seed(0),
+                                           class_labels=labels)
+        # the temporal term by hand, at the same noised clips
+        z_t, t, a, _ = noised_clips(video, alphas, lambdas, torch.Generator().manual_seed(0))
+        error = student(z_t, t, a, lambdas, class_labels=labels).noise - guided(z_t, t, a)
+        changes = error[:, :, 1:] - error[:, :, :-1]
+        term = temporal_weight * changes.pow(2).mean(dim=(1, 2, 3, 4)).mean()
+    torch.testing.assert_close(got.loss, plain.loss + term, rtol=1e-4, atol=0)
+    assert term > 1e-6 * plain.loss or temporal_weight == 0
 
 
 def test_a_run_records_the_states_once_and_resumes_on_them_bitwise(teacher_dir, tmp_path):
