@@ -191,3 +191,9 @@ def test_temporal_term_prices_only_the_error_that_changes_from_frame_to_frame():
     # one clip's error changes, the other's is shared: each clip pays for its own changes
     mixed = torch.cat([flips[:1], shared[1:]])
     assert torch.allclose(loss(mixed, 1.0).loss, torch.tensor(0.25 + 1.0 * 4 * 0.25 / 2))
+    # ... under its own timestep's weight: Min-SNR's min(SNR, 5) / SNR is 5/9 at abar 0.9
+    # (SNR 9) and 1 at abar 0.3 (SNR 3/7)
+    weighted = noise_regression(NoisePrediction(mixed, None, mixed), target,
+                                torch.tensor([0.9, 0.3]), "min-snr", 5.0, temporal_weight=1.0)
+    expected = (5 / 9 * (0.25 + 4 * 0.25) + 1.0 * 0.25) / 2
+    assert torch.allclose(weighted.loss, torch.tensor(expected))
