@@ -509,7 +509,7 @@ def test_the_recorded_states_are_the_teachers_ddim_trajectory(teacher_dir):
     lambdas = make_lambdas(4, 0.5)
     null = torch.full_like(labels, 10)
     states = record_sampler_states(pipe, Condition(labels, None, null), lambdas, GUIDANCE,
-                                   seed=7, chunk=2)
+                                   seed=7, steps=4, chunk=2)
     assert states.states.shape == (3, 4, 3, 4, 16, 16) and states.states.dtype == torch.float16
     assert states.timesteps.tolist() == pipe.scheduler.timesteps.tolist()
     assert states.class_labels.tolist() == labels.tolist() and states.text_states is None

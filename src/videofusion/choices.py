@@ -11,7 +11,7 @@ RESIDUAL_INPUTS = ("paper", "with_key_frame", "key_frame_difference", "key_frame
 LOSS_WEIGHTINGS = ("epsilon", "min-snr", "v", "truncated-snr")
 # Distillation (videofusion.distillation): halve the step count round after round (Salimans &
 # Ho), or fold the guidance alone into a student that keeps its teacher's sampler (Meng et al.)
-DISTILL_KINDS = ("progressive", "guidance")
+DISTILL_KINDS = ("progressive", "guidance", "ancestral")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 BETA_SCHEDULES = ("linear", "scaled_linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")

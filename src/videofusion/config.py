@@ -135,9 +135,11 @@ class TrainConfig:
                                              "max_steps unused)",
                                        group="distillation (docs/training.md)")
     distill_kind: str = setting("progressive", "progressive: students of distill_rounds steps, "
-                                               "each halving its teacher's; guidance: one "
-                                               "student that folds the guidance in and keeps "
-                                               "the teacher's sampler and step count",
+                                               "each halving its teacher's DDIM; ancestral: "
+                                               "the same, halving a DDPM teacher's ancestral "
+                                               "sampler; guidance: one student that folds the "
+                                               "guidance in and keeps the teacher's sampler "
+                                               "and step count",
                                 choices=DISTILL_KINDS)
     distill_guidance: float | None = setting(None, "the classifier-free guidance folded into "
                                                    "the student (default: the teacher folder's "
@@ -145,22 +147,23 @@ class TrainConfig:
     distill_rounds: list[int] = setting(factory=lambda: [16, 8, 4],
                                         help="the student's step count in each round, halving "
                                              "(its first teacher takes twice the first), e.g. "
-                                             "16,8,4 (progressive only)")
+                                             "16,8,4 (progressive and ancestral)")
     distill_steps_per_round: int = setting(1000, "optimizer steps per round (guidance: of the "
                                                  "one round)")
     distill_weighting: str = setting("truncated-snr", "weighting of the student's loss over "
                                                       "timesteps (default truncated-snr: "
                                                       "max(SNR, 1) on the clean estimate)",
                                      choices=LOSS_WEIGHTINGS)
-    distill_sampler_states: float = setting(0.0, "guidance distillation: the share of "
-                                                 "optimizer steps trained on the states z_t "
-                                                 "the teacher's own guided sampler visits "
-                                                 "instead of noised training clips (default 0)")
+    distill_sampler_states: float = setting(0.0, "guidance and one-round ancestral "
+                                                 "distillation: the share of optimizer steps "
+                                                 "trained on the states z_t the teacher's own "
+                                                 "guided sampler visits instead of noised "
+                                                 "training clips (default 0)")
     distill_temporal_weight: float = setting(0.0, "guidance distillation: the weight of a "
                                                   "temporal term, the student's error in each "
                                                   "frame-to-frame change of epsilon (default "
                                                   "0: the per-frame regression alone)")
-    distill_sampler_clips: int = setting(128, "guidance distillation: how many training "
+    distill_sampler_clips: int = setting(128, "with distill_sampler_states: how many training "
                                               "clips' conditions the teacher samples once, "
                                               "at the run's start, to record those states")
     # optimisation
@@ -243,7 +246,7 @@ class TrainConfig:
     @property
     def distill_round_count(self) -> int:
         """Rounds of a distillation: one per ``distill_rounds`` entry, one to fold guidance."""
-        return len(self.distill_rounds) if self.distill_kind == "progressive" else 1
+        return 1 if self.distill_kind == "guidance" else len(self.distill_rounds)
 
     def validate(self) -> TrainConfig:
         """Refuse settings that cannot train, with one line naming the setting."""
@@ -352,7 +355,7 @@ class TrainConfig:
              or Path(self.init_from).resolve() == Path(self.distill_from).resolve(),
              "--init-from and --distill-from name different folders: the student starts as "
              "the teacher's copy")
-        if self.distill_kind == "progressive":
+        if self.distill_kind != "guidance":
             self._validate_rounds(need)
         need(self.distill_steps_per_round >= 1,
              f"distill_steps_per_round must be >= 1, got {self.distill_steps_per_round}")
@@ -362,9 +365,11 @@ class TrainConfig:
              "distill_guidance needs a class- or text-conditioned model")
         need(0 <= self.distill_sampler_states <= 1,
              f"distill_sampler_states is a share in [0, 1], got {self.distill_sampler_states}")
-        need(self.distill_sampler_states == 0 or self.distill_kind == "guidance",
-             "distill_sampler_states needs --distill-kind guidance: a progressive student "
-             "learns two teacher steps from noised clips")
+        need(self.distill_sampler_states == 0 or self.distill_kind == "guidance"
+             or (self.distill_kind == "ancestral" and len(self.distill_rounds) == 1),
+             "distill_sampler_states needs --distill-kind guidance, or ancestral with one round "
+             "(the states are the first teacher's): a progressive student learns two DDIM "
+             "steps from noised clips")
         need(self.distill_temporal_weight >= 0,
              f"distill_temporal_weight must be >= 0, got {self.distill_temporal_weight}")
         need(self.distill_temporal_weight == 0 or self.distill_kind == "guidance",
@@ -381,6 +386,13 @@ class TrainConfig:
         need(2 * rounds[0] <= timesteps,
              f"distill_rounds: the first teacher takes {2 * rounds[0]} steps, more than the "
              f"{timesteps} timesteps")
+        if self.distill_kind == "ancestral":
+            # every student is sampled by diffusers' DDPM, whose step goes to t - T // N: two
+            # of its teacher's steps of T // 2N only when these agree
+            need(all(timesteps // n == 2 * (timesteps // (2 * n)) for n in rounds),
+                 f"distill_rounds: with --distill-kind ancestral each step count N needs "
+                 f"T // N = 2 (T // 2N) for T = {timesteps} (e.g. 25, 15 or 10), got {rounds}")
+            return
         # the last student is sampled by diffusers' DDIM, whose step goes to t - T // N: the
         # next grid point only when N divides T
         need(timesteps % rounds[-1] == 0,

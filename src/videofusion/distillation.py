@@ -29,6 +29,23 @@ count, at half the passes: what matters where deterministic sampling loses conte
 (``docs/results.md``, "Few-step sampling"), so that halving steps needs an ODE teacher that is
 already below the bar.
 
+Ancestral progressive distillation (``distill_kind: ancestral``, beyond Salimans & Ho, whose
+teacher is deterministic) halves a stochastic teacher instead: DDPM, whose fresh noise is what
+holds the content where deterministic sampling loses it. The teacher takes two ancestral steps
+t -> s -> u of its 2N-step grid, drawing the fresh noise of the first as spec §1 does; the
+student, sampled with DDPM at N steps, takes t -> u in one. DDPM's posteriors given x compose
+(the reverse process given x is Markov), so with the clean estimate held fixed the teacher's two
+steps are the student's one, its fresh noise the two draws combined; the student's clean
+estimate that makes the mean of its step land where the teacher's two steps go is
+
+    xtilde = w x2 + (1 - w) x1,   w = c_x(s -> u) / c_x(t -> u)
+
+with x1, x2 the teacher's (clipped) clean estimates at t and at its state after the first step,
+and c_x(a -> b) the coefficient of x in the mean of q(z_b | z_a, x) (Ho et al., eq. 7). It is a
+weighted mean of the teacher's two estimates, so it stays in the clip range; the student's
+epsilon regresses on the epsilon that gives it, (z_t - alpha_t xtilde) / sigma_t. Its grids are
+the teacher's own DDPM ``leading`` timesteps, which nest when T // N = 2 (T // 2N).
+
 Sampler states (``distill_sampler_states``, beyond Meng et al.): noised training clips are not
 where a guided sampler goes. Guidance pushes its states off the data, so a student that only
 ever saw noised clips meets, at sampling, z_t it was never trained on, and that is where the
@@ -49,7 +66,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -163,6 +180,101 @@ def distillation_loss(
     return noise_regression(prediction, target, alpha_bars[0], weighting, snr_gamma)
 
 
+def ddpm_posterior(alpha_bar: torch.Tensor, alpha_bar_next: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DDPM's posterior q(z_s | z_t, x) from abar_t to abar_s >= abar_t, each ``(B,)``: the
+    coefficients of x and of z_t in its mean, and its variance (Ho et al., eq. 7, between any
+    two levels; the variance diffusers' DDPM calls ``fixed_small``)."""
+    beta = 1 - alpha_bar / alpha_bar_next
+    c_x = alpha_bar_next.sqrt() * beta / (1 - alpha_bar)
+    c_z = (alpha_bar / alpha_bar_next).sqrt() * (1 - alpha_bar_next) / (1 - alpha_bar)
+    return c_x, c_z, (1 - alpha_bar_next) / (1 - alpha_bar) * beta
+
+
+def clean_estimate(z: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
+                   clip: float | None) -> torch.Tensor:
+    """x = (z - sigma eps) / alpha for clips ``z`` ``(B, C, F, H, W)``, clamped to [-clip, clip]
+    as DDPM's ``clip_sample`` does (``None``: unclamped)."""
+    a = per_clip(alpha_bar, z)
+    x = (z - (1 - a).sqrt() * eps) / a.sqrt()
+    return x if clip is None else x.clamp(-clip, clip)
+
+
+def ancestral_target(teacher: Teacher, z_t: torch.Tensor, timesteps: torch.Tensor,
+                     alpha_bars: torch.Tensor, fresh_noise: torch.Tensor,
+                     clip: float | None = None) -> torch.Tensor:
+    """xtilde of clips ``z_t`` ``(B, C, F, H, W)``: the student's clean estimate for which one
+    DDPM step t -> u has the mean of the teacher's two, t -> s -> u (module docstring).
+
+    ``timesteps`` and ``alpha_bars`` ``(3, B)`` hold t, s, u per clip, -1 and 1 for the clean
+    end; ``fresh_noise`` is the decomposed draw of the teacher's first step (spec §1). A clip
+    whose first step already ends clean (s = -1) takes the teacher's one estimate."""
+    x1 = clean_estimate(z_t, teacher(z_t, timesteps[0], alpha_bars[0]), alpha_bars[0], clip)
+    c_x, c_z, variance = ddpm_posterior(alpha_bars[0], alpha_bars[1])
+    z_s = (per_clip(c_x, z_t) * x1 + per_clip(c_z, z_t) * z_t
+           + per_clip(variance.sqrt(), z_t) * fresh_noise)
+    ends = alpha_bars[1] == 1  # the teacher's first step reached x: no second one
+    t_s = torch.where(ends, timesteps[0], timesteps[1])  # a level the teacher knows, unused
+    a_s = torch.where(ends, alpha_bars[0], alpha_bars[1])
+    x2 = clean_estimate(z_s, teacher(z_s, t_s, a_s), a_s, clip)
+    w = ddpm_posterior(a_s, alpha_bars[2])[0] / ddpm_posterior(alpha_bars[0], alpha_bars[2])[0]
+    w = torch.where(ends, torch.zeros_like(w), w)
+    return per_clip(w, z_t) * x2 + per_clip(1 - w, z_t) * x1
+
+
+def ancestral_grid(scheduler_config, num_train_timesteps: int, steps: int) -> torch.Tensor:
+    """The N-step grid of a DDPM ``leading`` sampler, ``(steps,)``, which the student is sampled
+    on and the teacher's 2N-step grid nests (``TrainConfig`` checks T // N = 2 (T // 2N))."""
+    scheduler = DDPMScheduler.from_config(scheduler_config,
+                                          num_train_timesteps=num_train_timesteps)
+    scheduler.set_timesteps(steps)
+    return scheduler.timesteps.clone()
+
+
+def ancestral_path(timesteps: torch.Tensor, half_step: int) -> torch.Tensor:
+    """t, s, u ``(3, B)`` of student timesteps ``(B,)``: the teacher's two steps of
+    ``half_step`` (T // 2N) timesteps each, -1 (abar = 1) once they pass 0."""
+    path = torch.stack([timesteps, timesteps - half_step, timesteps - 2 * half_step])
+    return torch.where(path < 0, torch.full_like(path, -1), path)
+
+
+def ancestral_loss(student, teacher: Teacher, z_t: torch.Tensor, timesteps: torch.Tensor,
+                   half_step: int, alphas_cumprod: torch.Tensor, lambdas: torch.Tensor, *,
+                   generator: torch.Generator | None, clip: float | None, weighting: str,
+                   snr_gamma: float, **student_kwargs) -> Loss:
+    """The student's loss at clips ``z_t`` ``(B, C, F, H, W)`` of student ``timesteps`` ``(B,)``:
+    its epsilon regressed on the one whose clean estimate is :func:`ancestral_target`'s."""
+    path = ancestral_path(timesteps, half_step)
+    alpha_bars = alpha_bar_at(alphas_cumprod, path).to(z_t.dtype)  # (3, B)
+    fresh = decomposed_noise(z_t.shape, lambdas, generator, device=z_t.device,
+                             dtype=z_t.dtype)
+    with torch.no_grad():
+        x = ancestral_target(teacher, z_t, path, alpha_bars, fresh, clip)
+        a = per_clip(alpha_bars[0], z_t)
+        target = (z_t - a.sqrt() * x) / (1 - a).sqrt()
+    prediction = student(z_t, path[0], alpha_bars[0], lambdas, **student_kwargs)
+    return noise_regression(prediction, target, alpha_bars[0], weighting, snr_gamma)
+
+
+def ancestral_distillation_loss(student, teacher: Teacher, video: torch.Tensor,
+                                grid: torch.Tensor, half_step: int,
+                                alphas_cumprod: torch.Tensor, lambdas: torch.Tensor, *,
+                                generator: torch.Generator | None, clip: float | None,
+                                weighting: str, snr_gamma: float, **student_kwargs) -> Loss:
+    """:func:`ancestral_loss` at training clips ``video`` ``(B, C, F, H, W)`` noised (spec §1) to
+    a point of the student's ``grid`` ``(N,)`` drawn per clip."""
+    pick = torch.randint(0, grid.numel(), (video.shape[0],), generator=generator,
+                         device=grid.device)
+    timesteps = grid[pick].to(video.device)
+    a = per_clip(alpha_bar_at(alphas_cumprod, timesteps).to(video.dtype), video)
+    noise = decomposed_noise(video.shape, lambdas, generator, device=video.device,
+                             dtype=video.dtype)
+    z_t = a.sqrt() * video + (1 - a).sqrt() * noise
+    return ancestral_loss(student, teacher, z_t, timesteps, half_step, alphas_cumprod, lambdas,
+                          generator=generator, clip=clip, weighting=weighting,
+                          snr_gamma=snr_gamma, **student_kwargs)
+
+
 def guidance_distillation_loss(
     student,
     teacher: Teacher,
@@ -226,6 +338,14 @@ class SamplerStates:
         return z_t, self.timesteps[step].to(device), Condition(pick(self.class_labels),
                                                                pick(self.text_states))
 
+    def at(self, timesteps: torch.Tensor) -> SamplerStates:
+        """The states at those of the recorded steps whose timestep is in ``timesteps``."""
+        keep = torch.isin(self.timesteps, timesteps.to(self.timesteps.device))
+        if not keep.any():
+            raise ValueError(f"no recorded state is at the timesteps {timesteps.tolist()}")
+        return dataclasses.replace(self, states=self.states[:, keep],
+                                   timesteps=self.timesteps[keep])
+
     def save(self, path: Path, about: dict[str, str]) -> None:
         """Written whole or not at all, ``about`` (what recorded them) as the file's metadata."""
         tensors = {"states": self.states, "timesteps": self.timesteps}
@@ -252,12 +372,12 @@ class SamplerStates:
 
 @torch.no_grad()
 def record_sampler_states(pipe: VideoFusionPipeline, condition: Condition, lambdas: torch.Tensor,
-                          guidance_scale: float, seed: int, chunk: int = 16,
+                          guidance_scale: float, seed: int, steps: int, chunk: int = 16,
                           progress: bool = False) -> SamplerStates:
     """Sample one video per clip of ``condition`` (its null values filled in, as
-    ``Distillation.with_null`` does) with ``pipe``'s own sampler, steps and signal leak at
-    ``guidance_scale``, keeping every state z_t the sampler denoises. Chunk c draws its noise
-    from seed ``seed + c``."""
+    ``Distillation.with_null`` does) with ``pipe``'s own sampler and signal leak at ``steps``
+    and ``guidance_scale``, keeping every state z_t the sampler denoises. Chunk c draws its
+    noise from seed ``seed + c``."""
     count = len(next(v for v in (condition.class_labels, condition.encoder_hidden_states)
                      if v is not None))
     height, width = pipe.check_inputs()
@@ -273,8 +393,8 @@ def record_sampler_states(pipe: VideoFusionPipeline, condition: Condition, lambd
                     else part.encoder_hidden_states)
         shape = (batch, pipe.residual.config.out_channels, len(lambdas), height // factor,
                  width // factor)
-        plan = SamplingPlan(height, width, shape, lambdas, part, guidance_scale,
-                            pipe.default_steps, signal_leak=pipe.signal_leak())
+        plan = SamplingPlan(height, width, shape, lambdas, part, guidance_scale, steps,
+                            signal_leak=pipe.signal_leak())
         latents, fresh_noise = pipe.prepare_latents(plan, torch.Generator().manual_seed(seed + c))
         visited: list[torch.Tensor] = []  # S x (B, C, F, H, W)
         pipe.denoise(plan, latents, fresh_noise, before_step=partial(kept, visited),
@@ -332,8 +452,16 @@ class Distillation:
         clips = self.scheduler.config.clip_sample
         self.clip = self.scheduler.config.clip_sample_range if clips else None
         self.progressive = config.distill_kind == "progressive"
-        self.grids = [step_grid(config.num_train_timesteps, 2 * n).to(self.device)
-                      for n in config.distill_rounds] if self.progressive else []
+        self.ancestral = config.distill_kind == "ancestral"
+        timesteps = config.num_train_timesteps
+        if self.progressive:  # the teacher's 2N-step DDIM grids
+            self.grids = [step_grid(timesteps, 2 * n).to(self.device)
+                          for n in config.distill_rounds]
+        elif self.ancestral:  # the student's N-step DDPM grids
+            self.grids = [ancestral_grid(first.scheduler.config, timesteps, n).to(self.device)
+                          for n in config.distill_rounds]
+        else:
+            self.grids = []
         # what a guidance student keeps of its teacher: the sampler and its step count
         self.own_scheduler = type(first.scheduler).from_config(first.scheduler.config)
         self.own_steps = first.config.get("default_inference_steps")
@@ -395,6 +523,17 @@ class Distillation:
                 alpha_bar_at(self.alphas_cumprod, timesteps).to(z_t), self.lambdas,
                 weighting=config.distill_weighting, snr_gamma=config.snr_gamma,
                 temporal_weight=config.distill_temporal_weight, **student_kwargs)
+        if self.ancestral:
+            settings = {"generator": generator, "clip": self.clip,
+                        "weighting": config.distill_weighting, "snr_gamma": config.snr_gamma,
+                        **student_kwargs}
+            half_step = config.num_train_timesteps // (2 * config.distill_rounds[round_])
+            if at_states:
+                return ancestral_loss(student, teacher, z_t, timesteps, half_step,
+                                      self.alphas_cumprod, self.lambdas, **settings)
+            return ancestral_distillation_loss(student, teacher, video, self.grids[round_],
+                                               half_step, self.alphas_cumprod, self.lambdas,
+                                               **settings)
         if not self.progressive:
             return guidance_distillation_loss(
                 student, teacher, video, self.alphas_cumprod, self.lambdas, generator=generator,
@@ -422,17 +561,22 @@ class Distillation:
         teacher, guidance and conditions, else recorded now (minutes) and, with ``write``,
         saved, so that a resumed run trains on the same states."""
         path = self.output / SAMPLER_STATES
+        # an ancestral student learns the teacher's sampler at twice its steps
+        steps = 2 * self.config.distill_rounds[0] if self.ancestral else self.first.default_steps
         about = {"teacher": str(Path(self.config.distill_from).resolve()),
                  "guidance_scale": repr(self.guidance),
                  "scheduler": type(self.first.scheduler).__name__,
-                 "steps": str(self.first.default_steps), "seed": str(self.config.seed),
+                 "steps": str(steps), "seed": str(self.config.seed),
                  "conditions": condition_digest(condition)}
         states = SamplerStates.load(path, about)
         if states is None:
             states = record_sampler_states(self.first, self.with_null(condition), self.lambdas,
-                                           self.guidance, self.config.seed, progress=write)
+                                           self.guidance, self.config.seed, steps=steps,
+                                           progress=write)
             if write:
                 states.save(path, about)
+        if self.ancestral:  # the states at the student's own timesteps
+            states = states.at(self.grids[0])
         self.sampler_states = states
 
     def with_null(self, condition: Condition) -> Condition:
@@ -448,12 +592,14 @@ class Distillation:
         """What the student after ``step`` optimizer steps is saved with: its round's DDIM, N
         steps and guidance 1 by default, the folded-in guidance recorded; a guidance student
         its teacher's scheduler and step count (no ``distilled_steps``)."""
-        if not self.progressive:
-            return {"scheduler": type(self.own_scheduler).from_config(self.own_scheduler.config),
+        own = type(self.own_scheduler).from_config(self.own_scheduler.config)
+        if not (self.progressive or self.ancestral):
+            return {"scheduler": own,
                     "default_inference_steps": self.own_steps, "default_guidance_scale": 1.0,
                     "distilled_guidance_scale": self.guidance, "distilled_steps": None}
         steps = self.config.distill_rounds[self.round_of(max(step - 1, 0))]
-        return {"scheduler": DDIMScheduler.from_config(self.scheduler.config),
+        return {"scheduler": own if self.ancestral else DDIMScheduler.from_config(
+                    self.scheduler.config),
                 "default_inference_steps": steps, "default_guidance_scale": 1.0,
                 "distilled_guidance_scale": self.guidance, "distilled_steps": steps}
 
@@ -486,3 +632,10 @@ def check_teacher(pipe: VideoFusionPipeline, config: TrainConfig) -> None:
     if scheduler.get("prediction_type", "epsilon") != "epsilon" or scheduler.get("thresholding"):
         raise ValueError(f"--distill-from: {folder}'s scheduler must predict epsilon without "
                          "dynamic thresholding (the teacher's DDIM steps do neither otherwise)")
+    if config.distill_kind == "ancestral" and not (
+            isinstance(pipe.scheduler, DDPMScheduler)
+            and scheduler.get("timestep_spacing") == "leading"
+            and scheduler.get("variance_type") == "fixed_small"):
+        raise ValueError(f"--distill-kind ancestral: {folder}'s scheduler must be DDPM with "
+                         "'leading' timesteps and 'fixed_small' variance (the posterior whose "
+                         "steps compose), got " + type(pipe.scheduler).__name__)

@@ -175,7 +175,7 @@ def write_summary(output: Path, config: TrainConfig, model, *, start_step: int, 
         "joint_steps": 0 if config.distill_from else config.max_steps,
         "distillation": None if config.distill_from is None else {
             "teacher": config.distill_from, "kind": config.distill_kind,
-            "rounds": config.distill_rounds if config.distill_kind == "progressive" else None,
+            "rounds": None if config.distill_kind == "guidance" else config.distill_rounds,
             "steps_per_round": config.distill_steps_per_round},
         "wall_clock_seconds": round(elapsed, 2),
         "this_run_steps": step - start_step,

@@ -131,7 +131,8 @@ def run_info(args: argparse.Namespace) -> int:
         if distillation:
             rounds = distillation.get("rounds")
             stages = ("guidance distillation" if rounds is None else
-                      "progressive distillation, rounds " + ",".join(str(n) for n in rounds))
+                      f"{distillation.get('kind', 'progressive')} distillation, rounds "
+                      + ",".join(str(n) for n in rounds))
         print(f"trained:        {training['steps']} steps ({stages}), "
               f"{training['wall_clock_seconds']:.0f} s, {training['frames']} frames at "
               f"{training['resolution']} px")
