@@ -409,6 +409,28 @@ def test_guidance_distillation_regresses_on_the_teachers_epsilon_at_any_timestep
     assert len(set(drawn.tolist())) > 50
 
 
+@pytest.mark.parametrize("snr_gamma", [0.5, 5.0])
+def test_guidance_distillation_weighs_each_clip_with_its_min_snr_gamma(snr_gamma):
+    """Min-SNR-gamma (Hang et al.): each clip's epsilon error weighted min(SNR_t, gamma) / SNR_t,
+    at the gamma given, not a default."""
+    video = torch.zeros(6, 3, 4, 8, 8)
+    seen = []
+
+    def student(z, timestep, alpha_bar, lambdas):
+        seen.append(alpha_bar)
+        eps = torch.full_like(z, 0.1)  # the teacher says 0: an error of 0.1 everywhere
+        return NoisePrediction(eps, None, eps)
+
+    got = guidance_distillation_loss(student, lambda z, t, a: torch.zeros_like(z), video,
+                                     ALPHAS.float(), make_lambdas(4, 0.5), weighting="min-snr",
+                                     snr_gamma=snr_gamma,
+                                     generator=torch.Generator().manual_seed(0))
+    snr = seen[0] / (1 - seen[0])
+    expected = (snr.clamp(max=snr_gamma) / snr * 0.01).mean()
+    torch.testing.assert_close(got.loss, expected, rtol=1e-5, atol=0)
+    assert (snr < 5).any() and (snr > 0.5).any()  # both gammas cap some clips, not all
+
+
 @pytest.fixture(scope="module")
 def guidance_run(tmp_path_factory, teacher_dir):
     threads = torch.get_num_threads()

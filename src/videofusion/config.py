@@ -391,7 +391,7 @@ class TrainConfig:
             # of its teacher's steps of T // 2N only when these agree
             need(all(timesteps // n == 2 * (timesteps // (2 * n)) for n in rounds),
                  f"distill_rounds: with --distill-kind ancestral each step count N needs "
-                 f"T // N = 2 (T // 2N) for T = {timesteps} (e.g. 25, 15 or 10), got {rounds}")
+                 f"T // N = 2 (T // 2N) for T = {timesteps} (e.g. 25, 20, 15 or 10), got {rounds}")
             return
         # the last student is sampled by diffusers' DDIM, whose step goes to t - T // N: the
         # next grid point only when N divides T

@@ -299,8 +299,7 @@ def guidance_distillation_loss(
 
 def guidance_regression(student, teacher: Teacher, z_t: torch.Tensor, timesteps: torch.Tensor,
                         alpha_bar: torch.Tensor, lambdas: torch.Tensor, *, weighting: str,
-                        snr_gamma: float, temporal_weight: float = 0.0,
-                        **student_kwargs) -> Loss:
+                        snr_gamma: float, temporal_weight: float, **student_kwargs) -> Loss:
     """The student's epsilon at states ``z_t`` ``(B, C, F, H, W)`` (timesteps and abar ``(B,)``)
     regressed on the (guided) teacher's there: noised clips or a sampler's own states, with
     ``temporal_weight`` on its error in each frame-to-frame change (``noise_regression``)."""
