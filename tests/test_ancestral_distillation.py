@@ -56,7 +56,10 @@ def teacher_dir(tmp_path_factory):
 
 
 def toy_teacher(z, t, a):
-    """A nonlinear epsilon whose clean estimate leaves [-1, 1] at high noise: the clip counts."""
+    """A nonlinear epsilon whose clean estimate leaves [-1, 1] at high noise: the clip counts.
+    Called with an abar, it must be that of its timestep."""
+    if a is not None:
+        torch.testing.assert_close(a, alpha_bar_at(ALPHAS, t).to(a))
     return torch.tanh(3 * z) * (1 + t.view(-1, 1, 1, 1, 1).float() / 1000) - 0.3 * z
 
 
