@@ -104,17 +104,26 @@ def alpha_bar_at(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch
     return torch.where(timesteps >= 0, alpha_bar, torch.ones_like(alpha_bar))
 
 
+def clean_estimate(z: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
+                   clip: float | None) -> torch.Tensor:
+    """x = (z - sigma eps) / alpha for clips ``z`` ``(B, C, F, H, W)``, clamped to [-clip, clip]
+    as DDPM's ``clip_sample`` does (``None``: unclamped)."""
+    a = per_clip(alpha_bar, z)
+    x = (z - (1 - a).sqrt() * eps) / a.sqrt()
+    return x if clip is None else x.clamp(-clip, clip)
+
+
 def ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
               alpha_bar_next: torch.Tensor, clip: float | None = None) -> torch.Tensor:
     """One deterministic DDIM step (eta 0) of clips ``z`` ``(B, C, F, H, W)`` from abar to
     abar_next, each ``(B,)``: x0 = (z - sigma eps) / alpha, clamped to [-clip, clip] with eps
     re-derived from it, as the sampler's DDIM does with ``clip_sample``
     (``sampling.noise_injecting_step``), then z_next = alpha_next x0 + sigma_next eps."""
-    a, a_next = per_clip(alpha_bar, z), per_clip(alpha_bar_next, z)
-    x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
+    x0 = clean_estimate(z, eps, alpha_bar, clip)
     if clip is not None:
-        x0 = x0.clamp(-clip, clip)
+        a = per_clip(alpha_bar, z)
         eps = (z - a.sqrt() * x0) / (1 - a).sqrt()
+    a_next = per_clip(alpha_bar_next, z)
     return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
 
 
@@ -189,15 +198,6 @@ def ddpm_posterior(alpha_bar: torch.Tensor, alpha_bar_next: torch.Tensor
     c_x = alpha_bar_next.sqrt() * beta / (1 - alpha_bar)
     c_z = (alpha_bar / alpha_bar_next).sqrt() * (1 - alpha_bar_next) / (1 - alpha_bar)
     return c_x, c_z, (1 - alpha_bar_next) / (1 - alpha_bar) * beta
-
-
-def clean_estimate(z: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
-                   clip: float | None) -> torch.Tensor:
-    """x = (z - sigma eps) / alpha for clips ``z`` ``(B, C, F, H, W)``, clamped to [-clip, clip]
-    as DDPM's ``clip_sample`` does (``None``: unclamped)."""
-    a = per_clip(alpha_bar, z)
-    x = (z - (1 - a).sqrt() * eps) / a.sqrt()
-    return x if clip is None else x.clamp(-clip, clip)
 
 
 def ancestral_target(teacher: Teacher, z_t: torch.Tensor, timesteps: torch.Tensor,
