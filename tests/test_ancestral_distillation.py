@@ -20,6 +20,7 @@ from videofusion.distillation import (
     ancestral_path,
     ancestral_target,
     check_teacher,
+    clean_estimate,
     ddpm_posterior,
 )
 from videofusion.models.videofusion import NoisePrediction
@@ -99,6 +100,18 @@ def test_the_student_grid_is_every_other_point_of_the_teachers_ddpm():
     assert ancestral_grid(DDPMScheduler().config, 1000, STEPS).tolist() == [800, 600, 400, 200, 0]
 
 
+def test_the_grid_follows_the_folders_training_timesteps():
+    assert ancestral_grid(DDPMScheduler().config, 500, STEPS).tolist() == [400, 300, 200, 100, 0]
+
+
+def test_a_clean_estimate_without_a_clip_is_unclamped():
+    z, eps = torch.full((1, 1, 2, 1, 1), 3.0), torch.full((1, 1, 2, 1, 1), -1.0)
+    a = torch.tensor([0.25])
+    unclamped = (3 + 0.75**0.5) / 0.5  # (z - sqrt(1 - abar) eps) / sqrt(abar)
+    torch.testing.assert_close(clean_estimate(z, eps, a, None), torch.full_like(z, unclamped))
+    torch.testing.assert_close(clean_estimate(z, eps, a, 1.0), torch.ones_like(z))
+
+
 def test_the_teachers_path_ends_clean():
     path = ancestral_path(torch.tensor([800, 200, 100, 0]), 100)
     assert path.tolist() == [[800, 200, 100, 0], [700, 100, 0, -1], [600, 0, -1, -1]]
@@ -136,6 +149,19 @@ def test_one_student_step_lands_where_the_teachers_two_go():
         z_t[:1], torch.tensor([800]), None)[0]) / ALPHAS[800].sqrt()).clamp(-1, 1))
 
 
+def test_two_teacher_steps_that_end_clean_give_the_teachers_last_estimate():
+    """t = 100, s = 0, u = x: DDPM's last step returns its clean estimate, so xtilde is where
+    the teacher's two steps land (w = 1), not its first estimate."""
+    torch.manual_seed(1)
+    z_t, n1 = torch.randn(1, 3, 4, 8, 8), torch.randn(1, 3, 4, 8, 8)
+    path = ancestral_path(torch.tensor([100]), 100)
+    x = ancestral_target(toy_teacher, z_t, path, alpha_bar_at(ALPHAS, path), n1, clip=1.0)
+    teacher = ddpm(2 * STEPS)
+    z_s = ddpm_step(teacher, toy_teacher(z_t, torch.tensor([100]), None), 100, z_t, given(n1))
+    two = ddpm_step(teacher, toy_teacher(z_s, torch.tensor([0]), None), 0, z_s, given(n1))
+    torch.testing.assert_close(x, two, rtol=1e-4, atol=1e-5)
+
+
 def test_the_student_regresses_on_the_epsilon_of_xtilde():
     torch.manual_seed(0)
     video = torch.rand(4, 3, 4, 8, 8) * 2 - 1
@@ -165,6 +191,60 @@ def test_the_student_regresses_on_the_epsilon_of_xtilde():
 
     assert loss(0.0) < 1e-12
     assert loss(0.01) == pytest.approx(1e-4, rel=1e-4)
+
+
+class Recorder:
+    """A student that keeps what it was called with and predicts zero noise."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, z, timestep, alpha_bar, lambdas):
+        self.calls.append((z, timestep, alpha_bar))
+        return NoisePrediction(torch.zeros_like(z), None, torch.zeros_like(z))
+
+
+def test_training_clips_are_noised_with_decomposed_noise_at_every_grid_point():
+    """Spec §1 at a grid point drawn per clip: (z_t - sqrt(abar) x) / sqrt(1 - abar) is the
+    decomposed noise, unit variance with frame correlations sqrt(lambda_i lambda_j)."""
+    video = torch.full((128, 3, 4, 8, 8), 0.5)
+    lambdas = make_lambdas(4, 0.5)
+    grid = ancestral_grid(DDPMScheduler().config, 1000, STEPS)
+    student = Recorder()
+    ancestral_distillation_loss(student, toy_teacher, video, grid, 100, ALPHAS, lambdas,
+                                generator=torch.Generator().manual_seed(0), clip=1.0,
+                                weighting="epsilon", snr_gamma=5.0)
+    (z, timesteps, alpha_bar), = student.calls
+    assert set(timesteps.tolist()) == set(grid.tolist())
+    torch.testing.assert_close(alpha_bar, alpha_bar_at(ALPHAS, timesteps).to(alpha_bar))
+    a = alpha_bar.view(-1, 1, 1, 1, 1)
+    noise = (z - a.sqrt() * video) / (1 - a).sqrt()
+    assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1) < 0.02
+    frames = noise.transpose(0, 2).reshape(4, -1)  # (F, everything else)
+    expected = (lambdas[:, None] * lambdas[None]).sqrt().float()
+    off_diagonal = ~torch.eye(4, dtype=torch.bool)
+    torch.testing.assert_close(frames.corrcoef()[off_diagonal], expected[off_diagonal],
+                               atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("snr_gamma", [0.5, 5.0])
+def test_the_ancestral_loss_weighs_each_clip_at_its_own_timestep(snr_gamma):
+    """Min-SNR-gamma (min(SNR_t, gamma) / SNR_t on the epsilon error) at each clip's t, not at
+    the teacher's intermediate s."""
+    torch.manual_seed(0)
+    video = torch.rand(8, 3, 4, 8, 8) * 2 - 1
+    grid = ancestral_grid(DDPMScheduler().config, 1000, STEPS)
+    student = Recorder()
+    loss = ancestral_distillation_loss(student, toy_teacher, video, grid, 100, ALPHAS,
+                                       make_lambdas(4, 0.5),
+                                       generator=torch.Generator().manual_seed(1), clip=1.0,
+                                       weighting="min-snr", snr_gamma=snr_gamma)
+    alpha_bar = student.calls[0][2]
+    snr = alpha_bar / (1 - alpha_bar)
+    weights = torch.minimum(snr, torch.tensor(snr_gamma)) / snr
+    expected = (weights * loss.per_frame.mean(dim=1)).mean()
+    torch.testing.assert_close(loss.loss, expected)
+    assert (weights < 1).any() and (weights == 1).any()
 
 
 def test_the_trainers_ancestral_loss_halves_the_guided_teachers_ddpm(teacher_dir, tmp_path):
