@@ -3,6 +3,7 @@ Salimans & Ho (2022), Algorithm 2, and Meng et al. (2023): the two-step target, 
 resume inside a round and across a round boundary, and the distilled folder's sampling."""
 
 import json
+import re
 from functools import partial
 
 import pytest
@@ -246,6 +247,31 @@ def test_the_distilled_folders_ddim_walks_the_grid_with_the_same_step(steps):
 ])
 def test_impossible_distillation_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"distill_from": "teacher", **overrides}).validate()
+
+
+@pytest.mark.parametrize("name, edge, past, message", [
+    ("distill_steps_per_round", 1, 0, "distill_steps_per_round must be >= 1, got 0"),
+    ("distill_guidance", 0.0, -0.5, "distill_guidance must be >= 0, got -0.5"),
+    ("distill_guidance", 0.5, -0.5, "distill_guidance must be >= 0, got -0.5"),
+])
+def test_each_distillation_limit_admits_its_edge_and_refuses_past_it(name, edge, past, message):
+    settings = {"distill_from": "teacher", "condition": "class"}
+    TrainConfig(**settings, **{name: edge}).validate()
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        TrainConfig(**settings, **{name: past}).validate()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"base_pretrain_steps": 5}, "--distill-from: the student starts as the teacher's copy: drop "
+     "--base-pretrain-steps, --base-from and --base-from-scratch"),
+    ({"init_from": "elsewhere"}, "--init-from and --distill-from name different folders: the "
+     "student starts as the teacher's copy"),
+    ({"condition": "none", "distill_guidance": 2.0},
+     "distill_guidance needs a class- or text-conditioned model"),
+])
+def test_distillation_refusals_say_what_to_change(overrides, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         TrainConfig(**{"distill_from": "teacher", **overrides}).validate()
 
 
