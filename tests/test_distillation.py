@@ -694,6 +694,19 @@ def test_a_run_records_the_states_once_and_resumes_on_them_bitwise(teacher_dir, 
         assert SamplerStates.load(path, {**about, key: other}) is None
 
 
+@pytest.mark.parametrize("condition", ["class_labels", "text_states"])
+def test_sampler_states_keep_their_conditions_through_a_file(tmp_path, condition):
+    values = {"class_labels": torch.tensor([3, 10]), "text_states": torch.randn(2, 4, 8)}
+    states = SamplerStates(torch.randn(2, 3, 3, 4, 8, 8).half(), torch.tensor([200, 100, 0]),
+                           **{condition: values[condition]})
+    about = {"guidance_scale": "4.0"}
+    states.save(tmp_path / "states" / "states.safetensors", about)
+    loaded = SamplerStates.load(tmp_path / "states" / "states.safetensors", about)
+    for name in ("states", "timesteps", "class_labels", "text_states"):
+        expected, got = getattr(states, name), getattr(loaded, name)
+        assert (got is None) if expected is None else torch.equal(got, expected), name
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"distill_kind": "guidance", "distill_sampler_states": 1.5}, "share in"),
     ({"distill_kind": "progressive", "distill_sampler_states": 0.5}, "distill-kind guidance"),
