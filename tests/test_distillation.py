@@ -269,6 +269,10 @@ def test_each_distillation_limit_admits_its_edge_and_refuses_past_it(name, edge,
      "student starts as the teacher's copy"),
     ({"condition": "none", "distill_guidance": 2.0},
      "distill_guidance needs a class- or text-conditioned model"),
+    ({"distill_kind": "progressive", "distill_sampler_states": 0.5},
+     "distill_sampler_states needs --distill-kind guidance, or ancestral with one round (the "
+     "states are the first teacher's): a progressive student learns two DDIM steps from noised "
+     "clips"),
 ])
 def test_distillation_refusals_say_what_to_change(overrides, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
