@@ -254,6 +254,11 @@ def test_impossible_distillation_settings_are_refused(overrides, message):
     ("distill_steps_per_round", 1, 0, "distill_steps_per_round must be >= 1, got 0"),
     ("distill_guidance", 0.0, -0.5, "distill_guidance must be >= 0, got -0.5"),
     ("distill_guidance", 0.5, -0.5, "distill_guidance must be >= 0, got -0.5"),
+    ("distill_sampler_clips", 1, 0, "distill_sampler_clips must be >= 1, got 0"),
+    ("distill_rounds", [2, 1], [0], "distill_rounds must be step counts that halve from round to "
+     "round, e.g. 16,8,4, got [0]"),
+    ("distill_rounds", [500], [1000], "distill_rounds: the first teacher takes 2000 steps, more "
+     "than the 1000 timesteps"),
 ])
 def test_each_distillation_limit_admits_its_edge_and_refuses_past_it(name, edge, past, message):
     settings = {"distill_from": "teacher", "condition": "class"}
