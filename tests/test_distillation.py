@@ -2,6 +2,7 @@
 Salimans & Ho (2022), Algorithm 2, and Meng et al. (2023): the two-step target, nested grids,
 resume inside a round and across a round boundary, and the distilled folder's sampling."""
 
+import dataclasses
 import json
 import re
 from functools import partial
@@ -22,9 +23,11 @@ from videofusion.distillation import (
     Distillation,
     SamplerStates,
     alpha_bar_at,
+    check_teacher,
     ddim_step,
     distillation_loss,
     distillation_target,
+    frozen,
     guidance_distillation_loss,
     record_sampler_states,
     step_grid,
@@ -290,6 +293,35 @@ def distill_config(root, name, teacher_dir, **overrides) -> TrainConfig:
     return TrainConfig(**tiny_settings(
         output_dir=str(root / name), distill_from=str(teacher_dir), distill_rounds=ROUNDS,
         distill_steps_per_round=PER_ROUND, **overrides)).validate()
+
+
+def test_a_teacher_the_student_cannot_copy_or_step_like_is_refused(teacher_dir, tmp_path):
+    pipe = load_pipeline(teacher_dir)
+    config = distill_config(tmp_path, "student", teacher_dir)
+    check_teacher(pipe, config)
+    for overrides, difference in (
+            ({"residual_input": "paper"}, "residual_input 'with_key_frame', the config 'paper'"),
+            ({"key_frame_correction": False}, "key_frame_correction True, the config False"),
+            ({"lambda_": 0.7}, "lambda 0.5, the config 0.7"),
+            ({"resolution": 32}, "resolution 16, the config 32"),
+            ({"vae": "some/vae"}, "vae False, the config True")):
+        with pytest.raises(ValueError, match=re.escape(
+                f"--distill-from: {teacher_dir} has {difference}: the student is the teacher's "
+                "copy") + "$"):
+            check_teacher(pipe, dataclasses.replace(config, **overrides))
+    # the VDM baseline samples every frame from independent noise: its teacher has lambda 0
+    vdm_teacher = load_pipeline(teacher_dir)
+    vdm_teacher.register_to_config(residual_input="paper", key_frame_correction=False)
+    with pytest.raises(ValueError, match="has lambda 0.5, the config 0.0: "):
+        check_teacher(vdm_teacher, dataclasses.replace(config, model="vdm"))
+    for scheduler_config in ({"prediction_type": "v_prediction"}, {"thresholding": True}):
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **scheduler_config)
+        with pytest.raises(ValueError, match=re.escape(
+                f"--distill-from: {teacher_dir}'s scheduler must predict epsilon without dynamic "
+                "thresholding (the teacher's DDIM steps do neither otherwise)") + "$"):
+            check_teacher(pipe, config)
+    teacher = frozen(pipe, torch.device("cpu"))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
 @pytest.fixture(scope="module")
