@@ -129,6 +129,40 @@ def test_a_student_that_is_the_oracle_has_zero_loss_and_any_other_does_not():
     assert set(teacher_saw) == set(step_grid(1000, 8).tolist()[:-1])
 
 
+def test_the_students_one_ddim_step_lands_where_a_nonlinear_teachers_two_go():
+    """Salimans & Ho's target for a teacher that is not an oracle: the student whose one DDIM
+    step t -> t'' (the teacher's grid point after next) lands on the teacher's two has zero
+    loss, by ``ddim_step`` (checked against diffusers' DDIM above)."""
+    torch.manual_seed(0)
+    video = torch.rand(16, 3, 4, 8, 8, dtype=torch.float64) * 1.8 - 0.9
+    lambdas = make_lambdas(4, 0.5).double()
+    grid = step_grid(1000, 8)
+
+    def teacher(z, t, a):
+        return torch.tanh(2 * z) * (1 + t.view(-1, 1, 1, 1, 1) / 1000) - 0.2 * z
+
+    def student(offset):
+        def run(z, timestep, alpha_bar, lambdas):
+            at = {t: i for i, t in enumerate(grid.tolist())}
+            t1, t2 = (torch.tensor([grid[at[t] + k] for t in timestep.tolist()]) for k in (1, 2))
+            a, a1, a2 = (alpha_bar_at(ALPHAS, t).double() for t in (timestep, t1, t2))
+            z_two = ddim_step(ddim_step(z, teacher(z, timestep, a), a, a1), teacher(
+                ddim_step(z, teacher(z, timestep, a), a, a1), t1, a1), a1, a2)
+            r = (a2 / a).sqrt().view(-1, 1, 1, 1, 1)
+            s, s2 = ((1 - x).sqrt().view(-1, 1, 1, 1, 1) for x in (a, a2))
+            eps = (z_two - r * z) / (s2 - r * s) + offset
+            return NoisePrediction(eps, None, eps)
+        return run
+
+    def loss(offset):
+        return distillation_loss(student(offset), teacher, video, grid, ALPHAS, lambdas,
+                                 clip=None, generator=torch.Generator().manual_seed(0),
+                                 weighting="epsilon")
+
+    assert loss(0.0).loss.item() < 1e-18
+    assert loss(0.01).loss.item() == pytest.approx(1e-4, rel=1e-6)
+
+
 def test_truncated_snr_weighs_the_clean_estimate_at_high_noise_and_the_noise_at_low():
     from videofusion.objective import loss_weights
 
