@@ -5,7 +5,14 @@ the teacher's two draws combined, lands where the teacher's two DDPM steps go.""
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
-from test_distillation import GUIDANCE, distill_config, hand_guided_eps, tiny_settings
+from test_distillation import (
+    GUIDANCE,
+    Recorder,
+    assert_noised_by_spec,
+    distill_config,
+    hand_guided_eps,
+    tiny_settings,
+)
 
 from videofusion import training_report as report
 from videofusion import training_setup as setup
@@ -193,20 +200,7 @@ def test_the_student_regresses_on_the_epsilon_of_xtilde():
     assert loss(0.01) == pytest.approx(1e-4, rel=1e-4)
 
 
-class Recorder:
-    """A student that keeps what it was called with and predicts zero noise."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, z, timestep, alpha_bar, lambdas):
-        self.calls.append((z, timestep, alpha_bar))
-        return NoisePrediction(torch.zeros_like(z), None, torch.zeros_like(z))
-
-
 def test_training_clips_are_noised_with_decomposed_noise_at_every_grid_point():
-    """Spec §1 at a grid point drawn per clip: (z_t - sqrt(abar) x) / sqrt(1 - abar) is the
-    decomposed noise, unit variance with frame correlations sqrt(lambda_i lambda_j)."""
     video = torch.full((128, 3, 4, 8, 8), 0.5)
     lambdas = make_lambdas(4, 0.5)
     grid = ancestral_grid(DDPMScheduler().config, 1000, STEPS)
@@ -216,15 +210,7 @@ def test_training_clips_are_noised_with_decomposed_noise_at_every_grid_point():
                                 weighting="epsilon", snr_gamma=5.0)
     (z, timesteps, alpha_bar), = student.calls
     assert set(timesteps.tolist()) == set(grid.tolist())
-    torch.testing.assert_close(alpha_bar, alpha_bar_at(ALPHAS, timesteps).to(alpha_bar))
-    a = alpha_bar.view(-1, 1, 1, 1, 1)
-    noise = (z - a.sqrt() * video) / (1 - a).sqrt()
-    assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1) < 0.02
-    frames = noise.transpose(0, 2).reshape(4, -1)  # (F, everything else)
-    expected = (lambdas[:, None] * lambdas[None]).sqrt().float()
-    off_diagonal = ~torch.eye(4, dtype=torch.bool)
-    torch.testing.assert_close(frames.corrcoef()[off_diagonal], expected[off_diagonal],
-                               atol=0.03, rtol=0)
+    assert_noised_by_spec(z, timesteps, alpha_bar, video, lambdas, ALPHAS)
 
 
 @pytest.mark.parametrize("snr_gamma", [0.5, 5.0])

@@ -83,6 +83,33 @@ def oracle(x0: torch.Tensor, seen: list | None = None):
     return predict
 
 
+class Recorder:
+    """A student that keeps what it was called with and predicts zero noise."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, z, timestep, alpha_bar, lambdas):
+        self.calls.append((z, timestep, alpha_bar))
+        return NoisePrediction(torch.zeros_like(z), None, torch.zeros_like(z))
+
+
+def assert_noised_by_spec(z, timesteps, alpha_bar, video, lambdas, alphas_cumprod):
+    """Spec §1 at each clip's timestep: abar is that of the timestep, and (z_t - sqrt(abar) x) /
+    sqrt(1 - abar) is the decomposed noise, unit variance with frame correlations
+    sqrt(lambda_i lambda_j)."""
+    torch.testing.assert_close(alpha_bar,
+                               alpha_bar_at(alphas_cumprod, timesteps).to(alpha_bar))
+    a = alpha_bar.view(-1, 1, 1, 1, 1)
+    noise = (z - a.sqrt() * video) / (1 - a).sqrt()
+    assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1) < 0.02
+    frames = noise.transpose(0, 2).reshape(lambdas.numel(), -1)  # (F, everything else)
+    expected = (lambdas[:, None] * lambdas[None]).sqrt().to(frames)
+    off_diagonal = ~torch.eye(lambdas.numel(), dtype=torch.bool)
+    torch.testing.assert_close(frames.corrcoef()[off_diagonal], expected[off_diagonal],
+                               atol=0.03, rtol=0)
+
+
 # ---- (1) the target, from an oracle teacher -------------------------------------------------
 
 def test_an_oracle_teacher_gives_the_clean_clip_and_the_true_noise_at_every_point():
@@ -161,6 +188,17 @@ def test_the_students_one_ddim_step_lands_where_a_nonlinear_teachers_two_go():
 
     assert loss(0.0).loss.item() < 1e-18
     assert loss(0.01).loss.item() == pytest.approx(1e-4, rel=1e-6)
+
+
+def test_training_clips_are_noised_with_decomposed_noise_at_the_students_points():
+    video = torch.full((128, 3, 4, 8, 8), 0.5)
+    lambdas = make_lambdas(4, 0.5)
+    student = Recorder()
+    distillation_loss(student, lambda z, t, a: torch.zeros_like(z), video, step_grid(1000, 8),
+                      ALPHAS, lambdas, generator=torch.Generator().manual_seed(0))
+    (z, timesteps, alpha_bar), = student.calls
+    assert set(timesteps.tolist()) == set(step_grid(1000, 4).tolist()[:-1])
+    assert_noised_by_spec(z, timesteps, alpha_bar, video, lambdas, ALPHAS)
 
 
 def test_truncated_snr_weighs_the_clean_estimate_at_high_noise_and_the_noise_at_low():
