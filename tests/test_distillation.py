@@ -353,6 +353,8 @@ def test_each_distillation_limit_admits_its_edge_and_refuses_past_it(name, edge,
      "distill_sampler_states needs --distill-kind guidance, or ancestral with one round (the "
      "states are the first teacher's): a progressive student learns two DDIM steps from noised "
      "clips"),
+    ({"distill_kind": "progressive", "distill_temporal_weight": 1.0},
+     "distill_temporal_weight needs --distill-kind guidance"),
 ])
 def test_distillation_refusals_say_what_to_change(overrides, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
