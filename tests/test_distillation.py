@@ -156,25 +156,30 @@ def test_a_student_that_is_the_oracle_has_zero_loss_and_any_other_does_not():
     assert set(teacher_saw) == set(step_grid(1000, 8).tolist()[:-1])
 
 
-def test_the_students_one_ddim_step_lands_where_a_nonlinear_teachers_two_go():
+@pytest.mark.parametrize("clip, weighting", [(None, "epsilon"), (1.0, "min-snr")])
+def test_the_students_one_ddim_step_lands_where_a_nonlinear_teachers_two_go(clip, weighting):
     """Salimans & Ho's target for a teacher that is not an oracle: the student whose one DDIM
-    step t -> t'' (the teacher's grid point after next) lands on the teacher's two has zero
-    loss, by ``ddim_step`` (checked against diffusers' DDIM above)."""
+    step t -> t'' (the teacher's grid point after next) lands on the teacher's two, each with
+    x0 clipped as the sampler clips it, has zero loss (``ddim_step`` is checked against
+    diffusers' DDIM above); an error of 0.01 everywhere costs 1e-4 per clip, weighted at t by
+    Min-SNR-gamma, min(SNR_t, gamma) / SNR_t."""
     torch.manual_seed(0)
     video = torch.rand(16, 3, 4, 8, 8, dtype=torch.float64) * 1.8 - 0.9
     lambdas = make_lambdas(4, 0.5).double()
     grid = step_grid(1000, 8)
+    at = {t: i for i, t in enumerate(grid.tolist())}
+    seen = []
 
-    def teacher(z, t, a):
+    def teacher(z, t, a):  # its clean estimate leaves [-1, 1] at high noise: the clip counts
         return torch.tanh(2 * z) * (1 + t.view(-1, 1, 1, 1, 1) / 1000) - 0.2 * z
 
     def student(offset):
         def run(z, timestep, alpha_bar, lambdas):
-            at = {t: i for i, t in enumerate(grid.tolist())}
+            seen.append(alpha_bar)
             t1, t2 = (torch.tensor([grid[at[t] + k] for t in timestep.tolist()]) for k in (1, 2))
             a, a1, a2 = (alpha_bar_at(ALPHAS, t).double() for t in (timestep, t1, t2))
-            z_two = ddim_step(ddim_step(z, teacher(z, timestep, a), a, a1), teacher(
-                ddim_step(z, teacher(z, timestep, a), a, a1), t1, a1), a1, a2)
+            z1 = ddim_step(z, teacher(z, timestep, a), a, a1, clip)
+            z_two = ddim_step(z1, teacher(z1, t1, a1), a1, a2, clip)
             r = (a2 / a).sqrt().view(-1, 1, 1, 1, 1)
             s, s2 = ((1 - x).sqrt().view(-1, 1, 1, 1, 1) for x in (a, a2))
             eps = (z_two - r * z) / (s2 - r * s) + offset
@@ -183,11 +188,14 @@ def test_the_students_one_ddim_step_lands_where_a_nonlinear_teachers_two_go():
 
     def loss(offset):
         return distillation_loss(student(offset), teacher, video, grid, ALPHAS, lambdas,
-                                 clip=None, generator=torch.Generator().manual_seed(0),
-                                 weighting="epsilon")
+                                 clip=clip, generator=torch.Generator().manual_seed(0),
+                                 weighting=weighting, snr_gamma=0.5).loss.item()
 
-    assert loss(0.0).loss.item() < 1e-18
-    assert loss(0.01).loss.item() == pytest.approx(1e-4, rel=1e-6)
+    assert loss(0.0) < 1e-18
+    snr = seen[-1] / (1 - seen[-1])
+    weights = snr.clamp(max=0.5) / snr if weighting == "min-snr" else torch.ones_like(snr)
+    assert (weights < 1).any() or weighting == "epsilon"
+    assert loss(0.01) == pytest.approx(1e-4 * weights.mean().item(), rel=1e-6)
 
 
 def test_training_clips_are_noised_with_decomposed_noise_at_the_students_points():
