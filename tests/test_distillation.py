@@ -396,8 +396,9 @@ def test_a_teacher_the_student_cannot_copy_or_step_like_is_refused(teacher_dir, 
     vdm_teacher.register_to_config(residual_input="paper", key_frame_correction=False)
     with pytest.raises(ValueError, match="has lambda 0.5, the config 0.0: "):
         check_teacher(vdm_teacher, dataclasses.replace(config, model="vdm"))
+    own = pipe.scheduler.config
     for scheduler_config in ({"prediction_type": "v_prediction"}, {"thresholding": True}):
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **scheduler_config)
+        pipe.scheduler = DDIMScheduler.from_config(own, **scheduler_config)
         with pytest.raises(ValueError, match=re.escape(
                 f"--distill-from: {teacher_dir}'s scheduler must predict epsilon without dynamic "
                 "thresholding (the teacher's DDIM steps do neither otherwise)") + "$"):
