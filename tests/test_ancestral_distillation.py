@@ -227,7 +227,7 @@ def test_the_ancestral_loss_weighs_each_clip_at_its_own_timestep(snr_gamma):
                                        weighting="min-snr", snr_gamma=snr_gamma)
     alpha_bar = student.calls[0][2]
     snr = alpha_bar / (1 - alpha_bar)
-    weights = torch.minimum(snr, torch.tensor(snr_gamma)) / snr
+    weights = snr.clamp(max=snr_gamma) / snr
     expected = (weights * loss.per_frame.mean(dim=1)).mean()
     torch.testing.assert_close(loss.loss, expected)
     assert (weights < 1).any() and (weights == 1).any()

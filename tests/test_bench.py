@@ -3,6 +3,7 @@
 import json
 import math
 import statistics
+import sys
 
 import pytest
 import torch
@@ -52,9 +53,12 @@ def test_tiny_run_writes_the_headline_keys_and_tables(tmp_path, monkeypatch):
         return real_worker(config, jobs)
 
     monkeypatch.setattr(bench, "run_worker", run_worker)
+    monkeypatch.setattr(sys, "argv", ["/somewhere/videofusion/cli/__main__.py", "bench",
+                                      "--long-frames", ""])
     report = run_benchmark(config, tmp_path / "bench.json", tmp_path / "bench.md",
                            log=lambda message: None)
     saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["command"] == "videofusion bench --long-frames ''"  # no machine path
     # each headline number is what its definition makes of the rows it reports (worst case
     # over the sampling configurations), and "met" compares it with its target
     rows, training = saved["sampling"], saved["training"]

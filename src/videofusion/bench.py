@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -138,8 +139,11 @@ def run_benchmark(config: BenchConfig, out: str | Path | None = None,
     """
     check_config(config)
     started = time.time()
-    report = {"config": asdict(config), "machine": machine_info(config),
-              "command": " ".join(sys.argv), "memory_method": "tensor", "kinds": list(KINDS)}
+    # the command as typed, whatever path python started it from; quoted, so that an empty
+    # argument (--long-frames "") survives
+    command = shlex.join(["videofusion", *sys.argv[1:]])
+    report = {"config": asdict(config), "machine": machine_info(config), "command": command,
+              "memory_method": "tensor", "kinds": list(KINDS)}
     report["machine"]["load_average_start"] = _load_average()
     rows = [(res, guided) for res in config.resolutions for guided in config.guidance]
 
